@@ -1,0 +1,71 @@
+"""Projected gradient ascent (PGD) and FGSM, written once over any threat model and objective."""
+
+import tensorflow as tf
+
+from robustcl.attacks.threat import threat_model
+
+
+def replica_slice_of_global_noise(sample, x, seed):
+    """Noise for this replica's part of the global batch.
+
+    The noise is drawn for the whole global batch and sliced by replica id, so a seeded attack under
+    a MirroredStrategy gives every example the same start as one device on the same global batch.
+    Assumes the global batch is split into equal consecutive parts, as tf.distribute does.
+    """
+    context = tf.distribute.get_replica_context()
+    num_replicas = context.num_replicas_in_sync if context is not None else 1
+    if num_replicas == 1:
+        return sample(tf.shape(x), seed)
+    replica_id = tf.cast(context.replica_id_in_sync_group, tf.int32)
+    local = tf.shape(x)[0]
+    global_shape = tf.concat([[local * num_replicas], tf.shape(x)[1:]], axis=0)
+    return sample(global_shape, seed)[replica_id * local:(replica_id + 1) * local]
+
+
+def pgd(loss_fn, x, threat, steps, step_size, random_start=True, seed=(0, 0)):
+    """Maximizes sum(loss_fn(x_adv)) over the threat set around x by projected steepest ascent.
+
+    Args:
+      loss_fn: x_adv -> per-example loss [batch]; must call the model in inference mode.
+      x: float32 images in [0, 1].
+      threat: a LinfBall or L2Ball.
+      steps, step_size: number and size of ascent steps.
+      random_start: start from a point drawn uniformly from the threat set (seeded by `seed`).
+      seed: int32 [2] stateless seed for the random start.
+    Returns:
+      x_adv with gradients stopped: inside the threat set and [0, 1]. Nothing else is changed.
+    """
+    x = tf.convert_to_tensor(x, tf.float32)
+    if random_start and threat.eps > 0:
+        start = x + replica_slice_of_global_noise(threat.sample_start, x, seed)
+        x_adv = threat.project(x, start)
+    else:
+        x_adv = tf.identity(x)
+
+    def ascent_step(i, x_adv):
+        with tf.GradientTape() as tape:
+            tape.watch(x_adv)
+            # Summing keeps each example's gradient independent of the batch size.
+            loss = tf.reduce_sum(tf.cast(loss_fn(x_adv), tf.float32))
+        grad = tf.cast(tape.gradient(loss, x_adv), tf.float32)
+        x_adv = x_adv + step_size * threat.ascent_direction(grad)
+        return i + 1, threat.project(x, x_adv)
+
+    _, x_adv = tf.while_loop(lambda i, _: i < steps, ascent_step, (tf.constant(0), x_adv))
+    return tf.stop_gradient(x_adv)
+
+
+def fgsm(loss_fn, x, threat):
+    """One steepest-ascent step of size eps from x (no random start)."""
+    return pgd(loss_fn, x, threat, steps=1, step_size=threat.eps, random_start=False)
+
+
+def attack_from_config(config):
+    """Returns attack(loss_fn, x, seed) -> x_adv for an AttackConfig, or None for name 'none'."""
+    if config.name == "none":
+        return None
+    threat = threat_model(config.norm, config.eps)
+    if config.name == "fgsm":
+        return lambda loss_fn, x, seed: fgsm(loss_fn, x, threat)
+    return lambda loss_fn, x, seed: pgd(loss_fn, x, threat, config.steps, config.step_size,
+                                       config.random_start, seed)

@@ -1,0 +1,1 @@
+"""Command-line edge: flag definitions and their conversion into frozen configs."""

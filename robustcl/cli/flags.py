@@ -1,0 +1,206 @@
+"""The only module that defines or reads absl flags.
+
+`define_train_flags()` defines every flag (all optional, defaults as in `robustcl.config`);
+`config_from_flags()` turns the parsed flags into a validated, frozen `ExperimentConfig`, failing
+with a message that names the flag before any work is done. A flagfile may include another with a
+`--flagfile=...` line (absl resolves nested flagfiles); later lines override earlier ones.
+Method hyperparameters are flags named `--<method>_<param>`, generated from each method's Params.
+"""
+
+import dataclasses
+import fractions
+import os
+
+from absl import flags
+
+from robustcl import config as cfg
+
+FLAGS = flags.FLAGS
+
+
+class FractionParser(flags.FloatParser):
+    """Floats that may be written as fractions, e.g. --eps=8/255."""
+
+    def convert(self, argument):
+        if isinstance(argument, str) and "/" in argument:
+            try:
+                return float(fractions.Fraction(argument.strip()))
+            except (ValueError, ZeroDivisionError) as error:
+                raise ValueError(f"not a number or fraction: {argument!r}") from error
+        return super().convert(argument)
+
+    def flag_type(self):
+        return "float or fraction"
+
+
+def _define_fraction(name, default, help_text, flag_values):
+    flags.DEFINE(FractionParser(), name, default, help_text, flag_values,
+                 flags.ArgumentSerializer())
+
+
+def _method_param_flags():
+    """(flag name, method name, field) for every hyperparameter of every registered method."""
+    from robustcl import methods  # registers all methods
+
+    for method_name in methods.METHODS.names():
+        params_class = methods.get(method_name).Params
+        for field in dataclasses.fields(params_class):
+            yield f"{method_name}_{field.name}", method_name, field
+
+
+def define_train_flags(flag_values=FLAGS):
+    d = cfg.DataConfig()
+    flags.DEFINE_string("dataset", d.dataset, "cifar10 or cifar100.", flag_values=flag_values)
+    flags.DEFINE_string("data_dir", None, "Official archive (cifar-10-python.tar.gz, "
+                        "cifar-100-python.tar.gz), its extracted folder, a directory holding either, "
+                        "or a tfds data directory.", flag_values=flag_values)
+    flags.DEFINE_bool("download", d.download, "Let tensorflow_datasets download the data when it is "
+                      "not found on disk (needs network access).", flag_values=flag_values)
+    flags.DEFINE_integer("val_size", d.val_size, "Training images held out for validation/model "
+                         "selection.", flag_values=flag_values)
+    flags.DEFINE_integer("train_examples", d.train_examples, "Use only this many training images "
+                         "(0: all). For smoke runs.", flag_values=flag_values)
+    flags.DEFINE_integer("batch_size", d.batch_size, "Global training batch size.",
+                         flag_values=flag_values)
+    flags.DEFINE_integer("eval_batch_size", d.eval_batch_size, "Global evaluation batch size.",
+                         flag_values=flag_values)
+    flags.DEFINE_bool("augment", d.augment, "Pad-4 random crop + horizontal flip.",
+                      flag_values=flag_values)
+    flags.DEFINE_integer("split_seed", d.split_seed, "Seed choosing the validation images.",
+                         flag_values=flag_values)
+
+    m = cfg.ModelConfig()
+    flags.DEFINE_string("model", m.name, "Backbone: resnet18, preact_resnet18, wrn34_10, wrn28_10, "
+                        "tiny.", flag_values=flag_values)
+    flags.DEFINE_integer("embedding_dim", m.embedding_dim, "Projection head width (0: the embedding "
+                         "is the pooled features).", flag_values=flag_values)
+    flags.DEFINE_string("method", cfg.MethodConfig().name, "Training method.",
+                        flag_values=flag_values)
+
+    a = cfg.AttackConfig()
+    flags.DEFINE_string("attack", a.name, "Training attack: none, fgsm or pgd (methods without an "
+                        "attack ignore it).", flag_values=flag_values)
+    flags.DEFINE_string("norm", a.norm, "Threat model norm: linf or l2 (training and validation).",
+                        flag_values=flag_values)
+    _define_fraction("eps", a.eps, "Perturbation budget in [0,1] pixel units, e.g. 8/255.",
+                     flag_values)
+    _define_fraction("step_size", a.step_size, "Training PGD step size, e.g. 2/255.", flag_values)
+    flags.DEFINE_integer("attack_steps", a.steps, "Training PGD steps.", flag_values=flag_values)
+    flags.DEFINE_bool("random_start", a.random_start, "Training PGD starts uniformly in the ball.",
+                      flag_values=flag_values)
+    _define_fraction("val_step_size", a.step_size, "Validation PGD step size.", flag_values)
+    flags.DEFINE_integer("val_attack_steps", a.steps, "Validation PGD steps.", flag_values=flag_values)
+
+    o = cfg.OptimizerConfig()
+    flags.DEFINE_integer("epochs", o.epochs, "Training epochs.", flag_values=flag_values)
+    flags.DEFINE_integer("steps_per_epoch", o.steps_per_epoch, "Steps per epoch (0: one pass over "
+                         "the training images).", flag_values=flag_values)
+    flags.DEFINE_float("learning_rate", o.learning_rate, "Peak SGD learning rate.",
+                       flag_values=flag_values)
+    flags.DEFINE_float("momentum", o.momentum, "SGD momentum.", flag_values=flag_values)
+    flags.DEFINE_bool("nesterov", o.nesterov, "Nesterov momentum.", flag_values=flag_values)
+    flags.DEFINE_float("weight_decay", o.weight_decay, "L2 penalty on all weights (added to the "
+                       "gradient, as torch SGD's weight_decay).", flag_values=flag_values)
+    flags.DEFINE_string("lr_schedule", o.lr_schedule, "piecewise, cosine or constant.",
+                        flag_values=flag_values)
+    flags.DEFINE_list("lr_decay_epochs", [str(e) for e in o.lr_decay_epochs], "Epochs after which "
+                      "the piecewise schedule multiplies the LR by --lr_decay_factor.",
+                      flag_values=flag_values)
+    flags.DEFINE_float("lr_decay_factor", o.lr_decay_factor, "Piecewise decay factor.",
+                       flag_values=flag_values)
+    flags.DEFINE_integer("warmup_epochs", o.warmup_epochs, "Linear LR warmup epochs.",
+                         flag_values=flag_values)
+
+    r = cfg.RunConfig()
+    flags.DEFINE_string("model_dir", None, "Where the run writes config, logs, checkpoints; rerunning "
+                        "with the same directory resumes.", flag_values=flag_values)
+    flags.DEFINE_integer("seed", r.seed, "Seed for weights, data order, augmentation and attacks.",
+                         flag_values=flag_values)
+    flags.DEFINE_string("precision", r.precision, "float32 or mixed_bfloat16.",
+                        flag_values=flag_values)
+    flags.DEFINE_string("jit_compile", "auto", "XLA-compile the attack: true, false, or auto (off on "
+                        "CPU, where bench/train_throughput.py measured XLA slower; on with a GPU).",
+                        flag_values=flag_values)
+    flags.DEFINE_string("strategy", r.strategy, "auto, one_device or mirrored.",
+                        flag_values=flag_values)
+    flags.DEFINE_integer("validation_freq", r.validation_freq, "Validate every N epochs.",
+                         flag_values=flag_values)
+
+    for flag_name, method_name, field in _method_param_flags():
+        help_text = field.metadata.get("help", field.name) + f" ({method_name})"
+        default = field.default
+        if isinstance(default, bool):
+            flags.DEFINE_bool(flag_name, default, help_text, flag_values=flag_values)
+        elif isinstance(default, int):
+            flags.DEFINE_integer(flag_name, default, help_text, flag_values=flag_values)
+        elif isinstance(default, float):
+            _define_fraction(flag_name, default, help_text, flag_values)
+        else:
+            flags.DEFINE_string(flag_name, default, help_text, flag_values=flag_values)
+
+
+def _int_list(flag_name, values):
+    try:
+        return tuple(int(v) for v in values)
+    except ValueError:
+        raise cfg.ConfigError(f"--{flag_name}: expected whole numbers, got {','.join(values)}") from None
+
+
+def _resolve_jit_compile(value):
+    value = str(value).lower()
+    if value in ("true", "1", "yes"):
+        return True
+    if value in ("false", "0", "no"):
+        return False
+    if value != "auto":
+        raise cfg.ConfigError(f"--jit_compile: expected true, false or auto, got {value!r}")
+    import tensorflow as tf
+
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def _known(registry, flag_name, name):
+    if name not in registry:
+        raise cfg.ConfigError(f"--{flag_name}: {registry.unknown_message(name)}")
+
+
+def config_from_flags(flag_values=FLAGS):
+    """Parsed flags -> validated ExperimentConfig. Raises ConfigError naming the offending flag."""
+    from robustcl import methods, models
+    from robustcl.data import DATASETS
+
+    f = flag_values
+    if f.dataset not in DATASETS:
+        raise cfg.ConfigError(f"--dataset: unknown dataset {f.dataset!r}; known: "
+                              f"{', '.join(sorted(DATASETS))}")
+    if f.data_dir is not None and not os.path.exists(f.data_dir):
+        raise cfg.ConfigError(f"--data_dir: {f.data_dir} does not exist")
+    _known(models.BACKBONES, "model", f.model)
+    _known(methods.METHODS, "method", f.method)
+    method_class = methods.get(f.method)
+    params = method_class.Params(**{
+        field.name: f[flag_name].value for flag_name, method_name, field in _method_param_flags()
+        if method_name == f.method})
+    params.validate()  # raises ConfigError naming --<method>_<param>
+
+    config = cfg.ExperimentConfig(
+        data=cfg.DataConfig(dataset=f.dataset, data_dir=f.data_dir, download=f.download,
+                            val_size=f.val_size, train_examples=f.train_examples,
+                            batch_size=f.batch_size, eval_batch_size=f.eval_batch_size,
+                            augment=f.augment, split_seed=f.split_seed),
+        model=cfg.ModelConfig(name=f.model, embedding_dim=f.embedding_dim),
+        method=cfg.MethodConfig(name=f.method, params=params),
+        train_attack=cfg.AttackConfig(name=f.attack, norm=f.norm, eps=f.eps, step_size=f.step_size,
+                                      steps=f.attack_steps, random_start=f.random_start),
+        val_attack=cfg.AttackConfig(name="pgd", norm=f.norm, eps=f.eps, step_size=f.val_step_size,
+                                    steps=f.val_attack_steps, random_start=True),
+        optimizer=cfg.OptimizerConfig(
+            epochs=f.epochs, steps_per_epoch=f.steps_per_epoch, learning_rate=f.learning_rate,
+            momentum=f.momentum, nesterov=f.nesterov, weight_decay=f.weight_decay,
+            lr_schedule=f.lr_schedule, lr_decay_epochs=_int_list("lr_decay_epochs", f.lr_decay_epochs),
+            lr_decay_factor=f.lr_decay_factor, warmup_epochs=f.warmup_epochs),
+        run=cfg.RunConfig(model_dir=f.model_dir or "", seed=f.seed, precision=f.precision,
+                          jit_compile=_resolve_jit_compile(f.jit_compile), strategy=f.strategy,
+                          validation_freq=f.validation_freq),
+    )
+    return config.validate()

@@ -1,0 +1,195 @@
+"""Frozen, validated experiment configuration.
+
+`robustcl.cli.flags.config_from_flags` is the only place that builds an `ExperimentConfig` from
+command-line flags; library code receives these objects and never reads flags. Every run writes its
+config as JSON (`to_json`) and `from_json` reads it back, e.g. for evaluation or export.
+"""
+
+import dataclasses
+import json
+import math
+from typing import Any, Optional, Tuple
+
+NORMS = ("linf", "l2")
+TRAIN_ATTACKS = ("none", "fgsm", "pgd")
+PRECISIONS = ("float32", "mixed_bfloat16")
+STRATEGIES = ("auto", "one_device", "mirrored")
+LR_SCHEDULES = ("piecewise", "cosine", "constant")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the setting (as its flag)."""
+
+
+def _check(condition, flag, message):
+    if not condition:
+        raise ConfigError(f"--{flag}: {message}")
+
+
+def _finite(value):
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "cifar10"
+    data_dir: Optional[str] = None
+    download: bool = False
+    val_size: int = 1000
+    train_examples: int = 0  # 0: the whole training split (minus validation); >0: a prefix, for smoke runs
+    batch_size: int = 128
+    eval_batch_size: int = 256
+    augment: bool = True
+    split_seed: int = 0
+
+    def validate(self):
+        _check(self.val_size >= 0, "val_size", f"must be >= 0, got {self.val_size}")
+        _check(self.train_examples >= 0, "train_examples", f"must be >= 0, got {self.train_examples}")
+        _check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        _check(self.eval_batch_size >= 1, "eval_batch_size", f"must be >= 1, got {self.eval_batch_size}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    name: str = "resnet18"
+    # Width of the projection head that produces the "embedding" output; 0 means the embedding is
+    # the pooled backbone features (no head), as methods without a contrastive loss need nothing more.
+    embedding_dim: int = 0
+
+    def validate(self):
+        _check(self.embedding_dim >= 0, "embedding_dim", f"must be >= 0, got {self.embedding_dim}")
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackConfig:
+    """A norm-ball attack: `name` is none, fgsm (one step of size eps, no random start) or pgd."""
+
+    name: str = "pgd"
+    norm: str = "linf"
+    eps: float = 8 / 255
+    step_size: float = 2 / 255
+    steps: int = 10
+    random_start: bool = True
+
+    def validate(self, prefix=""):
+        _check(self.name in TRAIN_ATTACKS, prefix + "attack",
+               f"unknown attack {self.name!r}; known: {', '.join(TRAIN_ATTACKS)}")
+        _check(self.norm in NORMS, "norm", f"unknown norm {self.norm!r}; known: {', '.join(NORMS)}")
+        _check(_finite(self.eps) and self.eps >= 0, "eps", f"must be a finite number >= 0, got {self.eps}")
+        _check(_finite(self.step_size) and self.step_size > 0, prefix + "step_size",
+               f"must be a finite number > 0, got {self.step_size}")
+        _check(self.steps >= 1, prefix + "attack_steps", f"must be >= 1, got {self.steps}")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    epochs: int = 100
+    steps_per_epoch: int = 0  # 0: one pass over the training split per epoch
+    learning_rate: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    # L2 penalty added to the gradient of every variable before momentum, as torch.optim.SGD's
+    # weight_decay does in the published robust-training code (not Keras' decoupled decay).
+    weight_decay: float = 5e-4
+    lr_schedule: str = "piecewise"
+    lr_decay_epochs: Tuple[int, ...] = (75, 90)
+    lr_decay_factor: float = 0.1
+    warmup_epochs: int = 0
+
+    def validate(self):
+        _check(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
+        _check(self.steps_per_epoch >= 0, "steps_per_epoch", f"must be >= 0, got {self.steps_per_epoch}")
+        _check(_finite(self.learning_rate) and self.learning_rate > 0, "learning_rate",
+               f"must be > 0, got {self.learning_rate}")
+        _check(0 <= self.momentum < 1, "momentum", f"must be in [0, 1), got {self.momentum}")
+        _check(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+        _check(self.lr_schedule in LR_SCHEDULES, "lr_schedule",
+               f"unknown schedule {self.lr_schedule!r}; known: {', '.join(LR_SCHEDULES)}")
+        _check(all(e >= 1 for e in self.lr_decay_epochs), "lr_decay_epochs",
+               f"epochs must be >= 1, got {list(self.lr_decay_epochs)}")
+        _check(list(self.lr_decay_epochs) == sorted(self.lr_decay_epochs), "lr_decay_epochs",
+               f"must be increasing, got {list(self.lr_decay_epochs)}")
+        _check(0 < self.lr_decay_factor <= 1, "lr_decay_factor",
+               f"must be in (0, 1], got {self.lr_decay_factor}")
+        _check(0 <= self.warmup_epochs < self.epochs, "warmup_epochs",
+               f"must be in [0, epochs={self.epochs}), got {self.warmup_epochs}")
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodConfig:
+    """The training method by registered name and its hyperparameters (the method's Params)."""
+
+    name: str = "pgd_at"
+    params: Any = None
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    model_dir: str = ""
+    seed: int = 0
+    precision: str = "float32"
+    jit_compile: bool = False  # resolved from "auto" by the device in use; see cli.flags
+    strategy: str = "auto"
+    validation_freq: int = 1
+
+    def validate(self):
+        _check(bool(self.model_dir), "model_dir", "is required (where the run writes its files)")
+        _check(self.precision in PRECISIONS, "precision",
+               f"unknown precision {self.precision!r}; known: {', '.join(PRECISIONS)}")
+        _check(self.strategy in STRATEGIES, "strategy",
+               f"unknown strategy {self.strategy!r}; known: {', '.join(STRATEGIES)}")
+        _check(self.validation_freq >= 1, "validation_freq", f"must be >= 1, got {self.validation_freq}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    data: DataConfig
+    model: ModelConfig
+    method: MethodConfig
+    train_attack: AttackConfig  # the attack that makes training examples (the method may ignore it)
+    val_attack: AttackConfig  # PGD used on the validation split for model selection
+    optimizer: OptimizerConfig
+    run: RunConfig
+
+    def validate(self):
+        self.data.validate()
+        self.model.validate()
+        self.train_attack.validate()
+        self.val_attack.validate(prefix="val_")
+        _check(self.val_attack.name == "pgd", "val_attack", "validation uses PGD")
+        self.optimizer.validate()
+        self.run.validate()
+        if self.optimizer.lr_schedule == "piecewise":
+            _check(all(e <= self.optimizer.epochs for e in self.optimizer.lr_decay_epochs),
+                   "lr_decay_epochs",
+                   f"{list(self.optimizer.lr_decay_epochs)} lie past --epochs={self.optimizer.epochs}")
+        return self
+
+    def to_dict(self):
+        d = dataclasses.asdict(self)
+        params = self.method.params
+        d["method"]["params"] = dataclasses.asdict(params) if dataclasses.is_dataclass(params) else {}
+        return d
+
+    def to_json(self):
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d, params_class=None):
+        """Rebuilds a config; `params_class` (the method's Params dataclass) types method.params."""
+        params = d["method"].get("params") or {}
+        optimizer = dict(d["optimizer"], lr_decay_epochs=tuple(d["optimizer"]["lr_decay_epochs"]))
+        return cls(
+            data=DataConfig(**d["data"]),
+            model=ModelConfig(**d["model"]),
+            method=MethodConfig(name=d["method"]["name"],
+                                params=params_class(**params) if params_class else params),
+            train_attack=AttackConfig(**d["train_attack"]),
+            val_attack=AttackConfig(**d["val_attack"]),
+            optimizer=OptimizerConfig(**optimizer),
+            run=RunConfig(**d["run"]),
+        )
+
+    @classmethod
+    def from_json(cls, text, params_class=None):
+        return cls.from_dict(json.loads(text), params_class)

@@ -1,0 +1,31 @@
+"""Baselines: standard (clean) training and PGD adversarial training (Madry et al. 2018)."""
+
+from robustcl.methods.base import METHODS, LossTerm, Method, cross_entropy
+
+
+@METHODS.register("standard")
+class Standard(Method):
+    """Cross-entropy on clean images; no attack during training."""
+
+    name = "standard"
+    attack_objective = None
+    uses_clean = True
+    uses_adversarial = False
+    loss_names = ("ce",)
+
+    def losses(self, labels, clean, adversarial):
+        return {"ce": LossTerm(cross_entropy(labels, clean["logits"]))}
+
+
+@METHODS.register("pgd_at")
+class PGDAT(Method):
+    """Cross-entropy on adversarial examples that maximize cross-entropy (Madry et al. 2018)."""
+
+    name = "pgd_at"
+    attack_objective = "ce"
+    uses_clean = False
+    uses_adversarial = True
+    loss_names = ("ce_adv",)
+
+    def losses(self, labels, clean, adversarial):
+        return {"ce_adv": LossTerm(cross_entropy(labels, adversarial["logits"]))}

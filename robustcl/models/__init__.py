@@ -1,0 +1,47 @@
+"""Networks: images in [0, 1] -> {"features", "embedding", "logits"}, normalization inside."""
+
+import keras
+from keras import layers
+
+from robustcl.models.backbones import BACKBONES, LayerFactory
+
+OUTPUT_NAMES = ("features", "embedding", "logits")
+
+
+def build(name, num_classes, mean, std, image_shape=(32, 32, 3), embedding_dim=0,
+          synchronized_bn=False):
+    """Builds a registered backbone with normalization, an optional projection head and a classifier.
+
+    Args:
+      name: registered backbone name (see `BACKBONES.names()`).
+      num_classes: classifier width.
+      mean, std: per-channel dataset statistics of [0, 1] pixels; normalization is the first layer,
+        so attacks and users feed raw [0, 1] images.
+      embedding_dim: >0 adds a 2-layer MLP projection head (SimCLR/SupCon style) whose output is
+        "embedding"; 0 makes "embedding" the pooled features.
+      synchronized_bn: BatchNorm statistics over the global batch under tf.distribute.
+    Returns:
+      A keras.Model whose outputs are a dict of float32 tensors: features [B, F], embedding [B, E],
+      logits [B, num_classes]. The classifier reads the features, not the embedding.
+    """
+    backbone = BACKBONES.get(name)
+    images = keras.Input(image_shape, name="images", dtype="float32")
+    variance = [s * s for s in std]
+    x = layers.Normalization(mean=list(mean), variance=variance, name="normalize")(images)
+    features = backbone(x, LayerFactory(synchronized_bn))
+    if embedding_dim:
+        hidden = layers.Dense(features.shape[-1], activation="relu", name="head_hidden")(features)
+        embedding = layers.Dense(embedding_dim, name="head_embedding")(hidden)
+    else:
+        embedding = features
+    logits = layers.Dense(num_classes, name="logits", dtype="float32")(features)
+    # Cast in float32 layers so losses, attacks and exports see float32 under mixed precision.
+    outputs = {
+        "features": layers.Activation("linear", dtype="float32", name="features")(features),
+        "embedding": layers.Activation("linear", dtype="float32", name="embedding")(embedding),
+        "logits": logits,
+    }
+    return keras.Model(images, outputs, name=name)
+
+
+__all__ = ["BACKBONES", "OUTPUT_NAMES", "build"]

@@ -1,0 +1,106 @@
+"""CIFAR backbones as Keras functional graphs: images (already normalized) -> pooled features.
+
+Layer settings follow the PyTorch code the published robust-training results come from: BatchNorm
+momentum 0.9 (torch's 0.1) and epsilon 1e-5, He-normal (fan-out) convolution kernels, no conv bias.
+"""
+
+import keras
+from keras import layers
+
+from robustcl.registry import Registry
+
+BACKBONES = Registry("model")
+
+_CONV_INIT = keras.initializers.VarianceScaling(2.0, mode="fan_out", distribution="untruncated_normal")
+
+
+class LayerFactory:
+    """Builds conv and BatchNorm layers with the shared settings (synchronized BN under replicas)."""
+
+    def __init__(self, synchronized_bn=False):
+        self.synchronized_bn = synchronized_bn
+
+    def conv(self, filters, kernel_size=3, strides=1, name=None):
+        return layers.Conv2D(filters, kernel_size, strides=strides, padding="same", use_bias=False,
+                             kernel_initializer=_CONV_INIT, name=name)
+
+    def bn(self, name=None):
+        return layers.BatchNormalization(momentum=0.9, epsilon=1e-5,
+                                         synchronized=self.synchronized_bn, name=name)
+
+
+def _basic_block(f, x, filters, strides, name):
+    """ResNet v1 basic block (He et al. 2016), as in the CIFAR ResNet-18 of kuangliu/pytorch-cifar."""
+    shortcut = x
+    y = f.conv(filters, strides=strides, name=f"{name}_conv1")(x)
+    y = layers.ReLU()(f.bn(f"{name}_bn1")(y))
+    y = f.bn(f"{name}_bn2")(f.conv(filters, name=f"{name}_conv2")(y))
+    if strides != 1 or x.shape[-1] != filters:
+        shortcut = f.bn(f"{name}_shortcut_bn")(
+            f.conv(filters, 1, strides, name=f"{name}_shortcut_conv")(x))
+    return layers.ReLU()(layers.Add()([y, shortcut]))
+
+
+def _preact_block(f, x, filters, strides, name):
+    """Pre-activation block (He et al. 2016b): BN-ReLU before each convolution."""
+    out = layers.ReLU()(f.bn(f"{name}_bn1")(x))
+    shortcut = x
+    if strides != 1 or x.shape[-1] != filters:
+        shortcut = f.conv(filters, 1, strides, name=f"{name}_shortcut_conv")(out)
+    y = f.conv(filters, strides=strides, name=f"{name}_conv1")(out)
+    y = layers.ReLU()(f.bn(f"{name}_bn2")(y))
+    y = f.conv(filters, name=f"{name}_conv2")(y)
+    return layers.Add()([y, shortcut])
+
+
+def _resnet18(x, f, block, final_bn_relu):
+    x = f.conv(64, name="stem_conv")(x)
+    if not final_bn_relu:  # ResNet v1 normalizes the stem; the pre-activation net does it in blocks.
+        x = layers.ReLU()(f.bn("stem_bn")(x))
+    for stage, (filters, strides) in enumerate([(64, 1), (128, 2), (256, 2), (512, 2)]):
+        for i in range(2):
+            x = block(f, x, filters, strides if i == 0 else 1, f"stage{stage + 1}_block{i + 1}")
+    if final_bn_relu:
+        x = layers.ReLU()(f.bn("final_bn")(x))
+    return layers.GlobalAveragePooling2D(name="pool")(x)
+
+
+@BACKBONES.register("resnet18")
+def resnet18(x, f):
+    return _resnet18(x, f, _basic_block, final_bn_relu=False)
+
+
+@BACKBONES.register("preact_resnet18")
+def preact_resnet18(x, f):
+    return _resnet18(x, f, _preact_block, final_bn_relu=True)
+
+
+def _wide_resnet(x, f, depth, widen):
+    """WideResNet-depth-widen (Zagoruyko & Komodakis), as used by TRADES, MART and MOREL."""
+    if (depth - 4) % 6:
+        raise ValueError(f"WideResNet depth must be 6n+4, got {depth}")
+    blocks = (depth - 4) // 6
+    x = f.conv(16, name="stem_conv")(x)
+    for group, (filters, strides) in enumerate([(16 * widen, 1), (32 * widen, 2), (64 * widen, 2)]):
+        for i in range(blocks):
+            x = _preact_block(f, x, filters, strides if i == 0 else 1, f"group{group + 1}_block{i + 1}")
+    x = layers.ReLU()(f.bn("final_bn")(x))
+    return layers.GlobalAveragePooling2D(name="pool")(x)
+
+
+@BACKBONES.register("wrn34_10")
+def wrn34_10(x, f):
+    return _wide_resnet(x, f, 34, 10)
+
+
+@BACKBONES.register("wrn28_10")
+def wrn28_10(x, f):
+    return _wide_resnet(x, f, 28, 10)
+
+
+@BACKBONES.register("tiny")
+def tiny_cnn(x, f):
+    """A 3-conv CNN (about 25k parameters) for tests and smoke runs."""
+    for i, (filters, strides) in enumerate([(16, 1), (32, 2), (64, 2)]):
+        x = layers.ReLU()(f.bn(f"bn{i + 1}")(f.conv(filters, strides=strides, name=f"conv{i + 1}")(x)))
+    return layers.GlobalAveragePooling2D(name="pool")(x)

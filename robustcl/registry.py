@@ -1,0 +1,38 @@
+"""Name -> object registries with errors that list what is available."""
+
+import difflib
+
+
+class Registry:
+    """Maps names to classes or factories; `get` fails with the known names and a suggestion."""
+
+    def __init__(self, kind):
+        self.kind = kind
+        self._entries = {}
+
+    def register(self, name):
+        def decorator(obj):
+            if name in self._entries:
+                raise ValueError(f"{self.kind} {name!r} is registered twice")
+            self._entries[name] = obj
+            return obj
+
+        return decorator
+
+    def get(self, name):
+        if name not in self._entries:
+            raise KeyError(self.unknown_message(name))
+        return self._entries[name]
+
+    def unknown_message(self, name):
+        message = f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}"
+        close = difflib.get_close_matches(str(name), self.names(), n=1)
+        if close:
+            message += f" (did you mean {close[0]!r}?)"
+        return message
+
+    def names(self):
+        return sorted(self._entries)
+
+    def __contains__(self, name):
+        return name in self._entries

@@ -1,0 +1,132 @@
+"""AdversarialModel: the one Keras model whose train_step serves every method."""
+
+import keras
+import tensorflow as tf
+
+from robustcl.attacks import OBJECTIVES, attack_from_config
+from robustcl.methods.base import cross_entropy
+
+# Validation attacks draw their random start from a fixed stream, so every evaluation of the same
+# weights gives the same number; training draws a fresh start per optimizer step.
+_VALIDATION_STREAM = 2**31 - 1
+
+
+def _global_sum(values):
+    """Sums a structure of tensors over all replicas (identity on one device)."""
+    return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, values)
+
+
+def _correct(labels, logits):
+    return tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), tf.cast(labels, tf.int32)),
+                   tf.float32)
+
+
+class AdversarialModel(keras.Model):
+    """Wraps a network (images -> {"features", "embedding", "logits"}) with a method's training step.
+
+    train_step: make x_adv by maximizing the method's attack objective over the training threat
+    model (network in inference mode, so BatchNorm statistics are untouched), forward the clean and/or
+    adversarial batch in training mode, minimize the sum of the method's loss terms (plus L2 weight
+    decay on every variable, as torch.optim.SGD's weight_decay), and report each term.
+    test_step: clean and PGD accuracy (and cross-entropy) with the validation attack.
+
+    Every reported figure is reduced over the global batch inside the step, so N replicas report
+    exactly what one device reports on the same batch.
+    """
+
+    def __init__(self, network, method, train_attack, val_attack, weight_decay=0.0, seed=0,
+                 jit_compile_attack=False, **kwargs):
+        super().__init__(**kwargs)
+        self.network = network
+        self.method = method
+        self.weight_decay = float(weight_decay)
+        self.seed = int(seed)
+        self._objective = (OBJECTIVES.get(method.attack_objective)
+                           if method.attack_objective else None)
+        self._train_attack = attack_from_config(train_attack) if self._objective else None
+        self._val_attack = attack_from_config(val_attack)
+        # XLA for the attack alone: it is most of the step's work, and unlike a jit-compiled
+        # train_step it also compiles under tf.distribute.
+        self._attack = tf.function(self._run_attack, jit_compile=True) if jit_compile_attack \
+            else self._run_attack
+        names = ["loss", *method.loss_names, "accuracy", "robust_accuracy", "ce", "robust_ce"]
+        self._trackers = {name: keras.metrics.Mean(name=name) for name in names}
+        self.built = True  # the network is built; this wrapper adds no weights of its own
+
+    @property
+    def metrics(self):
+        return list(self._trackers.values())
+
+    def call(self, images, training=False):
+        return self.network(images, training=training)
+
+    def _run_attack(self, attack, objective, x, labels, reference_logits, seed):
+        def loss_fn(x_adv):
+            return objective(self.network(x_adv, training=False)["logits"], labels, reference_logits)
+
+        return attack(loss_fn, x, seed)
+
+    def _update(self, name, values, weights=None):
+        self._trackers[name].update_state(values, sample_weight=weights)
+        return name
+
+    def _results(self, names):
+        """Global (all-replica) values of the named trackers, read inside the replica step."""
+        trackers = [self._trackers[n] for n in names]
+        totals = _global_sum([(tf.identity(t.total), tf.identity(t.count)) for t in trackers])
+        return {n: tf.math.divide_no_nan(total, count) for n, (total, count) in zip(names, totals)}
+
+    def train_step(self, data):
+        x, labels = data[0], data[1]
+        x = tf.cast(x, tf.float32)
+        reported = []
+        x_adv = reference = None
+        if self._train_attack is not None:
+            reference = self.network(x, training=False)["logits"]
+            seed = tf.stack([tf.constant(self.seed, tf.int64),
+                             tf.cast(self.optimizer.iterations, tf.int64)])
+            x_adv = self._attack(self._train_attack, self._objective, x, labels, reference, seed)
+
+        variables = self.trainable_variables
+        with tf.GradientTape() as tape:
+            clean = self.network(x, training=True) if self.method.uses_clean else None
+            adversarial = (self.network(x_adv, training=True)
+                           if x_adv is not None and self.method.uses_adversarial else None)
+            terms = self.method.losses(labels, clean, adversarial)
+            # Each replica contributes sum(w * v) / global sum(w); the optimizer sums gradients over
+            # replicas, giving the gradient of the global mean.
+            denominators = _global_sum([tf.stop_gradient(tf.reduce_sum(
+                tf.ones_like(t.values) if t.weights is None else t.weights)) for t in terms.values()])
+            loss = tf.add_n([
+                tf.reduce_sum(t.values if t.weights is None else t.values * t.weights) / tf.maximum(d, 1e-12)
+                for t, d in zip(terms.values(), denominators)])
+            scaled_loss = self.optimizer.scale_loss(loss)
+        grads = tape.gradient(scaled_loss, variables)
+        if self.weight_decay:
+            share = self.weight_decay / tf.distribute.get_replica_context().num_replicas_in_sync
+            grads = [g + share * tf.cast(v, g.dtype) for g, v in zip(grads, variables)]
+        self.optimizer.apply(grads, variables)
+
+        reported.append(self._update("loss", _global_sum(loss)))
+        for name, term in terms.items():
+            reported.append(self._update(name, term.values, term.weights))
+        accuracy_logits = clean["logits"] if clean is not None else reference
+        if accuracy_logits is not None:
+            reported.append(self._update("accuracy", _correct(labels, accuracy_logits)))
+        if adversarial is not None:
+            reported.append(self._update("robust_accuracy", _correct(labels, adversarial["logits"])))
+        return self._results(reported)
+
+    def test_step(self, data):
+        x, labels = tf.cast(data[0], tf.float32), data[1]
+        clean_logits = self.network(x, training=False)["logits"]
+        seed = tf.constant([self.seed, _VALIDATION_STREAM], tf.int64)
+        x_adv = self._attack(self._val_attack, OBJECTIVES.get("ce"), x, labels, clean_logits, seed)
+        adv_logits = self.network(x_adv, training=False)["logits"]
+        reported = [
+            self._update("accuracy", _correct(labels, clean_logits)),
+            self._update("robust_accuracy", _correct(labels, adv_logits)),
+            self._update("ce", cross_entropy(labels, clean_logits)),
+            self._update("robust_ce", cross_entropy(labels, adv_logits)),
+        ]
+        return self._results(reported)

@@ -1,0 +1,101 @@
+"""One training run: config -> data, network, method, AdversarialModel.fit, files in model_dir.
+
+model_dir after a run:
+  config.json          the resolved ExperimentConfig (flags.txt beside it when started from the CLI)
+  train/, validation/  TensorBoard event files (losses, accuracies, learning rate)
+  last.weights.h5      network weights after the last finished epoch
+  best.weights.h5      network weights with the best validation robust accuracy so far
+  history.json         per-epoch figures and which epoch is best
+  backup/              model + optimizer state for resuming (kept after the run)
+"""
+
+import os
+
+import keras
+import tensorflow as tf
+
+from robustcl import data, methods, models
+from robustcl.training import schedules
+from robustcl.training.callbacks import RunCheckpoints, atomic_write_text
+from robustcl.training.model import AdversarialModel
+
+
+def set_precision(precision):
+    keras.mixed_precision.set_global_policy(precision)
+
+
+def make_strategy(name):
+    """auto: MirroredStrategy over every GPU when there are several, else the default strategy."""
+    gpus = tf.config.list_logical_devices("GPU")
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy(
+            None if gpus else [d.name for d in tf.config.list_logical_devices("CPU")])
+    if name == "one_device":
+        return tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0")
+    return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
+
+
+def build_model(config, num_classes, mean, std, image_shape, strategy):
+    """Network + method + AdversarialModel, compiled with SGD and the configured LR schedule."""
+    method_class = methods.get(config.method.name)
+    network = models.build(config.model.name, num_classes, mean, std, image_shape,
+                           embedding_dim=config.model.embedding_dim,
+                           synchronized_bn=strategy.num_replicas_in_sync > 1)
+    model = AdversarialModel(network, method_class(config.method.params, num_classes),
+                             config.train_attack, config.val_attack,
+                             weight_decay=config.optimizer.weight_decay, seed=config.run.seed,
+                             jit_compile_attack=config.run.jit_compile)
+    return model
+
+
+def compile_model(model, config, steps_per_epoch):
+    o = config.optimizer
+    optimizer = keras.optimizers.SGD(schedules.from_config(o, steps_per_epoch), momentum=o.momentum,
+                                     nesterov=o.nesterov)
+    model.compile(optimizer=optimizer, jit_compile=False)
+    return model
+
+
+def steps_per_epoch(config, train_size):
+    steps = config.optimizer.steps_per_epoch or train_size // config.data.batch_size
+    if steps < 1:
+        raise ValueError(f"--batch_size={config.data.batch_size} exceeds the {train_size} training "
+                         "images: no full batch to train on")
+    return steps
+
+
+def train(config, flags_text=None, verbose=1):
+    """Trains as configured, resuming from model_dir/backup when an earlier run was interrupted."""
+    os.makedirs(config.run.model_dir, exist_ok=True)
+    atomic_write_text(os.path.join(config.run.model_dir, "config.json"), config.to_json())
+    if flags_text is not None:
+        atomic_write_text(os.path.join(config.run.model_dir, "flags.txt"), flags_text)
+    keras.utils.set_random_seed(config.run.seed)
+    set_precision(config.run.precision)
+
+    splits = data.load(config.data)
+    steps = steps_per_epoch(config, len(splits.train[0]))
+    train_ds = data.train_dataset(*splits.train, config.data.batch_size, config.data.augment,
+                                  seed=config.run.seed)
+    val_ds = data.eval_dataset(*splits.val, config.data.eval_batch_size) if len(splits.val[0]) else None
+
+    strategy = make_strategy(config.run.strategy)
+    with strategy.scope():
+        model = build_model(config, splits.info.num_classes, splits.info.mean, splits.info.std,
+                            splits.info.image_shape, strategy)
+        compile_model(model, config, steps)
+
+    model_dir = config.run.model_dir
+    monitor = "val_robust_accuracy"
+    callbacks = [
+        # Order matters: checkpoints and history of an epoch are written before the backup says the
+        # epoch is done, so a kill between them redoes the epoch instead of losing its files.
+        RunCheckpoints(model.network, model_dir, monitor=monitor),
+        keras.callbacks.TensorBoard(log_dir=model_dir, update_freq="epoch", write_graph=False),
+        keras.callbacks.BackupAndRestore(os.path.join(model_dir, "backup"), double_checkpoint=True,
+                                         delete_checkpoint=False),
+    ]
+    history = model.fit(train_ds, epochs=config.optimizer.epochs, steps_per_epoch=steps,
+                        validation_data=val_ds, validation_freq=config.run.validation_freq,
+                        callbacks=callbacks, verbose=verbose, shuffle=False)
+    return model, history

@@ -1,0 +1,37 @@
+#!/usr/bin/env python
+"""Trains a robust classifier.
+
+    python scripts/train.py --flagfile=configs/pgd_at_cifar10.flags --data_dir=DIR --model_dir=DIR
+
+Rerunning the same command after an interruption resumes from the last finished epoch.
+"""
+
+import sys
+
+from absl import app
+
+from robustcl.cli import flags as cli_flags
+
+cli_flags.define_train_flags()
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from robustcl.config import ConfigError
+    from robustcl.data import DataFormatError, DataNotFoundError
+
+    try:
+        config = cli_flags.config_from_flags()
+    except ConfigError as error:
+        sys.exit(f"error: {error}")
+    from robustcl.training import run
+
+    try:
+        run.train(config, flags_text=cli_flags.FLAGS.flags_into_string())
+    except (DataNotFoundError, DataFormatError) as error:
+        sys.exit(f"error: {error}")
+
+
+if __name__ == "__main__":
+    app.run(main)
