@@ -1,0 +1,54 @@
+"""Shared fixtures. The CPU is split into 2 logical devices before TensorFlow starts, so
+MirroredStrategy tests run 2 real replicas; single-device code uses the first."""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+_cpus = tf.config.list_physical_devices("CPU")
+tf.config.set_logical_device_configuration(
+    _cpus[0], [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
+
+import keras  # noqa: E402  (after the device split)
+
+from robustcl import models  # noqa: E402
+
+CIFAR10_ENV = "ROBUSTCL_CIFAR10_DIR"
+
+
+@pytest.fixture
+def cifar10_dir():
+    """Directory with real CIFAR-10 in the official layout (set by .ci/run), or skip."""
+    path = os.environ.get(CIFAR10_ENV)
+    if not path:
+        pytest.skip(f"{CIFAR10_ENV} is not set: no real CIFAR-10 here (.ci/run builds it from "
+                    "../shared/data/make_cifar10.py)")
+    if not os.path.exists(path):
+        pytest.skip(f"{CIFAR10_ENV}={path} does not exist")
+    return path
+
+
+def template_batch(n=128, num_classes=10, seed=0, contrast=0.03, noise=0.05):
+    """Images in [0,1] whose class is a faint low-frequency template under noise: easy to fit,
+    and, fitted, fragile to small perturbations (an undefended model to attack)."""
+    rng = np.random.default_rng(seed)
+    templates = rng.uniform(0.5 - contrast, 0.5 + contrast, size=(num_classes, 4, 4, 3))
+    templates = np.repeat(np.repeat(templates, 8, 1), 8, 2)
+    y = (np.arange(n) % num_classes).astype("int32")
+    x = np.clip(templates[y] + rng.normal(0, noise, size=(n, 32, 32, 3)), 0, 1).astype("float32")
+    return x, y
+
+
+@pytest.fixture(scope="session")
+def undefended():
+    """(network, x, y): the tiny CNN fitted to 100% clean accuracy on its own training batch."""
+    keras.utils.set_random_seed(0)
+    x, y = template_batch()
+    network = models.build("tiny", 10, (0.5,) * 3, (0.25,) * 3)
+    classifier = keras.Model(network.input, network.output["logits"])
+    classifier.compile(keras.optimizers.Adam(1e-2),
+                       keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    classifier.fit(x, y, epochs=30, batch_size=32, verbose=0)
+    return network, x, y
