@@ -54,10 +54,5 @@ class Method:
         raise NotImplementedError
 
 
-def cross_entropy(labels, logits):
-    return tf.nn.sparse_softmax_cross_entropy_with_logits(
-        labels=tf.cast(labels, tf.int32), logits=tf.cast(logits, tf.float32))
-
-
 def get(name):
     return METHODS.get(name)

@@ -1,6 +1,7 @@
 """Baselines: standard (clean) training and PGD adversarial training (Madry et al. 2018)."""
 
-from robustcl.methods.base import METHODS, LossTerm, Method, cross_entropy
+from robustcl.losses import cross_entropy_per_example as cross_entropy
+from robustcl.methods.base import METHODS, LossTerm, Method
 
 
 @METHODS.register("standard")

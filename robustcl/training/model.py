@@ -4,7 +4,7 @@ import keras
 import tensorflow as tf
 
 from robustcl.attacks import OBJECTIVES, attack_from_config
-from robustcl.methods.base import cross_entropy
+from robustcl.losses import cross_entropy_per_example as cross_entropy
 
 # Validation attacks draw their random start from a fixed stream, so every evaluation of the same
 # weights gives the same number; training draws a fresh start per optimizer step.
@@ -60,9 +60,9 @@ class AdversarialModel(keras.Model):
     def call(self, images, training=False):
         return self.network(images, training=training)
 
-    def _run_attack(self, attack, objective, x, labels, reference_logits, seed):
+    def _run_attack(self, attack, objective, x, labels, reference, seed):
         def loss_fn(x_adv):
-            return objective(self.network(x_adv, training=False)["logits"], labels, reference_logits)
+            return objective(self.network(x_adv, training=False), labels, reference)
 
         return attack(loss_fn, x, seed)
 
@@ -82,7 +82,7 @@ class AdversarialModel(keras.Model):
         reported = []
         x_adv = reference = None
         if self._train_attack is not None:
-            reference = self.network(x, training=False)["logits"]
+            reference = self.network(x, training=False)
             seed = tf.stack([tf.constant(self.seed, tf.int64),
                              tf.cast(self.optimizer.iterations, tf.int64)])
             x_adv = self._attack(self._train_attack, self._objective, x, labels, reference, seed)
@@ -110,18 +110,19 @@ class AdversarialModel(keras.Model):
         reported.append(self._update("loss", _global_sum(loss)))
         for name, term in terms.items():
             reported.append(self._update(name, term.values, term.weights))
-        accuracy_logits = clean["logits"] if clean is not None else reference
-        if accuracy_logits is not None:
-            reported.append(self._update("accuracy", _correct(labels, accuracy_logits)))
+        accuracy_source = clean if clean is not None else reference
+        if accuracy_source is not None:
+            reported.append(self._update("accuracy", _correct(labels, accuracy_source["logits"])))
         if adversarial is not None:
             reported.append(self._update("robust_accuracy", _correct(labels, adversarial["logits"])))
         return self._results(reported)
 
     def test_step(self, data):
         x, labels = tf.cast(data[0], tf.float32), data[1]
-        clean_logits = self.network(x, training=False)["logits"]
+        clean = self.network(x, training=False)
+        clean_logits = clean["logits"]
         seed = tf.constant([self.seed, _VALIDATION_STREAM], tf.int64)
-        x_adv = self._attack(self._val_attack, OBJECTIVES.get("ce"), x, labels, clean_logits, seed)
+        x_adv = self._attack(self._val_attack, OBJECTIVES.get("ce"), x, labels, clean, seed)
         adv_logits = self.network(x_adv, training=False)["logits"]
         reported = [
             self._update("accuracy", _correct(labels, clean_logits)),

@@ -1,0 +1,114 @@
+"""Supervised contrastive losses: SupCon (Khosla et al. 2020), with a margin, and MOREL's
+multi-positive form (Tian et al. 2023), over one or several views per sample."""
+
+import keras
+import tensorflow as tf
+
+from robustcl.losses.base import EPS, WeightedMeanLoss, as_float
+
+_MASKED = -1e9  # logit of excluded pairs (self): finite, so a lone anchor gives no NaN or inf
+
+
+def supcon_margin_per_example(labels, features, temperature=0.1, margin=0.0,
+                              positive_weights=None):
+    """Supervised contrastive loss with an additive margin on positive pairs, per sample.
+
+    Features are L2-normalized (a zero vector stays zero). Every view of every sample is an anchor;
+    its positives are all other views with the same label (other views of the same image included),
+    its contrast set all other views. For anchor i with positives P(i) and weights w_ip:
+
+        l_ip = (s_ip - margin * [p in P(i)]) / temperature      for every j != i
+        L_i  = -sum_p w_ip (l_ip - logsumexp_{j != i} l_ij) / sum_p w_ip
+
+    The margin lowers every positive's similarity, so the loss keeps falling until positives
+    exceed negatives by `margin`: a minimum separation between classes. margin=0 with unit weights
+    is SupCon's L_out.
+
+    Args:
+      labels: int [B].
+      features: [B, D] or [B, V, D] (V views per sample).
+      positive_weights: optional [B*V, B*V] weights of pairs in sample-major order (index b*V + v);
+        only entries on positive pairs matter. Used by hard-positive mining.
+    Returns:
+      (values [B], weights [B]): each sample's mean over its anchors that have positives, and the
+      fraction of its anchors that do (0 when none: leave it out of the mean).
+    """
+    features = as_float(features)
+    if features.shape.rank == 2:
+        features = features[:, None, :]
+    batch, views = tf.shape(features)[0], tf.shape(features)[1]
+    n = batch * views
+    z = tf.math.l2_normalize(tf.reshape(features, [n, -1]), axis=-1, epsilon=EPS)
+    anchor_labels = tf.repeat(tf.reshape(labels, [-1]), views)
+    self_mask = tf.eye(n, dtype=tf.bool)
+    positive = tf.logical_and(tf.equal(anchor_labels[:, None], anchor_labels[None, :]),
+                              tf.logical_not(self_mask))
+    positive_f = tf.cast(positive, z.dtype)
+    weights = positive_f if positive_weights is None else positive_f * as_float(positive_weights)
+    logits = (tf.matmul(z, z, transpose_b=True) - margin * positive_f) / temperature
+    logits = tf.where(self_mask, tf.cast(_MASKED, z.dtype), logits)
+    log_prob = logits - tf.reduce_logsumexp(logits, axis=1, keepdims=True)
+    weight_sum = tf.reduce_sum(weights, axis=1)
+    per_anchor = -tf.reduce_sum(weights * log_prob, axis=1) / tf.maximum(weight_sum, EPS)
+    valid = tf.cast(weight_sum > 0, z.dtype)
+    per_anchor = tf.reshape(per_anchor * valid, [batch, views])
+    valid = tf.reshape(valid, [batch, views])
+    count = tf.reduce_sum(valid, axis=1)
+    values = tf.reduce_sum(per_anchor, axis=1) / tf.maximum(count, 1.0)
+    return values, count / tf.cast(views, z.dtype)
+
+
+def supcon_per_example(labels, features, temperature=0.1, positive_weights=None):
+    """SupCon's L_out (Khosla et al. 2020): supcon_margin_per_example with margin 0."""
+    return supcon_margin_per_example(labels, features, temperature, 0.0, positive_weights)
+
+
+def multi_positive_per_example(labels, embeddings, temperature=0.1):
+    """MOREL's multi-positive contrastive loss: cross-entropy of each anchor's softmax over the other
+    samples against a target spread uniformly over its same-class positives (self excluded).
+
+    With a uniform target this is the same function as SupCon's L_out on one view; anchors without a
+    positive are left out of the mean (MOREL's code counts them as 0 in it).
+    """
+    return supcon_margin_per_example(labels, embeddings, temperature, 0.0)
+
+
+@keras.saving.register_keras_serializable(package="robustcl")
+class SupConMarginLoss(WeightedMeanLoss):
+    """`supcon_margin_per_example` as a Keras loss: loss(labels, features[, sample_weight])."""
+
+    def __init__(self, temperature=0.1, margin=0.0, reduction="sum_over_batch_size",
+                 name="supcon_margin", dtype=None):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.temperature = float(temperature)
+        self.margin = float(margin)
+
+    def per_example(self, y_true, y_pred):
+        return supcon_margin_per_example(y_true, y_pred, self.temperature, self.margin)
+
+    def get_config(self):
+        return {**super().get_config(), "temperature": self.temperature, "margin": self.margin}
+
+
+@keras.saving.register_keras_serializable(package="robustcl")
+class SupConLoss(SupConMarginLoss):
+    """Supervised contrastive loss (Khosla et al. 2020, L_out): SupConMarginLoss with margin 0."""
+
+    def __init__(self, temperature=0.1, reduction="sum_over_batch_size", name="supcon", dtype=None):
+        super().__init__(temperature, 0.0, reduction=reduction, name=name, dtype=dtype)
+
+    def get_config(self):
+        config = super().get_config()
+        del config["margin"]
+        return config
+
+
+@keras.saving.register_keras_serializable(package="robustcl")
+class MultiPositiveContrastiveLoss(SupConLoss):
+    """MOREL's multi-positive contrastive loss: loss(labels, embeddings [B, D])."""
+
+    def __init__(self, temperature=0.1, reduction="sum_over_batch_size", name="multi_positive",
+                 dtype=None):
+        super().__init__(temperature, reduction=reduction, name=name, dtype=dtype)
