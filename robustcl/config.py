@@ -55,9 +55,12 @@ class ModelConfig:
     # Width of the projection head that produces the "embedding" output; 0 means the embedding is
     # the pooled backbone features (no head), as methods without a contrastive loss need nothing more.
     embedding_dim: int = 0
+    embedding_head: str = "mlp"  # "mlp" (SimCLR/SupCon) or "linear" (MOREL)
 
     def validate(self):
         _check(self.embedding_dim >= 0, "embedding_dim", f"must be >= 0, got {self.embedding_dim}")
+        _check(self.embedding_head in ("mlp", "linear"), "embedding_head",
+               f"unknown head {self.embedding_head!r}; known: mlp, linear")
 
 
 @dataclasses.dataclass(frozen=True)

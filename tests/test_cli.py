@@ -12,12 +12,14 @@ import h5py
 import pytest
 from absl import flags
 
+from robustcl import methods
 from robustcl.cli import flags as cli_flags
 from robustcl.config import ConfigError, ExperimentConfig
 from tests.cifar_files import write_official
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "*.flags")))
+METHOD_NAMES = methods.METHODS.names()  # a newly registered method is smoke-tested with its flagfile
 
 
 def parse(*args):
@@ -48,9 +50,13 @@ def test_flagfile_includes_base_and_overrides_it(tmp_path):
     assert parse("--flagfile=configs/pgd_at_cifar100.flags", "--model_dir=x").data.dataset == "cifar100"
 
 
-def test_config_json_round_trip(tmp_path):
-    from robustcl import methods
+def test_every_method_has_a_flagfile_per_dataset():
+    for method in METHOD_NAMES:
+        for dataset in ("cifar10", "cifar100"):
+            assert os.path.exists(os.path.join(REPO, "configs", f"{method}_{dataset}.flags")), method
 
+
+def test_config_json_round_trip(tmp_path):
     config = parse("--flagfile=configs/pgd_at_cifar10.flags", f"--model_dir={tmp_path}")
     params_class = methods.get(config.method.name).Params
     assert ExperimentConfig.from_json(config.to_json(), params_class) == config
@@ -112,7 +118,7 @@ def _run(command, **kwargs):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["standard", "pgd_at"])
+@pytest.mark.parametrize("method", METHOD_NAMES)
 def test_smoke_run_writes_its_files(method, synthetic_cifar10, tmp_path):
     result = _run(_train_command(f"{method}_cifar10.flags", synthetic_cifar10, tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]

@@ -22,7 +22,7 @@ def replica_slice_of_global_noise(sample, x, seed):
     return sample(global_shape, seed)[replica_id * local:(replica_id + 1) * local]
 
 
-def pgd(loss_fn, x, threat, steps, step_size, random_start=True, seed=(0, 0)):
+def pgd(loss_fn, x, threat, steps, step_size, random_start=True, seed=(0, 0), start_sigma=None):
     """Maximizes sum(loss_fn(x_adv)) over the threat set around x by projected steepest ascent.
 
     Args:
@@ -32,13 +32,18 @@ def pgd(loss_fn, x, threat, steps, step_size, random_start=True, seed=(0, 0)):
       steps, step_size: number and size of ascent steps.
       random_start: start from a point drawn uniformly from the threat set (seeded by `seed`).
       seed: int32 [2] stateless seed for the random start.
+      start_sigma: if set, the random start is x + start_sigma * N(0, 1) instead (projected), as the
+        public TRADES and MART code starts (sigma 0.001).
     Returns:
       x_adv with gradients stopped: inside the threat set and [0, 1]. Nothing else is changed.
     """
     x = tf.convert_to_tensor(x, tf.float32)
     if random_start and threat.eps > 0:
-        start = x + replica_slice_of_global_noise(threat.sample_start, x, seed)
-        x_adv = threat.project(x, start)
+        if start_sigma:
+            sample = lambda shape, s: start_sigma * tf.random.stateless_normal(shape, s)  # noqa: E731
+        else:
+            sample = threat.sample_start
+        x_adv = threat.project(x, x + replica_slice_of_global_noise(sample, x, seed))
     else:
         x_adv = tf.identity(x)
 
@@ -60,7 +65,7 @@ def fgsm(loss_fn, x, threat):
     return pgd(loss_fn, x, threat, steps=1, step_size=threat.eps, random_start=False)
 
 
-def attack_from_config(config):
+def attack_from_config(config, start_sigma=None):
     """Returns attack(loss_fn, x, seed) -> x_adv for an AttackConfig, or None for name 'none'."""
     if config.name == "none":
         return None
@@ -68,4 +73,4 @@ def attack_from_config(config):
     if config.name == "fgsm":
         return lambda loss_fn, x, seed: fgsm(loss_fn, x, threat)
     return lambda loss_fn, x, seed: pgd(loss_fn, x, threat, config.steps, config.step_size,
-                                       config.random_start, seed)
+                                       config.random_start, seed, start_sigma)

@@ -74,6 +74,8 @@ def define_train_flags(flag_values=FLAGS):
                         "tiny.", flag_values=flag_values)
     flags.DEFINE_integer("embedding_dim", m.embedding_dim, "Projection head width (0: the embedding "
                          "is the pooled features).", flag_values=flag_values)
+    flags.DEFINE_string("embedding_head", m.embedding_head, "Projection head: mlp (Dense-ReLU-Dense) "
+                        "or linear.", flag_values=flag_values)
     flags.DEFINE_string("method", cfg.MethodConfig().name, "Training method.",
                         flag_values=flag_values)
 
@@ -188,7 +190,8 @@ def config_from_flags(flag_values=FLAGS):
                             val_size=f.val_size, train_examples=f.train_examples,
                             batch_size=f.batch_size, eval_batch_size=f.eval_batch_size,
                             augment=f.augment, split_seed=f.split_seed),
-        model=cfg.ModelConfig(name=f.model, embedding_dim=f.embedding_dim),
+        model=cfg.ModelConfig(name=f.model, embedding_dim=f.embedding_dim,
+                              embedding_head=f.embedding_head),
         method=cfg.MethodConfig(name=f.method, params=params),
         train_attack=cfg.AttackConfig(name=f.attack, norm=f.norm, eps=f.eps, step_size=f.step_size,
                                       steps=f.attack_steps, random_start=f.random_start),

@@ -30,17 +30,24 @@ def _to_float(images, labels):
     return tf.cast(images, tf.float32) / 255.0, tf.cast(labels, tf.int32)
 
 
-def train_dataset(x, y, batch_size, augment=True, seed=0):
+def train_dataset(x, y, batch_size, augment=True, seed=0, views=1):
     """An endless, shuffled, augmented stream of full batches (Keras counts epochs by steps).
 
-    The uint8 arrays are already in memory, so the pipeline caches nothing itself; decoding and
-    augmentation run in parallel and the result is prefetched so the step never waits.
+    views=2 yields ((view1, view2), labels): two independent augmentations of each image, for
+    methods that contrast augmented views. The uint8 arrays are already in memory, so the pipeline
+    caches nothing itself; decoding and augmentation run in parallel and the result is prefetched
+    so the step never waits.
     """
+    if views not in (1, 2):
+        raise ValueError(f"views must be 1 or 2, got {views}")
     ds = tf.data.Dataset.from_tensor_slices((x, y))
     ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True).repeat()
     ds = ds.map(_to_float, num_parallel_calls=AUTOTUNE)
-    if augment:
-        augmentation = PadCropFlip(x.shape[1:], seed=seed)
+    augmentation = PadCropFlip(x.shape[1:], seed=seed) if augment else (lambda image: image)
+    if views == 2:
+        ds = ds.map(lambda image, label: ((augmentation(image), augmentation(image)), label),
+                    num_parallel_calls=AUTOTUNE)
+    elif augment:
         ds = ds.map(lambda image, label: (augmentation(image), label), num_parallel_calls=AUTOTUNE)
     return ds.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
 

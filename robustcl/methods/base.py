@@ -1,8 +1,10 @@
 """What a training method supplies to the one `train_step`: an attack objective and named losses.
 
 A method never runs its own loop. `AdversarialModel.train_step` makes the adversarial batch with the
-configured threat model, maximizing `attack_objective`, forwards clean and/or adversarial images as
-the method asks, and minimizes the sum of the loss terms the method returns.
+configured threat model, maximizing the method's `objective`, forwards clean, augmented and/or
+adversarial images in training mode as the method asks, and minimizes the sum of the loss terms the
+method returns. Hyperparameters are a frozen `Params` dataclass; `robustcl.cli.flags` turns each of
+its fields into a flag `--<method>_<field>` (help text from the field's metadata).
 """
 
 import dataclasses
@@ -10,9 +12,21 @@ from typing import Dict, NamedTuple, Optional
 
 import tensorflow as tf
 
+from robustcl.attacks.objectives import OBJECTIVES
+from robustcl.config import ConfigError
 from robustcl.registry import Registry
 
 METHODS = Registry("method")
+
+
+def param(default, help_text):
+    """A Params field with the help text of its flag."""
+    return dataclasses.field(default=default, metadata={"help": help_text})
+
+
+def check_param(method, field, condition, message):
+    if not condition:
+        raise ConfigError(f"--{method}_{field}: {message}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,16 +55,32 @@ class Method:
     Params = NoParams
     # Objective (robustcl.attacks.OBJECTIVES) that training's attack maximizes; None: no attack.
     attack_objective: Optional[str] = "ce"
+    # Gaussian random start of this std instead of the threat model's uniform one (None: uniform).
+    attack_start_sigma: Optional[float] = None
     uses_clean = False  # losses need the training-mode forward pass of the clean batch
     uses_adversarial = True  # losses need the training-mode forward pass of the adversarial batch
+    data_views = 1  # 2: the data pipeline yields two augmentations; the second is `augmented`
     loss_names = ()  # names of the terms `losses` returns, in display order
 
     def __init__(self, params=None, num_classes=None):
         self.params = params if params is not None else self.Params()
+        self.params.validate()
         self.num_classes = num_classes
 
-    def losses(self, labels, clean, adversarial) -> Dict[str, LossTerm]:
-        """Returns {name: LossTerm}; `clean`/`adversarial` are the network's output dicts or None."""
+    def build(self, embedding_dim):
+        """Creates the method's own trainable layers (called once, inside the strategy scope)."""
+
+    @property
+    def layers(self):
+        """Keras layers the method owns; AdversarialModel tracks, trains and saves their weights."""
+        return []
+
+    def objective(self, adversarial, labels, reference):
+        """Per-example loss the training attack maximizes (outputs dicts in inference mode)."""
+        return OBJECTIVES.get(self.attack_objective)(adversarial, labels, reference)
+
+    def losses(self, labels, clean, adversarial, augmented=None) -> Dict[str, LossTerm]:
+        """Returns {name: LossTerm}; clean/adversarial/augmented are output dicts or None."""
         raise NotImplementedError
 
 

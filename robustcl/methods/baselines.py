@@ -14,7 +14,7 @@ class Standard(Method):
     uses_adversarial = False
     loss_names = ("ce",)
 
-    def losses(self, labels, clean, adversarial):
+    def losses(self, labels, clean, adversarial, augmented=None):
         return {"ce": LossTerm(cross_entropy(labels, clean["logits"]))}
 
 
@@ -28,5 +28,5 @@ class PGDAT(Method):
     uses_adversarial = True
     loss_names = ("ce_adv",)
 
-    def losses(self, labels, clean, adversarial):
+    def losses(self, labels, clean, adversarial, augmented=None):
         return {"ce_adv": LossTerm(cross_entropy(labels, adversarial["logits"]))}

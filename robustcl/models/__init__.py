@@ -8,8 +8,11 @@ from robustcl.models.backbones import BACKBONES, LayerFactory
 OUTPUT_NAMES = ("features", "embedding", "logits")
 
 
+EMBEDDING_HEADS = ("mlp", "linear")
+
+
 def build(name, num_classes, mean, std, image_shape=(32, 32, 3), embedding_dim=0,
-          synchronized_bn=False):
+          embedding_head="mlp", synchronized_bn=False):
     """Builds a registered backbone with normalization, an optional projection head and a classifier.
 
     Args:
@@ -17,8 +20,10 @@ def build(name, num_classes, mean, std, image_shape=(32, 32, 3), embedding_dim=0
       num_classes: classifier width.
       mean, std: per-channel dataset statistics of [0, 1] pixels; normalization is the first layer,
         so attacks and users feed raw [0, 1] images.
-      embedding_dim: >0 adds a 2-layer MLP projection head (SimCLR/SupCon style) whose output is
-        "embedding"; 0 makes "embedding" the pooled features.
+      embedding_dim: >0 adds a projection head whose output is "embedding"; 0 makes "embedding" the
+        pooled features.
+      embedding_head: "mlp" (Dense-ReLU-Dense, the SimCLR/SupCon head) or "linear" (one Dense, as
+        MOREL's feat_layer).
       synchronized_bn: BatchNorm statistics over the global batch under tf.distribute.
     Returns:
       A keras.Model whose outputs are a dict of float32 tensors: features [B, F], embedding [B, E],
@@ -29,8 +34,12 @@ def build(name, num_classes, mean, std, image_shape=(32, 32, 3), embedding_dim=0
     variance = [s * s for s in std]
     x = layers.Normalization(mean=list(mean), variance=variance, name="normalize")(images)
     features = backbone(x, LayerFactory(synchronized_bn))
+    if embedding_head not in EMBEDDING_HEADS:
+        raise ValueError(f"unknown embedding head {embedding_head!r}; known: {', '.join(EMBEDDING_HEADS)}")
     if embedding_dim:
-        hidden = layers.Dense(features.shape[-1], activation="relu", name="head_hidden")(features)
+        hidden = features
+        if embedding_head == "mlp":
+            hidden = layers.Dense(features.shape[-1], activation="relu", name="head_hidden")(features)
         embedding = layers.Dense(embedding_dim, name="head_embedding")(hidden)
     else:
         embedding = features
@@ -44,4 +53,4 @@ def build(name, num_classes, mean, std, image_shape=(32, 32, 3), embedding_dim=0
     return keras.Model(images, outputs, name=name)
 
 
-__all__ = ["BACKBONES", "OUTPUT_NAMES", "build"]
+__all__ = ["BACKBONES", "EMBEDDING_HEADS", "OUTPUT_NAMES", "build"]

@@ -41,9 +41,11 @@ class AdversarialModel(keras.Model):
         self.method = method
         self.weight_decay = float(weight_decay)
         self.seed = int(seed)
-        self._objective = (OBJECTIVES.get(method.attack_objective)
-                           if method.attack_objective else None)
-        self._train_attack = attack_from_config(train_attack) if self._objective else None
+        self._objective = method.objective if method.attack_objective else None
+        self._train_attack = (attack_from_config(train_attack, method.attack_start_sigma)
+                              if self._objective else None)
+        method.build(embedding_dim=int(network.output["embedding"].shape[-1]))
+        self.method_layers = list(method.layers)  # tracked: trained, saved and restored
         self._val_attack = attack_from_config(val_attack)
         # XLA for the attack alone: it is most of the step's work, and unlike a jit-compiled
         # train_step it also compiles under tf.distribute.
@@ -78,6 +80,9 @@ class AdversarialModel(keras.Model):
 
     def train_step(self, data):
         x, labels = data[0], data[1]
+        x_view2 = None
+        if isinstance(x, (tuple, list)):  # two augmentations, for methods with data_views == 2
+            x, x_view2 = x[0], tf.cast(x[1], tf.float32)
         x = tf.cast(x, tf.float32)
         reported = []
         x_adv = reference = None
@@ -92,7 +97,8 @@ class AdversarialModel(keras.Model):
             clean = self.network(x, training=True) if self.method.uses_clean else None
             adversarial = (self.network(x_adv, training=True)
                            if x_adv is not None and self.method.uses_adversarial else None)
-            terms = self.method.losses(labels, clean, adversarial)
+            augmented = self.network(x_view2, training=True) if x_view2 is not None else None
+            terms = self.method.losses(labels, clean, adversarial, augmented)
             # Each replica contributes sum(w * v) / global sum(w); the optimizer sums gradients over
             # replicas, giving the gradient of the global mean.
             denominators = _global_sum([tf.stop_gradient(tf.reduce_sum(
@@ -102,10 +108,13 @@ class AdversarialModel(keras.Model):
                 for t, d in zip(terms.values(), denominators)])
             scaled_loss = self.optimizer.scale_loss(loss)
         grads = tape.gradient(scaled_loss, variables)
+        # Variables the losses do not reach (e.g. an unused embedding head) stay untouched, weight
+        # decay included, as torch.optim.SGD skips parameters without a gradient.
+        pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
         if self.weight_decay:
             share = self.weight_decay / tf.distribute.get_replica_context().num_replicas_in_sync
-            grads = [g + share * tf.cast(v, g.dtype) for g, v in zip(grads, variables)]
-        self.optimizer.apply(grads, variables)
+            pairs = [(g + share * tf.cast(v, g.dtype), v) for g, v in pairs]
+        self.optimizer.apply([g for g, _ in pairs], [v for _, v in pairs])
 
         reported.append(self._update("loss", _global_sum(loss)))
         for name, term in terms.items():
@@ -118,7 +127,8 @@ class AdversarialModel(keras.Model):
         return self._results(reported)
 
     def test_step(self, data):
-        x, labels = tf.cast(data[0], tf.float32), data[1]
+        x, labels = data[0], data[1]
+        x = tf.cast(x[0] if isinstance(x, (tuple, list)) else x, tf.float32)
         clean = self.network(x, training=False)
         clean_logits = clean["logits"]
         seed = tf.constant([self.seed, _VALIDATION_STREAM], tf.int64)

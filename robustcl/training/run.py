@@ -40,12 +40,12 @@ def build_model(config, num_classes, mean, std, image_shape, strategy):
     method_class = methods.get(config.method.name)
     network = models.build(config.model.name, num_classes, mean, std, image_shape,
                            embedding_dim=config.model.embedding_dim,
+                           embedding_head=config.model.embedding_head,
                            synchronized_bn=strategy.num_replicas_in_sync > 1)
-    model = AdversarialModel(network, method_class(config.method.params, num_classes),
-                             config.train_attack, config.val_attack,
-                             weight_decay=config.optimizer.weight_decay, seed=config.run.seed,
-                             jit_compile_attack=config.run.jit_compile)
-    return model
+    return AdversarialModel(network, method_class(config.method.params, num_classes),
+                            config.train_attack, config.val_attack,
+                            weight_decay=config.optimizer.weight_decay, seed=config.run.seed,
+                            jit_compile_attack=config.run.jit_compile)
 
 
 def compile_model(model, config, steps_per_epoch):
@@ -76,7 +76,8 @@ def train(config, flags_text=None, verbose=1):
     splits = data.load(config.data)
     steps = steps_per_epoch(config, len(splits.train[0]))
     train_ds = data.train_dataset(*splits.train, config.data.batch_size, config.data.augment,
-                                  seed=config.run.seed)
+                                  seed=config.run.seed,
+                                  views=methods.get(config.method.name).data_views)
     val_ds = data.eval_dataset(*splits.val, config.data.eval_batch_size) if len(splits.val[0]) else None
 
     strategy = make_strategy(config.run.strategy)

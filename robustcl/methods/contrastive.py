@@ -1,0 +1,166 @@
+"""Supervised-contrastive robust training: SupCon with a margin, ANCHOR, contrastive AT.
+
+All three train the classifier with cross-entropy beside a supervised contrastive loss on the
+network's embedding (use a projection head: `--embedding_dim=128`, MLP by default).
+"""
+
+import dataclasses
+
+import tensorflow as tf
+
+from robustcl.losses import cross_entropy_per_example, supcon_margin_per_example
+from robustcl.methods.base import METHODS, LossTerm, Method, check_param, param
+from robustcl.mining import MINING_RULES, hard_positive_weights
+
+
+def _check_contrastive(method, p):
+    check_param(method, "temperature", p.temperature > 0, f"must be > 0, got {p.temperature}")
+    check_param(method, "weight", p.weight >= 0, f"must be >= 0, got {p.weight}")
+
+
+def _classification_term(labels, clean, adversarial):
+    """CE on the adversarial logits when training has an attack, else on the clean logits."""
+    outputs = adversarial if adversarial is not None else clean
+    return LossTerm(cross_entropy_per_example(labels, outputs["logits"]))
+
+
+@dataclasses.dataclass(frozen=True)
+class SupConMarginParams:
+    temperature: float = param(0.1, "temperature of the contrastive loss")
+    margin: float = param(0.1, "additive margin on positive-pair cosine similarity (0: SupCon)")
+    weight: float = param(1.0, "weight of the contrastive loss beside cross-entropy")
+    adversarial_views: bool = param(True, "add the adversarial embeddings as a second view")
+
+    def validate(self):
+        _check_contrastive("supcon_margin", self)
+        check_param("supcon_margin", "margin", self.margin >= 0, f"must be >= 0, got {self.margin}")
+
+
+@METHODS.register("supcon_margin")
+class SupConMargin(Method):
+    """CE (adversarial logits under an attack, else clean) + weight * SupConMarginLoss over the clean
+    embeddings and, with --supcon_margin_adversarial_views, the adversarial ones as a second view.
+    The attack (--attack none, fgsm or pgd) maximizes cross-entropy.
+
+    Choice: the paper family leaves which logits the CE sees open; under an attack we train the
+    classifier on adversarial examples, as PGD-AT does, since robust accuracy is the goal.
+    """
+
+    name = "supcon_margin"
+    Params = SupConMarginParams
+    uses_clean = True
+    uses_adversarial = True
+    loss_names = ("ce", "supcon")
+
+    def losses(self, labels, clean, adversarial, augmented=None):
+        p = self.params
+        views = [clean["embedding"]]
+        if adversarial is not None and p.adversarial_views:
+            views.append(adversarial["embedding"])
+        values, weights = supcon_margin_per_example(labels, tf.stack(views, 1), p.temperature,
+                                                    p.margin)
+        return {"ce": _classification_term(labels, clean, adversarial),
+                "supcon": LossTerm(p.weight * values, weights)}
+
+
+@dataclasses.dataclass(frozen=True)
+class AnchorParams:
+    temperature: float = param(0.1, "temperature of the contrastive loss")
+    weight: float = param(1.0, "weight of the contrastive loss beside adversarial cross-entropy")
+    mining: str = param("exp", "hard-positive rule: exp (weight exp(hardness * (1 - cos))) or none")
+    hardness: float = param(1.0, "strength of hard-positive mining (0: uniform, plain SupCon)")
+
+    def validate(self):
+        _check_contrastive("anchor", self)
+        check_param("anchor", "mining", self.mining in MINING_RULES,
+                    f"unknown rule {self.mining!r}; known: {', '.join(MINING_RULES)}")
+        check_param("anchor", "hardness", self.hardness >= 0, f"must be >= 0, got {self.hardness}")
+
+
+@METHODS.register("anchor")
+class Anchor(Method):
+    """ANCHOR (Bhattacharya et al. 2023): adversarial training + SupCon with hard-positive mining.
+
+    Views of each image: two augmentations and the adversarial example of the first. Positives are
+    all same-class views (the image's own augmentations and adversarial view included); positives
+    far from the anchor in embedding space get larger weights (`mining`, `hardness`).
+    Loss: CE(adversarial) + weight * weighted SupCon. The attack maximizes cross-entropy.
+    Choice: the weighting exp(hardness * (1 - cos)), normalized to mean 1 per anchor, is the
+    positive-side analogue of the hard-negative weighting of Robinson et al. (2021) that ANCHOR
+    builds on; the weights carry no gradient.
+    """
+
+    name = "anchor"
+    Params = AnchorParams
+    uses_clean = True
+    uses_adversarial = True
+    data_views = 2
+    loss_names = ("ce_adv", "supcon")
+
+    def losses(self, labels, clean, adversarial, augmented=None):
+        p = self.params
+        views = [clean["embedding"]]
+        if augmented is not None:
+            views.append(augmented["embedding"])
+        if adversarial is not None:
+            views.append(adversarial["embedding"])
+        features = tf.stack(views, 1)
+        pair_weights = hard_positive_weights(labels, features, p.mining, p.hardness)
+        values, weights = supcon_margin_per_example(labels, features, p.temperature, 0.0,
+                                                    pair_weights)
+        return {"ce_adv": _classification_term(labels, clean, adversarial),
+                "supcon": LossTerm(p.weight * values, weights)}
+
+
+@dataclasses.dataclass(frozen=True)
+class ContrastiveATParams:
+    temperature: float = param(0.1, "temperature of the contrastive loss")
+    weight: float = param(1.0, "weight of the contrastive loss beside adversarial cross-entropy")
+    attack_ce_weight: float = param(1.0, "weight of cross-entropy inside the attack objective beside "
+                                         "the contrastive loss (0: contrastive only)")
+
+    def validate(self):
+        _check_contrastive("contrastive_at", self)
+        check_param("contrastive_at", "attack_ce_weight", self.attack_ce_weight >= 0,
+                    f"must be >= 0, got {self.attack_ce_weight}")
+
+
+@METHODS.register("contrastive_at")
+class ContrastiveAT(Method):
+    """Contrastive adversarial training: the clean, augmented and adversarial views of each image
+    are pulled together and other classes pushed apart (SupCon over the three views), beside CE on
+    the adversarial logits.
+
+    The perturbation maximizes the contrastive objective itself: the SupCon loss of the batch's
+    (clean, adversarial) embeddings, the clean ones fixed from the inference-mode forward, plus
+    `attack_ce_weight` times cross-entropy; model parameters then minimize the same loss family.
+    Choice: the attack contrasts against the clean views only (not the second augmentation) so it
+    needs no extra forward pass per attack step.
+    """
+
+    name = "contrastive_at"
+    Params = ContrastiveATParams
+    uses_clean = True
+    uses_adversarial = True
+    data_views = 2
+    loss_names = ("ce_adv", "supcon")
+
+    def objective(self, adversarial, labels, reference):
+        p = self.params
+        features = tf.stack([tf.stop_gradient(reference["embedding"]), adversarial["embedding"]], 1)
+        values, weights = supcon_margin_per_example(labels, features, p.temperature)
+        loss = values * weights
+        if p.attack_ce_weight:
+            loss += p.attack_ce_weight * cross_entropy_per_example(labels, adversarial["logits"])
+        return loss
+
+    def losses(self, labels, clean, adversarial, augmented=None):
+        p = self.params
+        views = [clean["embedding"]]
+        if augmented is not None:
+            views.append(augmented["embedding"])
+        if adversarial is not None:
+            views.append(adversarial["embedding"])
+        values, weights = supcon_margin_per_example(labels, tf.stack(views, 1), p.temperature)
+        return {"ce_adv": _classification_term(labels, clean, adversarial),
+                "supcon": LossTerm(p.weight * values, weights)}

@@ -1,0 +1,33 @@
+"""Pair weighting for contrastive losses: hard-positive mining (ANCHOR)."""
+
+import tensorflow as tf
+
+from robustcl.losses.base import EPS, as_float
+
+MINING_RULES = ("none", "exp")
+
+
+def hard_positive_weights(labels, features, rule="exp", hardness=1.0):
+    """Weights [N, N] for the pairs of `features` ([B, D] or [B, V, D], sample-major order).
+
+    rule "exp": w_ij = exp(hardness * (1 - cos(z_i, z_j))), normalized so the positives of each
+    anchor average 1: same-class pairs far apart in embedding space (hard positives) weigh more,
+    and hardness 0 gives uniform weights (plain SupCon). rule "none": all ones.
+    Weights carry no gradient: they choose which positives matter, the loss moves the embeddings.
+    """
+    features = tf.stop_gradient(as_float(features))
+    if features.shape.rank == 2:
+        features = features[:, None, :]
+    views = tf.shape(features)[1]
+    z = tf.math.l2_normalize(tf.reshape(features, [-1, tf.shape(features)[-1]]), -1, epsilon=EPS)
+    n = tf.shape(z)[0]
+    if rule == "none":
+        return tf.ones([n, n], z.dtype)
+    if rule != "exp":
+        raise ValueError(f"unknown mining rule {rule!r}; known: {', '.join(MINING_RULES)}")
+    anchor_labels = tf.repeat(tf.reshape(labels, [-1]), views)
+    positive = tf.cast(tf.logical_and(tf.equal(anchor_labels[:, None], anchor_labels[None, :]),
+                                      tf.logical_not(tf.eye(n, dtype=tf.bool))), z.dtype)
+    raw = tf.exp(hardness * (1.0 - tf.matmul(z, z, transpose_b=True))) * positive
+    mean = tf.reduce_sum(raw, 1, keepdims=True) / tf.maximum(tf.reduce_sum(positive, 1, keepdims=True), 1.0)
+    return raw / tf.maximum(mean, EPS)
