@@ -56,8 +56,9 @@ def test_every_method_has_a_flagfile_per_dataset():
             assert os.path.exists(os.path.join(REPO, "configs", f"{method}_{dataset}.flags")), method
 
 
-def test_config_json_round_trip(tmp_path):
-    config = parse("--flagfile=configs/pgd_at_cifar10.flags", f"--model_dir={tmp_path}")
+@pytest.mark.parametrize("method", METHOD_NAMES)
+def test_config_json_round_trip(method, tmp_path):
+    config = parse(f"--flagfile=configs/{method}_cifar10.flags", f"--model_dir={tmp_path}")
     params_class = methods.get(config.method.name).Params
     assert ExperimentConfig.from_json(config.to_json(), params_class) == config
 

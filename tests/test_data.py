@@ -111,3 +111,22 @@ def test_pipelines_give_unit_range_floats_and_augment_per_image():
     eval_x, eval_y = next(iter(data.eval_dataset(x, y, 64)))
     np.testing.assert_allclose(np.asarray(eval_x), x / 255, atol=1e-7)
     np.testing.assert_array_equal(np.asarray(eval_y), y)
+
+
+def test_tfds_path_reads_prepared_or_downloaded_data(monkeypatch):
+    import tensorflow_datasets as tfds
+
+    from robustcl.data import datasets
+
+    with tfds.testing.mock_data(num_examples=12):
+        # Not prepared and no --download: no download attempt, one clear error.
+        with pytest.raises(data.DataNotFoundError, match="--download"):
+            data.load_arrays("cifar10", None, download=False)
+        downloaded = data.load_arrays("cifar10", None, download=True)
+        monkeypatch.setattr(datasets, "_tfds_prepared", lambda builder: True)
+        prepared = data.load_arrays("cifar10", None, download=False)
+    for arrays in (downloaded, prepared):
+        assert arrays.source.startswith("tfds")
+        assert arrays.x_train.shape == (12, 32, 32, 3) and arrays.x_train.dtype == np.uint8
+        assert arrays.y_train.dtype == np.int32 and arrays.x_test.shape == (12, 32, 32, 3)
+        assert len(arrays.class_names) == 10

@@ -168,9 +168,9 @@ def read_tfds(info, builder):
 
     arrays = {}
     for split in ("train", "test"):
-        ds = builder.as_dataset(split=split, batch_size=-1)
-        batch = tfds.as_numpy(ds)
-        arrays[split] = (np.asarray(batch["image"], np.uint8), np.asarray(batch["label"], np.int32))
+        batches = list(tfds.as_numpy(builder.as_dataset(split=split).batch(10000)))
+        arrays[split] = (np.concatenate([b["image"] for b in batches]).astype(np.uint8),
+                         np.concatenate([b["label"] for b in batches]).astype(np.int32))
     names = tuple(builder.info.features["label"].names)
     return Arrays(info, *arrays["train"], *arrays["test"], names, source=f"tfds {builder.data_dir}")
 
