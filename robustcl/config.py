@@ -145,6 +145,18 @@ class RunConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ProjectorConfig:
+    """Embedding projector data for a fixed set of validation images every N epochs."""
+
+    every_epochs: int = 10  # 0: never
+    examples: int = 1000
+
+    def validate(self):
+        _check(self.every_epochs >= 0, "projector_every_epochs", f"must be >= 0, got {self.every_epochs}")
+        _check(self.examples >= 1, "projector_examples", f"must be >= 1, got {self.examples}")
+
+
+@dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
     data: DataConfig
     model: ModelConfig
@@ -153,6 +165,7 @@ class ExperimentConfig:
     val_attack: AttackConfig  # PGD used on the validation split for model selection
     optimizer: OptimizerConfig
     run: RunConfig
+    projector: ProjectorConfig = ProjectorConfig()
 
     def validate(self):
         self.data.validate()
@@ -162,6 +175,7 @@ class ExperimentConfig:
         _check(self.val_attack.name == "pgd", "val_attack", "validation uses PGD")
         self.optimizer.validate()
         self.run.validate()
+        self.projector.validate()
         if self.optimizer.lr_schedule == "piecewise":
             _check(all(e <= self.optimizer.epochs for e in self.optimizer.lr_decay_epochs),
                    "lr_decay_epochs",
@@ -191,6 +205,7 @@ class ExperimentConfig:
             val_attack=AttackConfig(**d["val_attack"]),
             optimizer=OptimizerConfig(**optimizer),
             run=RunConfig(**d["run"]),
+            projector=ProjectorConfig(**d.get("projector", {})),
         )
 
     @classmethod

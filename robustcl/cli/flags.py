@@ -128,6 +128,13 @@ def define_train_flags(flag_values=FLAGS):
     flags.DEFINE_integer("validation_freq", r.validation_freq, "Validate every N epochs.",
                          flag_values=flag_values)
 
+    pc = cfg.ProjectorConfig()
+    flags.DEFINE_integer("projector_every_epochs", pc.every_epochs, "Write TensorBoard projector "
+                         "embeddings (clean and PGD views of validation images) every N epochs; 0: "
+                         "never.", flag_values=flag_values)
+    flags.DEFINE_integer("projector_examples", pc.examples, "Validation images in the projector.",
+                         flag_values=flag_values)
+
     for flag_name, method_name, field in _method_param_flags():
         help_text = field.metadata.get("help", field.name) + f" ({method_name})"
         default = field.default
@@ -205,5 +212,7 @@ def config_from_flags(flag_values=FLAGS):
         run=cfg.RunConfig(model_dir=f.model_dir or "", seed=f.seed, precision=f.precision,
                           jit_compile=_resolve_jit_compile(f.jit_compile), strategy=f.strategy,
                           validation_freq=f.validation_freq),
+        projector=cfg.ProjectorConfig(every_epochs=f.projector_every_epochs,
+                                      examples=f.projector_examples),
     )
     return config.validate()

@@ -6,6 +6,8 @@ model_dir after a run:
   last.weights.h5      network weights after the last finished epoch
   best.weights.h5      network weights with the best validation robust accuracy so far
   history.json         per-epoch figures and which epoch is best
+  projector/           TensorBoard projector run: clean/adversarial embeddings per epoch, metadata,
+                       sprite, embedding-space scalars, 2-D projection PNGs
   backup/              model + optimizer state for resuming (kept after the run)
 """
 
@@ -16,7 +18,8 @@ import tensorflow as tf
 
 from robustcl import data, methods, models
 from robustcl.training import schedules
-from robustcl.training.callbacks import RunCheckpoints, atomic_write_text
+from robustcl.embeddings.projector import RUN_NAME as PROJECTOR_RUN
+from robustcl.training.callbacks import EmbeddingProjector, RunCheckpoints, atomic_write_text
 from robustcl.training.model import AdversarialModel
 
 
@@ -93,9 +96,15 @@ def train(config, flags_text=None, verbose=1):
         # epoch is done, so a kill between them redoes the epoch instead of losing its files.
         RunCheckpoints(model.network, model_dir, monitor=monitor),
         keras.callbacks.TensorBoard(log_dir=model_dir, update_freq="epoch", write_graph=False),
-        keras.callbacks.BackupAndRestore(os.path.join(model_dir, "backup"), double_checkpoint=True,
-                                         delete_checkpoint=False),
     ]
+    if config.projector.every_epochs and len(splits.val[0]):
+        n = config.projector.examples
+        callbacks.append(EmbeddingProjector(
+            model.network, os.path.join(model_dir, PROJECTOR_RUN), splits.val[0][:n] / 255.0,
+            splits.val[1][:n], splits.val_indices[:n], splits.class_names, config.val_attack,
+            config.projector.every_epochs, config.optimizer.epochs, seed=config.run.seed))
+    callbacks.append(keras.callbacks.BackupAndRestore(
+        os.path.join(model_dir, "backup"), double_checkpoint=True, delete_checkpoint=False))
     history = model.fit(train_ds, epochs=config.optimizer.epochs, steps_per_epoch=steps,
                         validation_data=val_ds, validation_freq=config.run.validation_freq,
                         callbacks=callbacks, verbose=verbose, shuffle=False)

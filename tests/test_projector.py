@@ -1,0 +1,113 @@
+"""Projector data: a real TensorBoard serves what a smoke run wrote; embedding statistics by hand."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+
+from robustcl.embeddings import embedding_space_stats
+from tests.cifar_files import write_official
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_embedding_space_stats_by_hand():
+    clean = np.array([[1.0, 0.0], [0.0, 2.0], [3.0, 0.0], [0.0, -1.0]])
+    adversarial = np.array([[1.0, 1.0], [0.0, 5.0], [-1.0, 0.0], [0.0, 0.0]])
+    labels = np.array([0, 1, 0, 1])
+    stats = embedding_space_stats(clean, adversarial, labels)
+    # clean/adv: cos 1/sqrt(2), 1, -1, 0 (zero vector) -> mean (0.7071 + 1 - 1 + 0) / 4
+    assert stats["clean_adv_cosine"] == pytest.approx((2 ** -0.5) / 4)
+    # same class pairs: (0,2) cos 1, (1,3) cos -1 -> intra 0; cross pairs all orthogonal -> inter 0
+    assert stats["intra_class_cosine"] == pytest.approx(0.0)
+    assert stats["inter_class_cosine"] == pytest.approx(0.0)
+    labels = np.array([0, 0, 0, 1])
+    stats = embedding_space_stats(clean, adversarial, labels)
+    # class 0 pairs: (0,1) 0, (0,2) 1, (1,2) 0 -> 1/3; inter: (0,3) 0, (1,3) -1, (2,3) 0 -> -1/3
+    assert stats["intra_class_cosine"] == pytest.approx(1 / 3)
+    assert stats["inter_class_cosine"] == pytest.approx(-1 / 3)
+    assert stats["margin"] == pytest.approx(2 / 3)
+    assert np.isnan(embedding_space_stats(clean[:2], adversarial[:2], [0, 1])["intra_class_cosine"])
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url, timeout=10):
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return response.read()
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("projector_run")
+    data_dir, _, _ = write_official(str(root / "data"), "cifar10", per_file=60)
+    model_dir = root / "run"
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "scripts", "train.py"),
+         "--flagfile=configs/morel_cifar10.flags", "--flagfile=configs/smoke.flags",
+         f"--data_dir={data_dir}", f"--model_dir={model_dir}", "--projector_examples=40"],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return model_dir
+
+
+@pytest.mark.slow
+def test_tensorboard_serves_the_projector_data_of_a_smoke_run(smoke_run):
+    run_dir = smoke_run / "projector"
+    assert (run_dir / "projection_epoch_002.png").exists()
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tensorboard.main", f"--logdir={smoke_run}", "--host=127.0.0.1",
+         f"--port={port}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}/data/plugin/projector"
+    try:
+        deadline = time.time() + 90
+        runs = None
+        while time.time() < deadline:
+            assert server.poll() is None, server.stdout.read().decode()[-2000:]
+            try:
+                runs = json.loads(_get(f"{base}/runs"))
+                if "projector" in runs:
+                    break
+            except (urllib.error.URLError, ConnectionError):
+                pass
+            time.sleep(0.5)
+        assert runs is not None and "projector" in runs, runs
+
+        info = json.loads(_get(f"{base}/info?run=projector"))
+        names = [e["tensorName"] for e in info["embeddings"]]
+        assert names == ["epoch_001/.ATTRIBUTES/VARIABLE_VALUE", "epoch_002/.ATTRIBUTES/VARIABLE_VALUE"]
+        shape = [int(d) for d in info["embeddings"][1]["tensorShape"]]
+        assert shape == [80, 128]  # 2N rows (clean + adversarial), the 128-d MOREL embedding
+
+        name = urllib.parse.quote(names[1])
+        tensor = np.frombuffer(_get(f"{base}/tensor?run=projector&name={name}"), np.float32)
+        assert tensor.size == 80 * 128 and np.isfinite(tensor).all()
+
+        metadata = _get(f"{base}/metadata?run=projector&name={name}").decode().splitlines()
+        assert metadata[0].split("\t") == ["class", "label", "view", "predicted", "correct", "index"]
+        assert len(metadata) == 81
+        views = [row.split("\t")[2] for row in metadata[1:]]
+        assert views == ["clean"] * 40 + ["adversarial"] * 40
+
+        sprite = _get(f"{base}/sprite_image?run=projector&name={name}")
+        assert sprite[:8] == b"\x89PNG\r\n\x1a\n"
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+    assert server.returncode is not None
