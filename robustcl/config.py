@@ -211,3 +211,46 @@ class ExperimentConfig:
     @classmethod
     def from_json(cls, text, params_class=None):
         return cls.from_dict(json.loads(text), params_class)
+
+
+EVAL_ATTACKS = ("fgsm", "pgd", "pgd-strong", "cw", "autoattack")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationConfig:
+    """scripts/evaluate.py: which model, which points, which attacks."""
+
+    model_dir: str
+    checkpoint: str = "best"
+    output_dir: str = ""  # default: <model_dir>/evaluation_<checkpoint>
+    data_dir: Optional[str] = None
+    download: bool = False
+    num_examples: int = 1000  # the first N test images
+    attacks: Tuple[str, ...] = EVAL_ATTACKS
+    norm: str = ""  # default: the training run's
+    eps: float = -1.0  # default: the training run's
+    pgd_steps: int = 20
+    pgd_restarts: int = 1
+    apgd_iterations: int = 100
+    square_queries: int = 5000
+    sweep: bool = True
+    seed: int = 0
+    batch_size: int = 256
+    projector_examples: int = 1000  # 0: write no projector data
+
+    def validate(self):
+        _check(bool(self.model_dir), "model_dir", "is required")
+        _check(self.checkpoint in ("best", "last"), "checkpoint",
+               f"must be best or last, got {self.checkpoint!r}")
+        _check(self.num_examples >= 1, "num_examples", f"must be >= 1, got {self.num_examples}")
+        unknown = [a for a in self.attacks if a not in EVAL_ATTACKS]
+        _check(not unknown and self.attacks, "attacks",
+               f"unknown {', '.join(unknown) or 'empty list'}; known: {', '.join(EVAL_ATTACKS)}")
+        _check(self.norm in ("",) + NORMS, "norm", f"unknown norm {self.norm!r}; known: {', '.join(NORMS)}")
+        _check(_finite(self.eps) and (self.eps == -1.0 or self.eps >= 0), "eps",
+               f"must be >= 0, got {self.eps}")
+        for name in ("pgd_steps", "pgd_restarts", "apgd_iterations", "square_queries", "batch_size"):
+            _check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+        _check(self.projector_examples >= 0, "projector_examples",
+               f"must be >= 0, got {self.projector_examples}")
+        return self

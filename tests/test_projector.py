@@ -111,3 +111,37 @@ def test_tensorboard_serves_the_projector_data_of_a_smoke_run(smoke_run):
             server.kill()
             server.wait()
     assert server.returncode is not None
+
+
+@pytest.mark.slow
+def test_evaluate_script_writes_reports_and_projector_data(smoke_run, tmp_path):
+    data_dir = smoke_run.parent / "data"
+    output_dir = tmp_path / "report"
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "scripts", "evaluate.py"), f"--model_dir={smoke_run}",
+         "--checkpoint=last", f"--data_dir={data_dir}", "--num_examples=24", "--pgd_steps=3",
+         "--apgd_iterations=5", "--square_queries=20", f"--output_dir={output_dir}",
+         "--projector_examples=12"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "worst-case robust accuracy" in result.stdout
+    report = json.load(open(output_dir / "report.json"))
+    assert report["num_points"] == 24
+    names = [a["attack"] for a in report["attacks"]]
+    assert names == ["fgsm", "pgd", "pgd-strong", "cw-linf", "apgd-ce", "apgd-t", "fab-t", "square"]
+    for row in report["attacks"]:
+        assert {"robust_accuracy", "eps", "norm", "steps", "restarts", "seed", "seconds",
+                "max_perturbation", "nan_count", "adv_min", "adv_max"} <= set(row)
+        assert row["robust_accuracy"] <= report["clean_accuracy"]
+    assert report["worst_case_robust_accuracy"] <= min(a["robust_accuracy"] for a in report["attacks"])
+    assert any(p["eps"] == 0.5 for p in report["eps_sweep"])
+    for name in ("report.md", "accuracy_vs_eps.png", "per_class_accuracy.png"):
+        assert (output_dir / name).exists(), name
+    assert list((smoke_run / "evaluation").glob("events.out.tfevents.*"))
+    config = (smoke_run / "projector" / "projector_config.pbtxt").read_text()
+    assert 'tensor_name: "test_last/.ATTRIBUTES/VARIABLE_VALUE"' in config
+    assert 'tensor_name: "epoch_002/.ATTRIBUTES/VARIABLE_VALUE"' in config  # training's are kept
+
+    bad = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "evaluate.py"),
+                          f"--model_dir={smoke_run}", "--attacks=pgd,deepfool"],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "--attacks: unknown deepfool" in bad.stderr

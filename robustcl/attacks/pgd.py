@@ -52,7 +52,9 @@ def pgd(loss_fn, x, threat, steps, step_size, random_start=True, seed=(0, 0), st
             tape.watch(x_adv)
             # Summing keeps each example's gradient independent of the batch size.
             loss = tf.reduce_sum(tf.cast(loss_fn(x_adv), tf.float32))
-        grad = tf.cast(tape.gradient(loss, x_adv), tf.float32)
+        # A model whose output does not depend on the input differentiably gets zero steps.
+        grad = tf.cast(tape.gradient(loss, x_adv, unconnected_gradients=tf.UnconnectedGradients.ZERO),
+                       tf.float32)
         x_adv = x_adv + step_size * threat.ascent_direction(grad)
         return i + 1, threat.project(x, x_adv)
 

@@ -216,3 +216,48 @@ def config_from_flags(flag_values=FLAGS):
                                       examples=f.projector_examples),
     )
     return config.validate()
+
+
+def define_evaluate_flags(flag_values=FLAGS):
+    e = cfg.EvaluationConfig(model_dir="")
+    flags.DEFINE_string("model_dir", None, "Training run directory to evaluate.", flag_values=flag_values)
+    flags.DEFINE_string("checkpoint", e.checkpoint, "best or last.", flag_values=flag_values)
+    flags.DEFINE_string("output_dir", None, "Where reports go (default <model_dir>/evaluation_<checkpoint>).",
+                        flag_values=flag_values)
+    flags.DEFINE_string("data_dir", None, "As for training: official archive/folder or tfds directory.",
+                        flag_values=flag_values)
+    flags.DEFINE_bool("download", e.download, "Let tfds download the data.", flag_values=flag_values)
+    flags.DEFINE_integer("num_examples", e.num_examples, "Evaluate the first N test images.",
+                         flag_values=flag_values)
+    flags.DEFINE_list("attacks", list(e.attacks), f"Attacks to run: {', '.join(cfg.EVAL_ATTACKS)}.",
+                      flag_values=flag_values)
+    flags.DEFINE_string("norm", None, "linf or l2 (default: the training run's).", flag_values=flag_values)
+    _define_fraction("eps", None, "Budget, e.g. 8/255 (default: the training run's).", flag_values)
+    flags.DEFINE_integer("pgd_steps", e.pgd_steps, "PGD and CW steps.", flag_values=flag_values)
+    flags.DEFINE_integer("pgd_restarts", e.pgd_restarts, "PGD and CW random restarts.",
+                         flag_values=flag_values)
+    flags.DEFINE_integer("apgd_iterations", e.apgd_iterations, "APGD iterations (AutoAttack: 100).",
+                         flag_values=flag_values)
+    flags.DEFINE_integer("square_queries", e.square_queries, "Square queries (AutoAttack: 5000).",
+                         flag_values=flag_values)
+    flags.DEFINE_bool("sweep", e.sweep, "Accuracy vs eps sweep with PGD.", flag_values=flag_values)
+    flags.DEFINE_integer("seed", e.seed, "Seed of every random start.", flag_values=flag_values)
+    flags.DEFINE_integer("batch_size", e.batch_size, "Attack batch size.", flag_values=flag_values)
+    flags.DEFINE_integer("projector_examples", e.projector_examples, "Test images whose clean and "
+                         "adversarial embeddings go to the TensorBoard projector (0: none).",
+                         flag_values=flag_values)
+
+
+def evaluation_config_from_flags(flag_values=FLAGS):
+    f = flag_values
+    if f.model_dir is not None and not os.path.isdir(f.model_dir):
+        raise cfg.ConfigError(f"--model_dir: {f.model_dir} is not a directory")
+    if f.data_dir is not None and not os.path.exists(f.data_dir):
+        raise cfg.ConfigError(f"--data_dir: {f.data_dir} does not exist")
+    return cfg.EvaluationConfig(
+        model_dir=f.model_dir or "", checkpoint=f.checkpoint, output_dir=f.output_dir or "",
+        data_dir=f.data_dir, download=f.download, num_examples=f.num_examples,
+        attacks=tuple(f.attacks), norm=f.norm or "", eps=-1.0 if f.eps is None else f.eps,
+        pgd_steps=f.pgd_steps, pgd_restarts=f.pgd_restarts, apgd_iterations=f.apgd_iterations,
+        square_queries=f.square_queries, sweep=f.sweep, seed=f.seed, batch_size=f.batch_size,
+        projector_examples=f.projector_examples).validate()

@@ -6,13 +6,16 @@ validation images this module writes, into one TensorBoard run directory (`<mode
     the clean embeddings, rows N..2N-1 the embeddings of their PGD adversarial versions;
   - `metadata_epoch_NNN.tsv` with a header row and columns class, label, view (clean/adversarial),
     predicted, correct, index (the image's index in the original training split);
-  - `sprite.png`: the N thumbnails, twice (clean rows and adversarial rows show the clean image: an
-    8/255 perturbation is invisible at thumbnail size, and one sprite then serves every epoch);
+  - `sprite_<hash>.png`: the N thumbnails, twice (clean rows and adversarial rows show the clean
+    image: an 8/255 perturbation is invisible at thumbnail size, so one sprite serves every epoch
+    of the same images; the name is a hash of the thumbnails, so another image set, e.g. the test
+    images `scripts/evaluate.py` embeds as `test_best`, gets its own);
   - `projector_config.pbtxt` listing every epoch's tensor;
   - an events file with the embedding-space scalars (the projector only looks inside runs that
     have one) and `projection_epoch_NNN.png`, a 2-D projection for reports.
 """
 
+import hashlib
 import math
 import os
 
@@ -78,8 +81,9 @@ def _previous_tensors(run_dir):
         return {}
     reader = tf.train.load_checkpoint(latest)
     suffix = "/.ATTRIBUTES/VARIABLE_VALUE"
-    return {key[:-len(suffix)]: reader.get_tensor(key) for key in reader.get_variable_to_shape_map()
-            if key.startswith("epoch_") and key.endswith(suffix)}
+    names = [key[:-len(suffix)] for key in reader.get_variable_to_shape_map() if key.endswith(suffix)]
+    return {name: reader.get_tensor(tensor_name(name)) for name in names
+            if os.path.exists(os.path.join(run_dir, f"metadata_{name}.tsv"))}  # not save_counter
 
 
 def write_epoch(run_dir, tag, embeddings, rows, thumbnails):
@@ -90,9 +94,11 @@ def write_epoch(run_dir, tag, embeddings, rows, thumbnails):
     with open(os.path.join(run_dir, f"metadata_{tag}.tsv"), "w") as f:
         f.write("\t".join(METADATA_COLUMNS) + "\n")
         f.writelines("\t".join(row) + "\n" for row in rows)
-    sprite_path = os.path.join(run_dir, "sprite.png")
-    if not os.path.exists(sprite_path):
-        write_sprite(sprite_path, np.concatenate([thumbnails, thumbnails]))
+    sprite_name = f"sprite_{hashlib.sha1(thumbnails.tobytes()).hexdigest()[:12]}.png"
+    if not os.path.exists(os.path.join(run_dir, sprite_name)):
+        write_sprite(os.path.join(run_dir, sprite_name), np.concatenate([thumbnails, thumbnails]))
+    with open(os.path.join(run_dir, f"sprite_of_{tag}.txt"), "w") as f:
+        f.write(sprite_name)
 
     tensors = _previous_tensors(run_dir)
     tensors[tag] = np.asarray(embeddings, np.float32)
@@ -105,7 +111,8 @@ def write_epoch(run_dir, tag, embeddings, rows, thumbnails):
         embedding = config.embeddings.add()
         embedding.tensor_name = tensor_name(name)
         embedding.metadata_path = f"metadata_{name}.tsv"
-        embedding.sprite.image_path = "sprite.png"
+        with open(os.path.join(run_dir, f"sprite_of_{name}.txt")) as f:
+            embedding.sprite.image_path = f.read().strip()
         embedding.sprite.single_image_dim.extend(list(thumbnails.shape[1:3]))
     projector.visualize_embeddings(run_dir, config)
 

@@ -2,6 +2,7 @@
 
 model_dir after a run:
   config.json          the resolved ExperimentConfig (flags.txt beside it when started from the CLI)
+  class_names.json     the dataset's class names, in label order
   train/, validation/  TensorBoard event files (losses, accuracies, learning rate)
   last.weights.h5      network weights after the last finished epoch
   best.weights.h5      network weights with the best validation robust accuracy so far
@@ -11,6 +12,7 @@ model_dir after a run:
   backup/              model + optimizer state for resuming (kept after the run)
 """
 
+import json
 import os
 
 import keras
@@ -77,6 +79,8 @@ def train(config, flags_text=None, verbose=1):
     set_precision(config.run.precision)
 
     splits = data.load(config.data)
+    atomic_write_text(os.path.join(config.run.model_dir, "class_names.json"),
+                      json.dumps(list(splits.class_names)))
     steps = steps_per_epoch(config, len(splits.train[0]))
     train_ds = data.train_dataset(*splits.train, config.data.batch_size, config.data.augment,
                                   seed=config.run.seed,
@@ -109,3 +113,40 @@ def train(config, flags_text=None, verbose=1):
                         validation_data=val_ds, validation_freq=config.run.validation_freq,
                         callbacks=callbacks, verbose=verbose, shuffle=False)
     return model, history
+
+
+CHECKPOINTS = ("best", "last")
+
+
+def load_config(model_dir):
+    """The ExperimentConfig a run wrote, with its method's Params typed."""
+    from robustcl.config import ExperimentConfig
+
+    path = os.path.join(model_dir, "config.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} not found: is {model_dir} a robustcl run directory?")
+    with open(path) as f:
+        raw = json.load(f)
+    return ExperimentConfig.from_dict(raw, methods.get(raw["method"]["name"]).Params)
+
+
+def load_network(model_dir, checkpoint="best"):
+    """(config, network, class_names) of a trained run, weights from best or last.weights.h5.
+
+    The network is rebuilt in float32 on one device from the run's config, whatever precision and
+    strategy trained it (weights are stored in float32 either way)."""
+    if checkpoint not in CHECKPOINTS:
+        raise ValueError(f"checkpoint must be one of {', '.join(CHECKPOINTS)}, got {checkpoint!r}")
+    config = load_config(model_dir)
+    weights = os.path.join(model_dir, f"{checkpoint}.weights.h5")
+    if not os.path.isfile(weights):
+        raise FileNotFoundError(f"{weights} not found (has the run finished an epoch?)")
+    with open(os.path.join(model_dir, "class_names.json")) as f:
+        class_names = tuple(json.load(f))
+    info = data.dataset_info(config.data.dataset)
+    keras.mixed_precision.set_global_policy("float32")
+    network = models.build(config.model.name, info.num_classes, info.mean, info.std,
+                           info.image_shape, embedding_dim=config.model.embedding_dim,
+                           embedding_head=config.model.embedding_head)
+    network.load_weights(weights)
+    return config, network, class_names

@@ -1,0 +1,130 @@
+"""Checks run with every evaluation (after fra31/auto-attack's checks.py, extended).
+
+Hard failures (EvaluationError): an adversarial input outside the eps-ball or [0, 1] or with NaN;
+an example robust under an attack but not correct clean. Warnings, each with the figure behind it,
+point at gradient masking or a broken evaluation.
+"""
+
+import numpy as np
+import tensorflow as tf
+
+from robustcl.losses import cross_entropy_per_example
+
+TOLERANCE = 1e-5  # float32 rounding of x +- eps
+
+
+class EvaluationError(RuntimeError):
+    pass
+
+
+def check_adversarial_inputs(result, x):
+    """Hard check: inside the eps-ball (norm of the result) and [0, 1], and finite."""
+    adv = result.x_adv
+    if not np.isfinite(adv).all():
+        raise EvaluationError(f"{result.name}: {int((~np.isfinite(adv)).sum())} NaN/inf values in "
+                              "adversarial inputs")
+    if adv.min() < -TOLERANCE or adv.max() > 1 + TOLERANCE:
+        raise EvaluationError(f"{result.name}: adversarial inputs outside [0, 1] "
+                              f"(min {adv.min():.6g}, max {adv.max():.6g})")
+    delta = (adv - x).reshape(len(x), -1)
+    distance = np.abs(delta).max(1) if result.norm == "linf" else np.sqrt((delta ** 2).sum(1))
+    worst = float(distance.max()) if len(distance) else 0.0
+    if worst > result.eps * (1 + TOLERANCE) + 1e-7:
+        raise EvaluationError(f"{result.name}: perturbation {worst:.6g} exceeds eps {result.eps:.6g} "
+                              f"({result.norm})")
+
+
+def check_robust_not_above_clean(result, clean_correct):
+    bad = int(np.sum(result.robust & ~clean_correct))
+    if bad:
+        raise EvaluationError(f"{result.name}: {bad} examples robust but misclassified clean")
+
+
+def warn_probabilities(logits):
+    """Outputs that look like probabilities (rows in [0, 1] summing to 1) instead of logits."""
+    rows = np.asarray(logits, np.float64)
+    if rows.min() >= 0 and rows.max() <= 1 and np.allclose(rows.sum(-1), 1.0, atol=1e-3):
+        return ("model outputs look like probabilities (all in [0, 1], rows sum to 1 within 1e-3): "
+                "attacks on softmax outputs are weak; the model must return logits")
+    return None
+
+
+def warn_nondeterministic(attacker, x, max_examples=32):
+    """Logits that change across repeated calls or batch sizes (randomness hides gradients)."""
+    x = x[:max_examples]
+    first = attacker.logits(x)
+    second = attacker.logits(x)
+    one_by_one = np.concatenate([attacker._logits(tf.constant(x[i:i + 1])).numpy() for i in range(len(x))])
+    repeat_diff = float(np.abs(first - second).max())
+    batch_diff = float(np.abs(first - one_by_one).max())
+    scale = max(float(np.abs(first).max()), 1.0)
+    messages = []
+    if repeat_diff > 1e-4 * scale:
+        messages.append(f"logits change across repeated calls (max difference {repeat_diff:.3g}): "
+                        "a randomized model needs EOT attacks")
+    if batch_diff > 1e-3 * scale:
+        messages.append(f"logits depend on the batch size (max difference {batch_diff:.3g} between "
+                        "batch and one-by-one): BatchNorm in training mode?")
+    return messages
+
+
+def warn_gradients(attacker, x, y, max_examples=256):
+    """Zero or non-finite input gradients of the cross-entropy at clean points."""
+    x = tf.constant(x[:max_examples])
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        loss = tf.reduce_sum(cross_entropy_per_example(y[:max_examples], attacker.logits_fn(x)))
+    # An input the logits do not depend on differentiably has zero gradient, not None.
+    grad = tape.gradient(loss, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    grad = grad.numpy().reshape(len(grad), -1)
+    messages = []
+    non_finite = int(np.sum(~np.isfinite(grad).all(1)))
+    zero = int(np.sum(np.all(grad == 0, axis=1)))
+    if non_finite:
+        messages.append(f"non-finite input gradients for {non_finite} of {len(grad)} examples")
+    if zero:
+        messages.append(f"zero input gradients for {zero} of {len(grad)} examples (gradient masking "
+                        "or saturated softmax)")
+    return messages
+
+
+def warn_sweep(sweep, num_classes, norm, tolerance=0.005):
+    """Accuracy must not rise with eps, and must be near 0 (at most chance) at a large eps."""
+    messages = []
+    ordered = sorted(sweep, key=lambda point: point["eps"])
+    for before, after in zip(ordered, ordered[1:]):
+        if after["robust_accuracy"] > before["robust_accuracy"] + tolerance:
+            messages.append(f"accuracy rises with eps: {before['robust_accuracy']:.4f} at eps "
+                            f"{before['eps']:.4g} -> {after['robust_accuracy']:.4f} at eps {after['eps']:.4g}")
+    large = [p for p in ordered if norm == "linf" and p["eps"] >= 0.5]
+    for point in large:
+        if point["robust_accuracy"] > 1.0 / num_classes + tolerance:
+            messages.append(f"accuracy {point['robust_accuracy']:.4f} at eps {point['eps']:.3g} is above "
+                            f"chance ({1.0 / num_classes:.4f}): at this eps any image can be turned "
+                            "into any other, so the attack is failing")
+    return messages
+
+
+def warn_attack_ordering(by_name, white_box_names, tolerance_steps=0.005, tolerance_square=0.002):
+    """FGSM beating PGD; stronger PGD raising accuracy; Square beating the white-box attacks."""
+    messages = []
+    fgsm, pgd_, pgd_strong = by_name.get("fgsm"), by_name.get("pgd"), by_name.get("pgd-strong")
+    if fgsm is not None and pgd_ is not None and fgsm.robust.mean() < pgd_.robust.mean() - 1e-9:
+        messages.append(f"FGSM ({fgsm.robust.mean():.4f}) beats PGD ({pgd_.robust.mean():.4f}): PGD is "
+                        "not converging (masked or noisy gradients?)")
+    if pgd_ is not None and pgd_strong is not None and \
+            pgd_strong.robust.mean() > pgd_.robust.mean() + tolerance_steps:
+        messages.append(f"more PGD steps/restarts raised accuracy by "
+                        f"{100 * (pgd_strong.robust.mean() - pgd_.robust.mean()):.2f} points "
+                        f"({pgd_.robust.mean():.4f} -> {pgd_strong.robust.mean():.4f})")
+    square = by_name.get("square")
+    if square is not None and square.seconds > 0:
+        white = np.ones_like(square.robust)
+        for name in white_box_names:
+            if name in by_name:
+                white &= by_name[name].robust
+        extra = float(np.mean(white & ~square.robust))
+        if extra > tolerance_square:
+            messages.append(f"Square (black-box) breaks {100 * extra:.2f}% of the points that every "
+                            "white-box attack left robust: gradients are masked")
+    return messages

@@ -1,0 +1,91 @@
+"""Writing an evaluation report: JSON, Markdown, PNG plots, TensorBoard scalars."""
+
+import json
+import os
+
+import numpy as np
+
+
+def markdown(report):
+    lines = [f"# Robustness evaluation: {report['model']}", "",
+             f"{report['num_points']} points ({report['data']}), {report['norm']} eps "
+             f"{report['eps']:.6g}, seed {report['seed']}. Clean accuracy "
+             f"**{report['clean_accuracy']:.4f}**; per-example worst case over every attack: "
+             f"**{report['worst_case_robust_accuracy']:.4f}**.", "",
+             "| attack | robust accuracy | points | eps | steps | restarts | seconds | max perturbation "
+             "| NaN | adv min | adv max | note |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for a in report["attacks"]:
+        lines.append(f"| {a['attack']} | {a['robust_accuracy']:.4f} | {a['num_points']} | {a['eps']:.5g} "
+                     f"| {a['steps']} | {a['restarts']} | {a['seconds']:.1f} | {a['max_perturbation']:.5g} "
+                     f"| {a['nan_count']} | {a['adv_min']:.3g} | {a['adv_max']:.3g} | {a.get('note', '')} |")
+    if report.get("eps_sweep"):
+        lines += ["", f"Accuracy vs eps ({report['sweep_attack']}):", "", "| eps | robust accuracy |",
+                  "|---|---|"]
+        lines += [f"| {p['eps']:.5g} | {p['robust_accuracy']:.4f} |" for p in report["eps_sweep"]]
+    lines += ["", "Per-class worst-case robust accuracy:", "", "| class | clean | robust |", "|---|---|---|"]
+    for c in report["per_class"]:
+        lines.append(f"| {c['class']} | {c['clean_accuracy']:.4f} | {c['robust_accuracy']:.4f} |")
+    lines += ["", "Checks:", ""] + [f"- passed: {c}" for c in report["checks_passed"]]
+    lines += [f"- **warning**: {w}" for w in report["warnings"]] or ["- no warnings"]
+    if report.get("deviations"):
+        lines += ["", "Deviations from the AutoAttack reference:", ""]
+        lines += [f"- {d}" for d in report["deviations"]]
+    return "\n".join(lines) + "\n"
+
+
+def plot(report, output_dir):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    if report.get("eps_sweep"):
+        sweep = sorted(report["eps_sweep"], key=lambda p: p["eps"])
+        figure, axes = plt.subplots(figsize=(6, 4), dpi=100)
+        axes.plot([p["eps"] for p in sweep], [p["robust_accuracy"] for p in sweep], "o-")
+        axes.axvline(report["eps"], color="gray", linestyle=":", label=f"eps {report['eps']:.4g}")
+        axes.set_xlabel(f"eps ({report['norm']})")
+        axes.set_ylabel("robust accuracy")
+        axes.set_ylim(-0.02, 1.02)
+        axes.set_title(f"{report['sweep_attack']}: accuracy vs eps")
+        axes.legend()
+        figure.tight_layout()
+        paths.append(os.path.join(output_dir, "accuracy_vs_eps.png"))
+        figure.savefig(paths[-1])
+        plt.close(figure)
+    classes = report["per_class"]
+    figure, axes = plt.subplots(figsize=(max(6, 0.5 * len(classes)), 4), dpi=100)
+    index = np.arange(len(classes))
+    axes.bar(index - 0.2, [c["clean_accuracy"] for c in classes], 0.4, label="clean")
+    axes.bar(index + 0.2, [c["robust_accuracy"] for c in classes], 0.4, label="worst case")
+    axes.set_xticks(index, [c["class"] for c in classes], rotation=45, ha="right")
+    axes.set_ylim(0, 1)
+    axes.set_ylabel("accuracy")
+    axes.legend()
+    figure.tight_layout()
+    paths.append(os.path.join(output_dir, "per_class_accuracy.png"))
+    figure.savefig(paths[-1])
+    plt.close(figure)
+    return paths
+
+
+def write(report, output_dir, tensorboard_dir=None, step=0):
+    os.makedirs(output_dir, exist_ok=True)
+    with open(os.path.join(output_dir, "report.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    with open(os.path.join(output_dir, "report.md"), "w") as f:
+        f.write(markdown(report))
+    paths = plot(report, output_dir)
+    if tensorboard_dir:
+        import tensorflow as tf
+
+        writer = tf.summary.create_file_writer(tensorboard_dir)
+        with writer.as_default():
+            tf.summary.scalar("evaluation/clean_accuracy", report["clean_accuracy"], step=step)
+            tf.summary.scalar("evaluation/worst_case_robust_accuracy",
+                              report["worst_case_robust_accuracy"], step=step)
+            for a in report["attacks"]:
+                tf.summary.scalar(f"evaluation/{a['attack']}", a["robust_accuracy"], step=step)
+        writer.close()
+    return paths

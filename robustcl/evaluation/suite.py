@@ -1,0 +1,181 @@
+"""Running attacks over a dataset: per-attack results and the AutoAttack-style cascade.
+
+Every attack runs in inference mode on logits, in batches, and its result for an example counts as
+robust only if the example is classified correctly both clean and under the attack (AutoAttack's
+convention), so no robust accuracy can exceed the clean one.
+"""
+
+import dataclasses
+import time
+from typing import List, Optional
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from robustcl.attacks import OBJECTIVES, pgd, threat_model
+from robustcl.attacks.apgd import apgd, make_loss_and_grad
+from robustcl.attacks.square import square_linf
+
+
+@dataclasses.dataclass
+class AttackResult:
+    name: str
+    norm: str
+    eps: float
+    steps: int
+    restarts: int
+    seed: int
+    robust: np.ndarray  # [N] bool: correct clean and under this attack
+    x_adv: np.ndarray
+    seconds: float
+    queries: Optional[np.ndarray] = None
+    note: str = ""
+
+    def summary(self, x, clean_correct):
+        delta = (self.x_adv - x).reshape(len(x), -1)
+        distance = np.abs(delta).max(1) if self.norm == "linf" else np.sqrt((delta ** 2).sum(1))
+        finite = np.isfinite(self.x_adv)
+        out = {"attack": self.name, "robust_accuracy": float(self.robust.mean()),
+               "num_points": int(len(self.robust)), "eps": self.eps, "norm": self.norm,
+               "steps": self.steps, "restarts": self.restarts, "seed": self.seed,
+               "seconds": round(self.seconds, 3),
+               "max_perturbation": float(np.nanmax(distance)) if len(distance) else 0.0,
+               "nan_count": int((~finite).sum()),
+               "adv_min": float(np.nanmin(self.x_adv)), "adv_max": float(np.nanmax(self.x_adv)),
+               "robust_above_clean": int(np.sum(self.robust & ~clean_correct))}
+        if self.queries is not None:
+            out["queries_mean"] = float(self.queries.mean())
+            out["queries_median"] = float(np.median(self.queries))
+        if self.note:
+            out["note"] = self.note
+        return out
+
+
+class Attacker:
+    """Attacks one network (logits in inference mode) in batches."""
+
+    def __init__(self, network, batch_size=256, progress=True):
+        self.network = network
+        self.batch_size = batch_size
+        self.progress = progress
+        self.logits_fn = lambda z: network(z, training=False)["logits"]
+        self._logits = tf.function(self.logits_fn, reduce_retracing=True)
+        self._attacks = {}
+
+    def _compiled_attack(self, norm, eps, steps, step_size, objective, random_start):
+        """One traced PGD function per attack setting, reused across batches and calls."""
+        key = (norm, float(eps), int(steps), float(step_size), objective, bool(random_start))
+        if key not in self._attacks:
+            threat = threat_model(norm, eps)
+            objective_fn = OBJECTIVES.get(objective)
+
+            @tf.function(reduce_retracing=True)
+            def run(xb, yb, seed_pair):
+                loss_fn = lambda z: objective_fn({"logits": self.logits_fn(z)}, yb)  # noqa: E731
+                return pgd(loss_fn, xb, threat, steps, step_size, random_start, seed_pair)
+
+            self._attacks[key] = run
+        return self._attacks[key]
+
+    def logits(self, x):
+        return np.concatenate([self._logits(tf.constant(x[i:i + self.batch_size])).numpy()
+                               for i in range(0, len(x), self.batch_size)])
+
+    def predict(self, x):
+        return np.argmax(self.logits(x), -1)
+
+    def _batches(self, n, title):
+        bar = keras.utils.Progbar(n, unit_name="image", verbose=1 if self.progress else 0)
+        print(title, flush=True) if self.progress else None
+        for start in range(0, n, self.batch_size):
+            yield slice(start, min(start + self.batch_size, n))
+            bar.update(min(start + self.batch_size, n))
+
+    def gradient_attack(self, name, x, y, norm, eps, steps, step_size, restarts, objective, seed,
+                        random_start=True):
+        """PGD-family attack (FGSM is steps=1, step eps, no random start), worst case over restarts."""
+        run = self._compiled_attack(norm, eps, steps, step_size, objective, random_start)
+        start = time.perf_counter()
+        x_adv = x.copy()
+        fooled = np.zeros(len(x), bool)
+
+        for batch in self._batches(len(x), f"{name}: eps {eps:.5g} {norm}, {steps} steps, {restarts} restarts"):
+            for restart in range(restarts):
+                candidate = run(tf.constant(x[batch]), tf.constant(y[batch]),
+                                tf.constant([seed, restart * 1_000_003 + batch.start], tf.int64)).numpy()
+                newly = (np.argmax(self.logits(candidate), -1) != y[batch]) & ~fooled[batch]
+                # The first restart's point stands unless a later restart fools the example.
+                keep = newly | (restart == 0)
+                x_adv[batch] = np.where(keep[:, None, None, None], candidate, x_adv[batch])
+                fooled[batch] |= newly
+        robust = (self.predict(x) == y) & (self.predict(x_adv) == y)
+        return AttackResult(name, norm, eps, steps, restarts, seed, robust, x_adv,
+                            time.perf_counter() - start)
+
+
+def autoattack_cascade(attacker, x, y, norm, eps, seed=0, n_iter=100, n_targets=9,
+                       square_queries=5000, log=print) -> List[AttackResult]:
+    """The AutoAttack "standard" cascade: APGD-CE, APGD-T, FAB-T, Square, each on the points still
+    robust after the previous ones. Returns one result per stage; each stage's `robust` is the
+    cascade's robustness after it (so the last is AutoAttack's robust accuracy)."""
+    num_classes = attacker.logits(x[:1]).shape[-1]
+    clean_logits = attacker.logits(x)
+    robust = np.argmax(clean_logits, -1) == y
+    x_adv = x.copy()
+    results = []
+
+    def stage(name, fn, steps, restarts, note="", queries=None):
+        nonlocal x_adv
+        start = time.perf_counter()
+        idx = np.flatnonzero(robust)
+        log(f"{name}: {len(idx)} points still robust")
+        stage_queries = None
+        for batch_start in range(0, len(idx), attacker.batch_size):
+            part = idx[batch_start:batch_start + attacker.batch_size]
+            out = fn(part)
+            adv, still = out[0], out[1]
+            if len(out) > 2:
+                stage_queries = out[2] if stage_queries is None else np.concatenate([stage_queries, out[2]])
+            fooled = part[~still]
+            x_adv[fooled] = np.asarray(adv)[~still]
+            robust[fooled] = False
+        results.append(AttackResult(name, norm, eps, steps, restarts, seed, robust.copy(), x_adv.copy(),
+                                    time.perf_counter() - start, stage_queries, note))
+
+    ce_grad = make_loss_and_grad(attacker.logits_fn, "ce")
+    stage("apgd-ce", lambda p: apgd(attacker.logits_fn, x[p], y[p], norm, eps, n_iter, 1, "ce",
+                                    seed=seed, loss_and_grad=ce_grad), n_iter, 1)
+
+    targeted_grad = make_loss_and_grad(attacker.logits_fn, "dlr-targeted")
+    order = np.argsort(clean_logits, axis=-1)
+    n_targets = min(n_targets, num_classes - 1)
+
+    def apgd_t(p):
+        still = np.ones(len(p), bool)
+        adv = x[p].copy()
+        for target_rank in range(2, n_targets + 2):
+            idx = np.flatnonzero(still)
+            if not len(idx):
+                break
+            targets = order[p[idx], -target_rank]
+            out, correct = apgd(attacker.logits_fn, x[p[idx]], y[p[idx]], norm, eps, n_iter, 1,
+                                "dlr-targeted", targets=targets, seed=seed + target_rank,
+                                loss_and_grad=targeted_grad)
+            out = np.asarray(out)
+            adv[idx[~correct]] = out[~correct]
+            still[idx[~correct]] = False
+        return adv, still
+
+    stage("apgd-t", apgd_t, n_iter, 1)
+    results.append(AttackResult("fab-t", norm, eps, n_iter, 1, seed, robust.copy(), x_adv.copy(), 0.0,
+                                note="not run: FAB-T is not implemented in robustcl yet; the cascade "
+                                     "goes on without it"))
+    log("fab-t: not implemented, skipped")
+    if norm == "linf":
+        stage("square", lambda p: square_linf(attacker.logits_fn, x[p], y[p], eps, square_queries,
+                                              0.8, seed), square_queries, 1)
+    else:
+        results.append(AttackResult("square", norm, eps, square_queries, 1, seed, robust.copy(),
+                                    x_adv.copy(), 0.0, note="not run: Square is implemented for L-inf only"))
+    return results

@@ -1,0 +1,53 @@
+#!/usr/bin/env python
+"""Evaluates a trained run under attack and writes a report reviewers can check.
+
+    python scripts/evaluate.py --model_dir=runs/pgd_at_cifar10 [--checkpoint=best|last]
+        [--num_examples=1000] [--output_dir=DIR] [--data_dir=DIR]
+
+Runs FGSM, PGD (and PGD with more steps and restarts), CW-Linf and the AutoAttack-style cascade on
+the first N test images; writes report.json, report.md, accuracy_vs_eps.png and
+per_class_accuracy.png, TensorBoard scalars (<model_dir>/evaluation) and projector embeddings.
+Fails (exit 3) if an adversarial input leaves the threat set or an example counts robust while
+misclassified clean.
+"""
+
+import sys
+
+from absl import app
+
+from robustcl.cli import flags as cli_flags
+
+cli_flags.define_evaluate_flags()
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from robustcl.config import ConfigError
+    from robustcl.data import DataFormatError, DataNotFoundError
+
+    try:
+        config = cli_flags.evaluation_config_from_flags()
+    except ConfigError as error:
+        sys.exit(f"error: {error}")
+    from robustcl.evaluation import EvaluationError
+    from robustcl.evaluation.run import evaluate_run
+
+    try:
+        report, output_dir = evaluate_run(config)
+    except (DataNotFoundError, DataFormatError, FileNotFoundError) as error:
+        sys.exit(f"error: {error}")
+    except EvaluationError as error:
+        print(f"evaluation failed a hard check: {error}", file=sys.stderr)
+        sys.exit(3)
+    print(f"clean accuracy {report['clean_accuracy']:.4f}, worst-case robust accuracy "
+          f"{report['worst_case_robust_accuracy']:.4f} over {report['num_points']} points")
+    for row in report["attacks"]:
+        print(f"  {row['attack']}: {row['robust_accuracy']:.4f} {row.get('note', '')}")
+    for warning in report["warnings"]:
+        print(f"  WARNING: {warning}")
+    print(f"report: {output_dir}/report.md")
+
+
+if __name__ == "__main__":
+    app.run(main)
