@@ -36,7 +36,7 @@ def _all_attacks(network, x, y, eps, norm="linf"):
                                   targets=(y + 1) % 10)[0]),
     }
     if norm == "linf":
-        out["square"] = square_linf(_logits_fn(network), x, y, eps, n_queries=50)[0]
+        out["square"] = square_linf(attacker.logits, x, y, eps, n_queries=50)[0]
     return out
 
 

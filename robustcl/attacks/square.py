@@ -4,14 +4,14 @@ Follows the reference implementation used by AutoAttack (fra31/auto-attack, squa
 with the margin loss: vertical-stripe start (every column and channel at +-eps), then per query a
 random square (side from the p schedule, p_init 0.8 rescaled to the query budget) set to x +- eps
 per channel, the same square and signs for every image still correctly classified; a candidate is
-kept when it lowers the margin or misclassifies. Only logits are used (`logits_fn`), so a model
+kept when it lowers the margin or misclassifies. Only scores are used: `logits_fn` maps a NumPy
+batch to NumPy logits, so it may be a local model, a SavedModel or a model server, and a model
 that masks gradients is attacked as any other.
 """
 
 import math
 
 import numpy as np
-import tensorflow as tf
 
 from robustcl.attacks.objectives import margin_per_example
 
@@ -36,10 +36,8 @@ def square_linf(logits_fn, x, y, eps, n_queries=5000, p_init=0.8, seed=0):
     n, height, width, channels = x.shape
     n_features = height * width * channels
 
-    logits_fn = tf.function(logits_fn, reduce_retracing=True)
-
     def margin(images, labels):
-        return np.array(margin_per_example(logits_fn(tf.constant(images)), labels))
+        return np.array(margin_per_example(np.asarray(logits_fn(images), np.float32), labels))
 
     signs = rng.choice([-1.0, 1.0], size=(n, 1, width, channels)).astype(np.float32)
     x_best = np.clip(x + eps * signs, 0.0, 1.0)

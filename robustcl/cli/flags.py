@@ -261,3 +261,79 @@ def evaluation_config_from_flags(flag_values=FLAGS):
         pgd_steps=f.pgd_steps, pgd_restarts=f.pgd_restarts, apgd_iterations=f.apgd_iterations,
         square_queries=f.square_queries, sweep=f.sweep, seed=f.seed, batch_size=f.batch_size,
         projector_examples=f.projector_examples).validate()
+
+
+def define_export_flags(flag_values=FLAGS):
+    flags.DEFINE_string("model_dir", None, "Training run directory.", flag_values=flag_values)
+    flags.DEFINE_string("export_dir", None, "Base directory; the model goes to "
+                        "EXPORT_DIR/<model_name>/<version>/.", flag_values=flag_values)
+    flags.DEFINE_string("model_name", None, "Name under EXPORT_DIR (default: the run directory's "
+                        "name).", flag_values=flag_values)
+    flags.DEFINE_integer("version", None, "Version directory (default: one above the highest).",
+                         flag_values=flag_values)
+    flags.DEFINE_string("checkpoint", "best", "best or last.", flag_values=flag_values)
+
+
+def export_args_from_flags(flag_values=FLAGS):
+    """Validated export arguments as a dict (flags are read nowhere else)."""
+    f = flag_values
+    if not f.model_dir or not os.path.isdir(f.model_dir):
+        raise cfg.ConfigError(f"--model_dir: {f.model_dir!r} is not a directory")
+    if not f.export_dir:
+        raise cfg.ConfigError("--export_dir: is required")
+    if f.version is not None and f.version < 1:
+        raise cfg.ConfigError(f"--version: must be >= 1, got {f.version}")
+    if f.checkpoint not in ("best", "last"):
+        raise cfg.ConfigError(f"--checkpoint: must be best or last, got {f.checkpoint!r}")
+    if f.model_name is not None and (not f.model_name or "/" in f.model_name):
+        raise cfg.ConfigError(f"--model_name: {f.model_name!r} is not a directory name")
+    return {"model_dir": f.model_dir, "export_dir": f.export_dir, "model_name": f.model_name,
+            "version": f.version, "checkpoint": f.checkpoint}
+
+
+def define_serve_test_flags(flag_values=FLAGS):
+    flags.DEFINE_string("server", None, "TF Serving REST address, e.g. http://127.0.0.1:8501.",
+                        flag_values=flag_values)
+    flags.DEFINE_string("model", None, "Model name on the server.", flag_values=flag_values)
+    flags.DEFINE_integer("model_version", None, "Version on the server (default: its latest).",
+                         flag_values=flag_values)
+    flags.DEFINE_string("saved_model", None, "The export, in process: the target when no --server "
+                        "is given, else the white-box model for transfer attacks.",
+                        flag_values=flag_values)
+    flags.DEFINE_string("data_dir", None, "Official archive/folder or tfds directory.",
+                        flag_values=flag_values)
+    flags.DEFINE_string("dataset", None, "cifar10 or cifar100 (default: the export's config).",
+                        flag_values=flag_values)
+    flags.DEFINE_integer("num_examples", 200, "First N test images.", flag_values=flag_values)
+    _define_fraction("eps", 8 / 255, "L-inf budget.", flag_values)
+    flags.DEFINE_integer("pgd_steps", 20, "Steps of the white-box transfer attack.", flag_values=flag_values)
+    flags.DEFINE_integer("square_queries", 1000, "Square query budget per image.", flag_values=flag_values)
+    flags.DEFINE_integer("chunk", 32, "Images per unit of resumable work.", flag_values=flag_values)
+    flags.DEFINE_string("output_dir", None, "Where results.jsonl and the reports go.",
+                        flag_values=flag_values)
+    flags.DEFINE_float("timeout", 30.0, "Seconds before a request times out.", flag_values=flag_values)
+    flags.DEFINE_integer("max_retries", 4, "Retries of a failed idempotent request.", flag_values=flag_values)
+    flags.DEFINE_integer("max_batch", 64, "Images per request at most.", flag_values=flag_values)
+    flags.DEFINE_integer("seed", 0, "Seed of the attacks.", flag_values=flag_values)
+
+
+def serve_test_args_from_flags(flag_values=FLAGS):
+    f = flag_values
+    if not f.server and not f.saved_model:
+        raise cfg.ConfigError("--server or --saved_model: give at least one")
+    if f.server and not f.model:
+        raise cfg.ConfigError("--model: required with --server")
+    if f.server and not f.server.startswith(("http://", "https://")):
+        raise cfg.ConfigError(f"--server: expected http://HOST:PORT, got {f.server!r}")
+    if f.saved_model and not os.path.isfile(os.path.join(f.saved_model, "saved_model.pb")):
+        raise cfg.ConfigError(f"--saved_model: no saved_model.pb in {f.saved_model}")
+    if not f.output_dir:
+        raise cfg.ConfigError("--output_dir: is required")
+    for name in ("num_examples", "pgd_steps", "square_queries", "chunk", "max_batch"):
+        if f[name].value < 1:
+            raise cfg.ConfigError(f"--{name}: must be >= 1, got {f[name].value}")
+    if not 0 <= f.eps <= 1:
+        raise cfg.ConfigError(f"--eps: must be in [0, 1], got {f.eps}")
+    return {k: f[k].value for k in ("server", "model", "model_version", "saved_model", "data_dir",
+                                    "dataset", "num_examples", "eps", "pgd_steps", "square_queries",
+                                    "chunk", "output_dir", "timeout", "max_retries", "max_batch", "seed")}

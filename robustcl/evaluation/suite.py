@@ -173,7 +173,7 @@ def autoattack_cascade(attacker, x, y, norm, eps, seed=0, n_iter=100, n_targets=
                                      "goes on without it"))
     log("fab-t: not implemented, skipped")
     if norm == "linf":
-        stage("square", lambda p: square_linf(attacker.logits_fn, x[p], y[p], eps, square_queries,
+        stage("square", lambda p: square_linf(attacker.logits, x[p], y[p], eps, square_queries,
                                               0.8, seed), square_queries, 1)
     else:
         results.append(AttackResult("square", norm, eps, square_queries, 1, seed, robust.copy(),

@@ -1,0 +1,37 @@
+#!/usr/bin/env python
+"""Exports a trained run as a SavedModel for TF Serving.
+
+    python scripts/export.py --model_dir=runs/pgd_at_cifar10 --export_dir=/models [--version=N]
+
+Writes /models/<model_name>/<version>/ (signatures serving_default, serving_uint8, logits) and
+prints its path; `saved_model_cli show --dir <path> --all` lists the signatures.
+"""
+
+import sys
+
+from absl import app
+
+from robustcl.cli import flags as cli_flags
+
+cli_flags.define_export_flags()
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from robustcl.config import ConfigError
+
+    try:
+        args = cli_flags.export_args_from_flags()
+    except ConfigError as error:
+        sys.exit(f"error: {error}")
+    from robustcl.serving.export import export_run
+
+    try:
+        print(export_run(**args))
+    except (FileExistsError, FileNotFoundError, ValueError) as error:
+        sys.exit(f"error: {error}")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,238 @@
+"""SavedModel export and robustness tests through TF Serving's REST API (served by our stand-in
+server as a real process on 127.0.0.1) and in process."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from robustcl.serving import robustness
+from robustcl.serving.client import RestClient, SavedModelBackend, ServerError
+from robustcl.serving.export import export
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def exported(undefended, tmp_path_factory):
+    network, x, y = undefended
+    root = tmp_path_factory.mktemp("export")
+    names = root / "class_names.json"
+    names.write_text(json.dumps([f"class{i}" for i in range(10)]))
+    config = root / "config.json"
+    config.write_text(json.dumps({"data": {"dataset": "cifar10"}}))
+    path = export(network, (32, 32, 3), str(root / "models"), "tiny", asset_sources=[str(names), str(config)])
+    return network, x, y, path
+
+
+def test_export_layout_assets_and_versions(exported, tmp_path):
+    network, _, _, path = exported
+    assert path.endswith(os.path.join("models", "tiny", "1"))
+    assert sorted(os.listdir(os.path.join(path, "assets.extra"))) == ["class_names.json", "config.json"]
+    second = export(network, (32, 32, 3), os.path.dirname(os.path.dirname(path)), "tiny")
+    assert second.endswith(os.path.join("tiny", "2"))
+    with pytest.raises(FileExistsError, match="choose another --version"):
+        export(network, (32, 32, 3), os.path.dirname(os.path.dirname(path)), "tiny", version=1)
+    assert not [d for d in os.listdir(os.path.dirname(path)) if d.startswith(".tmp")]
+
+
+def test_reload_in_fresh_process_matches_across_batch_sizes(exported, tmp_path):
+    network, _, _, path = exported
+    rng = np.random.default_rng(0)
+    images = rng.uniform(size=(256, 32, 32, 3)).astype(np.float32)
+    np.save(tmp_path / "images.npy", images)
+    script = (
+        "import sys, numpy as np, tensorflow as tf\n"
+        f"m = tf.saved_model.load({path!r})\n"
+        f"x = np.load({str(tmp_path / 'images.npy')!r})\n"
+        "for n in (1, 7, 256):\n"
+        "    out = m.signatures['serving_default'](images=tf.constant(x[:n]))\n"
+        f"    np.save({str(tmp_path)!r} + f'/logits_{{n}}.npy', out['logits'].numpy())\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    expected = network(images, training=False)["logits"].numpy()
+    for n in (1, 7, 256):
+        np.testing.assert_allclose(np.load(tmp_path / f"logits_{n}.npy"), expected[:n], atol=1e-5)
+    listing = subprocess.run(["saved_model_cli", "show", "--dir", path, "--all"], capture_output=True,
+                             text=True, timeout=300)
+    assert listing.returncode == 0, listing.stderr[-2000:]
+    for signature in ("serving_default", "serving_uint8", "logits"):
+        assert f"signature_def['{signature}']" in listing.stdout
+
+
+def test_inputs_are_checked_not_clipped(exported):
+    _, x, _, path = exported
+    model = tf.saved_model.load(path)
+    serve = model.signatures["serving_default"]
+    bad = {
+        "rank 4": np.zeros((32, 32, 3), np.float32),
+        "shape [batch, 32, 32, 3]": np.zeros((2, 28, 28, 3), np.float32),
+        "NaN or inf": np.full((1, 32, 32, 3), np.nan, np.float32),
+        "above 1.0": np.full((1, 32, 32, 3), 1.5, np.float32),
+        "below 0.0": np.full((1, 32, 32, 3), -0.1, np.float32),
+    }
+    for message, images in bad.items():
+        with pytest.raises(tf.errors.InvalidArgumentError, match=message.replace("[", r"\[").replace("]", r"\]")):
+            serve(images=tf.constant(images))
+    quantized = np.round(x[:4] * 255).astype(np.uint8)
+    np.testing.assert_allclose(model.signatures["serving_uint8"](images=tf.constant(quantized))["logits"],
+                               serve(images=tf.constant(quantized / 255.0, tf.float32))["logits"], atol=1e-5)
+    probabilities = serve(images=tf.constant(x[:4]))["probabilities"].numpy()
+    np.testing.assert_allclose(probabilities.sum(-1), 1.0, atol=1e-5)
+
+
+def test_export_holds_only_the_inference_path(exported):
+    _, _, _, path = exported
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    proto = saved_model_pb2.SavedModel()
+    with open(os.path.join(path, "saved_model.pb"), "rb") as f:
+        proto.ParseFromString(f.read())
+    ops = {node.op for graph in proto.meta_graphs for node in graph.graph_def.node}
+    ops |= {node.op for graph in proto.meta_graphs for function in graph.graph_def.library.function
+            for node in function.node_def}
+    training_ops = {op for op in ops if "Apply" in op or op in ("While", "StatelessWhile", "AssignSubVariableOp")}
+    assert not training_ops, training_ops
+    assert "FusedBatchNormV3" in ops or "Conv2D" in ops
+
+
+# ---- the REST server, as a real process ---------------------------------------------------------
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, path, *args):
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "robustcl.serving.rest_server",
+             f"--model_base_path={os.path.dirname(path)}", "--model_name=tiny", f"--port={self.port}",
+             *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            assert self.process.poll() is None, self.process.stdout.read().decode()[-2000:]
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.3)
+        raise TimeoutError("server did not start")
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@pytest.fixture
+def server(exported):
+    running = []
+
+    def start(*args):
+        running.append(Server(exported[3], *args))
+        return running[-1]
+
+    yield start
+    for s in running:
+        s.stop()
+
+
+@pytest.mark.slow
+def test_rest_predict_status_and_error_format(exported, server):
+    network, x, _, path = exported
+    s = server()
+    client = RestClient(s.url, "tiny", max_batch=16)
+    assert client.status()["model_version_status"][0]["state"] == "AVAILABLE"
+    logits = client.predict(x[:40])
+    assert client.requests == 1 + 3 and client.queries == 40  # status, then 3 batches of <= 16
+    np.testing.assert_allclose(logits, network(x[:40], training=False)["logits"].numpy(), atol=1e-4)
+    # Columnar format, as TF Serving answers "inputs" requests.
+    import urllib.request
+
+    request = urllib.request.Request(f"{s.url}/v1/models/tiny:predict",
+                                     data=json.dumps({"inputs": x[:2].tolist()}).encode())
+    body = json.loads(urllib.request.urlopen(request, timeout=30).read())
+    assert set(body["outputs"]) == {"logits", "probabilities"} and len(body["outputs"]["logits"]) == 2
+    with pytest.raises(ServerError, match="images must have shape") as error:
+        client.predict(np.zeros((1, 28, 28, 3), np.float32))
+    assert error.value.status == 400
+    with pytest.raises(ServerError, match="pixel values above 1.0"):
+        client.predict(np.full((1, 32, 32, 3), 2.0, np.float32))
+    with pytest.raises(ServerError, match="signature name") as error:
+        client.predict(x[:1], signature="nope")
+    with pytest.raises(ServerError) as error:
+        RestClient(s.url, "other", max_retries=0).predict(x[:1])
+    assert error.value.status == 404
+    assert client.retried == 0  # 4xx answers are not retried
+
+
+@pytest.mark.slow
+def test_client_retries_server_errors_and_times_out_on_a_slow_server(exported, server):
+    _, x, _, _ = exported
+    failing = server("--fail_first=2")
+    client = RestClient(failing.url, "tiny", backoff=0.05)
+    assert client.predict(x[:3]).shape == (3, 10)
+    assert client.retried == 2
+    with pytest.raises(ServerError, match="Service temporarily unavailable"):
+        RestClient(server("--fail_first=5").url, "tiny", max_retries=1, backoff=0.01).predict(x[:1])
+    slow = server("--delay_s=1.5")
+    impatient = RestClient(slow.url, "tiny", timeout=0.3, max_retries=1, backoff=0.01)
+    with pytest.raises(ServerError, match="unreachable"):
+        impatient.predict(x[:1])
+    assert impatient.retried == 1
+    assert RestClient(slow.url, "tiny", timeout=10).predict(x[:1]).shape == (1, 10)
+
+
+@pytest.mark.slow
+def test_serve_test_survives_a_dying_server_and_resumes(exported, server, tmp_path):
+    network, x, y, path = exported
+    local = SavedModelBackend(path)
+    x, y = x[:24], y[:24]
+    dying = server("--die_after=4")
+    target = RestClient(dying.url, "tiny", max_retries=1, backoff=0.01, max_batch=8)
+    with pytest.raises(ServerError):
+        robustness.run(target, local, x, y, str(tmp_path), eps=2 / 255, pgd_steps=3,
+                       square_queries=10, chunk=8, log=lambda *_: None)
+    kept = [json.loads(line) for line in open(tmp_path / "results.jsonl")]
+    assert kept and all(r["stage"] == "clean" for r in kept)  # finished chunks survived the crash
+    healthy = server()
+    target = RestClient(healthy.url, "tiny", max_batch=8)
+    report = robustness.run(target, local, x, y, str(tmp_path), eps=2 / 255, pgd_steps=3,
+                            square_queries=10, chunk=8, log=lambda *_: None)
+    records = [json.loads(line) for line in open(tmp_path / "results.jsonl")]
+    keys = [(r["stage"], r["start"]) for r in records]
+    assert len(keys) == len(set(keys)) == 9  # 3 stages x 3 chunks, nothing done twice
+    local_correct = np.argmax(network(x, training=False)["logits"].numpy(), -1) == y
+    assert report["clean_accuracy_target"] == pytest.approx(local_correct.mean())
+    assert report["prediction_agreement"] == 1.0 and report["max_logit_diff"] < 1e-4
+    transfer = report["transfer"]
+    # Adversarial examples made on the local copy fool the served model just as much.
+    assert transfer["target_robust_accuracy"] == pytest.approx(transfer["local_robust_accuracy"])
+    assert transfer["target_robust_accuracy"] < report["clean_accuracy_target"]
+    assert transfer["uint8_max_linf"] <= 2 / 255 + 0.5 / 255 + 1e-6
+    assert report["square"]["queries_total"] > 0 and report["latency_ms"]["p50"] > 0
+    assert (tmp_path / "serve_report.md").exists()
+
+
+def test_in_process_path(exported, tmp_path):
+    _, x, y, path = exported
+    backend = SavedModelBackend(path)
+    report = robustness.run(backend, backend, x[:16], y[:16], str(tmp_path), eps=2 / 255, pgd_steps=3,
+                            square_queries=20, chunk=16, log=lambda *_: None)
+    assert report["prediction_agreement"] == 1.0
+    assert report["square"]["robust_accuracy"] <= report["clean_accuracy_target"]
+    assert json.load(open(tmp_path / "serve_report.json"))["num_points"] == 16
