@@ -130,3 +130,11 @@ def test_contrastive_at_attack_maximizes_the_contrastive_objective():
 def test_bad_method_params_name_their_flag(name, params, flag):
     with pytest.raises(ConfigError, match=flag):
         methods.get(name).Params(**params).validate()
+
+
+@pytest.mark.parametrize("name", ["trades", "mart", "morel"])
+def test_trades_style_methods_start_their_attack_as_the_public_code(name):
+    params_class = methods.get(name).Params
+    assert methods.get(name)().attack_start_sigma == 0.001
+    assert methods.get(name)(params_class(start_sigma=0.0)).attack_start_sigma is None  # uniform
+    assert methods.get("pgd_at")().attack_start_sigma is None

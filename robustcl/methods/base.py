@@ -66,6 +66,11 @@ class Method:
         self.params = params if params is not None else self.Params()
         self.params.validate()
         self.num_classes = num_classes
+        # Methods following the TRADES/MART code expose their Gaussian start as a `start_sigma`
+        # parameter; 0 means the threat model's uniform start.
+        sigma = getattr(self.params, "start_sigma", None)
+        if sigma is not None:
+            self.attack_start_sigma = sigma or None
 
     def build(self, embedding_dim):
         """Creates the method's own trainable layers (called once, inside the strategy scope)."""

@@ -18,6 +18,11 @@ def _check_contrastive(method, p):
     check_param(method, "weight", p.weight >= 0, f"must be >= 0, got {p.weight}")
 
 
+def _stacked_embeddings(*outputs):
+    """[B, V, D]: the embeddings of the views that exist (None views are skipped)."""
+    return tf.stack([o["embedding"] for o in outputs if o is not None], 1)
+
+
 def _classification_term(labels, clean, adversarial):
     """CE on the adversarial logits when training has an attack, else on the clean logits."""
     outputs = adversarial if adversarial is not None else clean
@@ -54,11 +59,8 @@ class SupConMargin(Method):
 
     def losses(self, labels, clean, adversarial, augmented=None):
         p = self.params
-        views = [clean["embedding"]]
-        if adversarial is not None and p.adversarial_views:
-            views.append(adversarial["embedding"])
-        values, weights = supcon_margin_per_example(labels, tf.stack(views, 1), p.temperature,
-                                                    p.margin)
+        features = _stacked_embeddings(clean, adversarial if p.adversarial_views else None)
+        values, weights = supcon_margin_per_example(labels, features, p.temperature, p.margin)
         return {"ce": _classification_term(labels, clean, adversarial),
                 "supcon": LossTerm(p.weight * values, weights)}
 
@@ -99,12 +101,7 @@ class Anchor(Method):
 
     def losses(self, labels, clean, adversarial, augmented=None):
         p = self.params
-        views = [clean["embedding"]]
-        if augmented is not None:
-            views.append(augmented["embedding"])
-        if adversarial is not None:
-            views.append(adversarial["embedding"])
-        features = tf.stack(views, 1)
+        features = _stacked_embeddings(clean, augmented, adversarial)
         pair_weights = hard_positive_weights(labels, features, p.mining, p.hardness)
         values, weights = supcon_margin_per_example(labels, features, p.temperature, 0.0,
                                                     pair_weights)
@@ -156,11 +153,7 @@ class ContrastiveAT(Method):
 
     def losses(self, labels, clean, adversarial, augmented=None):
         p = self.params
-        views = [clean["embedding"]]
-        if augmented is not None:
-            views.append(augmented["embedding"])
-        if adversarial is not None:
-            views.append(adversarial["embedding"])
-        values, weights = supcon_margin_per_example(labels, tf.stack(views, 1), p.temperature)
+        values, weights = supcon_margin_per_example(
+            labels, _stacked_embeddings(clean, augmented, adversarial), p.temperature)
         return {"ce_adv": _classification_term(labels, clean, adversarial),
                 "supcon": LossTerm(p.weight * values, weights)}

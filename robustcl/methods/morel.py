@@ -108,7 +108,6 @@ class Morel(Method):
         super().__init__(params, num_classes)
         p = self.params
         self.attack_objective = "kl" if p.accuracy_term == "trades" else "ce"
-        self.attack_start_sigma = p.start_sigma or None
         accuracy_names = ("ce", "kl") if p.accuracy_term == "trades" else ("boosted_ce", "weighted_kl")
         self.loss_names = ("cosine", "contrastive", *accuracy_names)
         self.class_attention = None

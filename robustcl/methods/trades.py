@@ -31,10 +31,6 @@ class Trades(Method):
     uses_adversarial = True
     loss_names = ("ce", "kl")
 
-    def __init__(self, params=None, num_classes=None):
-        super().__init__(params, num_classes)
-        self.attack_start_sigma = self.params.start_sigma or None
-
     def losses(self, labels, clean, adversarial, augmented=None):
         return {"ce": LossTerm(cross_entropy_per_example(labels, clean["logits"])),
                 "kl": LossTerm(self.params.beta * kl_per_example(clean["logits"],
@@ -62,10 +58,6 @@ class Mart(Method):
     uses_clean = True
     uses_adversarial = True
     loss_names = ("boosted_ce", "weighted_kl")
-
-    def __init__(self, params=None, num_classes=None):
-        super().__init__(params, num_classes)
-        self.attack_start_sigma = self.params.start_sigma or None
 
     def losses(self, labels, clean, adversarial, augmented=None):
         boosted, robust = mart_terms(labels, clean["logits"], adversarial["logits"], self.params.beta)
