@@ -131,3 +131,44 @@ def test_report_is_reproducible_with_a_seed(undefended):
             row.pop("seconds")
     assert first == second
     assert first["worst_case_robust_accuracy"] <= min(a["robust_accuracy"] for a in first["attacks"])
+
+
+def test_linf_projection_onto_hyperplane_and_box():
+    from robustcl.attacks.fab import project_linf
+
+    # 2-D by hand: from p = (0.5, 0.5) reach x + y = 1.5 -> d = (0.25, 0.25).
+    d = project_linf(np.array([[0.5, 0.5]]), np.array([[1.0, 1.0]]), np.array([1.5]))
+    np.testing.assert_allclose(d, [[0.25, 0.25]], atol=1e-12)
+    # The box binds: from (0.9, 0.1), x + y = 1.6 -> x stops at 1 (+0.1), y takes the rest (+0.5).
+    d = project_linf(np.array([[0.9, 0.1]]), np.array([[1.0, 1.0]]), np.array([1.6]))
+    np.testing.assert_allclose(d, [[0.1, 0.5]], atol=1e-12)
+    rng = np.random.default_rng(0)
+    p, w = rng.uniform(size=(50, 6)), rng.normal(size=(50, 6))
+    b = np.sum(w * p, 1) + rng.normal(scale=0.3, size=50)
+    d = project_linf(p, w, b)
+    assert np.all(p + d >= -1e-12) and np.all(p + d <= 1 + 1e-12)
+    feasible = np.abs(np.sum(w * (p + d), 1) - b) < 1e-9
+    assert feasible.mean() > 0.8
+    # No random feasible point in the box is closer in L-inf.
+    for i in np.flatnonzero(feasible)[:10]:
+        candidates = rng.uniform(size=(20000, 6))
+        on_plane = candidates - np.outer(candidates @ w[i] - b[i], w[i]) / (w[i] @ w[i])
+        inside = np.all((on_plane >= 0) & (on_plane <= 1), axis=1)
+        if inside.any():
+            assert np.abs(on_plane[inside] - p[i]).max(1).min() >= np.abs(d[i]).max() - 1e-9
+
+
+def test_fab_t_finds_close_adversarials_inside_the_ball(undefended):
+    from robustcl.attacks.fab import fab_targeted
+
+    network, x, y = undefended
+    attacker = Attacker(network, progress=False)
+    order = np.argsort(attacker.logits(x), -1)
+    eps = 2 / 255
+    x_adv, robust = fab_targeted(attacker.logits_fn, attacker.predict, x, y, eps,
+                                 [order[:, -rank] for rank in range(2, 5)], n_iter=20)
+    broken = ~robust
+    assert broken.mean() > 0.5
+    assert np.abs(x_adv - x).reshape(len(x), -1).max(1).max() <= eps + 1e-7
+    assert np.all(attacker.predict(x_adv[broken]) != y[broken])
+    np.testing.assert_array_equal(x_adv[robust], x[robust])

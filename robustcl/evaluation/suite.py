@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from robustcl.attacks import OBJECTIVES, pgd, threat_model
 from robustcl.attacks.apgd import apgd, make_loss_and_grad
+from robustcl.attacks.fab import fab_targeted, make_difference_and_grad
 from robustcl.attacks.square import square_linf
 
 
@@ -168,10 +169,14 @@ def autoattack_cascade(attacker, x, y, norm, eps, seed=0, n_iter=100, n_targets=
         return adv, still
 
     stage("apgd-t", apgd_t, n_iter, 1)
-    results.append(AttackResult("fab-t", norm, eps, n_iter, 1, seed, robust.copy(), x_adv.copy(), 0.0,
-                                note="not run: FAB-T is not implemented in robustcl yet; the cascade "
-                                     "goes on without it"))
-    log("fab-t: not implemented, skipped")
+    if norm == "linf":
+        fab_grad = make_difference_and_grad(attacker.logits_fn)
+        stage("fab-t", lambda p: fab_targeted(
+            attacker.logits_fn, attacker.predict, x[p], y[p], eps,
+            [order[p, -rank] for rank in range(2, n_targets + 2)], n_iter, fab_grad), n_iter, 1)
+    else:
+        results.append(AttackResult("fab-t", norm, eps, n_iter, 1, seed, robust.copy(), x_adv.copy(),
+                                    0.0, note="not run: FAB-T is implemented for L-inf only"))
     if norm == "linf":
         stage("square", lambda p: square_linf(attacker.logits, x[p], y[p], eps, square_queries,
                                               0.8, seed), square_queries, 1)
