@@ -138,3 +138,17 @@ def test_trades_style_methods_start_their_attack_as_the_public_code(name):
     assert methods.get(name)().attack_start_sigma == 0.001
     assert methods.get(name)(params_class(start_sigma=0.0)).attack_start_sigma is None  # uniform
     assert methods.get("pgd_at")().attack_start_sigma is None
+
+
+@pytest.mark.parametrize("name", ["pgd_at", "trades", "contrastive_at"])
+def test_xla_compiled_attack_trains(name):
+    keras.utils.set_random_seed(0)
+    x, y = template_batch(n=16, seed=2)
+    method_class = methods.get(name)
+    network = models.build("tiny", 10, (0.5,) * 3, (0.25,) * 3, embedding_dim=8)
+    model = AdversarialModel(network, method_class(), AttackConfig(steps=2), AttackConfig(steps=2),
+                             jit_compile_attack=True)
+    model.compile(optimizer=keras.optimizers.SGD(0.05))
+    inputs = (x, x[:, :, ::-1]) if method_class.data_views == 2 else x
+    logs = model.train_on_batch(inputs, y, return_dict=True)
+    assert np.isfinite(logs["loss"])

@@ -49,8 +49,10 @@ class AdversarialModel(keras.Model):
         self._val_attack = attack_from_config(val_attack)
         # XLA for the attack alone: it is most of the step's work, and unlike a jit-compiled
         # train_step it also compiles under tf.distribute.
-        self._attack = tf.function(self._run_attack, jit_compile=True) if jit_compile_attack \
-            else self._run_attack
+        # autograph=False: the attack's loop is an explicit tf.while_loop, and autograph mis-converts
+        # methods' bound `objective` (seen: "tf__layers() takes 1 positional argument").
+        self._attack = (tf.function(self._run_attack, jit_compile=True, autograph=False)
+                        if jit_compile_attack else self._run_attack)
         names = ["loss", *method.loss_names, "accuracy", "robust_accuracy", "ce", "robust_ce"]
         self._trackers = {name: keras.metrics.Mean(name=name) for name in names}
         self.built = True  # the network is built; this wrapper adds no weights of its own
