@@ -43,23 +43,22 @@ def main():
         y = attacker.predict(x).astype(np.int32)
         attacker.gradient_attack("warmup", x[:args.batch_size], y[:args.batch_size], "linf", args.eps,
                                  2, args.eps / 4, 1, "ce", 0)
-        start = time.perf_counter()
-        pgd = attacker.gradient_attack("pgd", x, y, "linf", args.eps, 20, 2.5 * args.eps / 20, 1, "ce", 0)
-        pgd_s = time.perf_counter() - start
-        start = time.perf_counter()
-        stages = autoattack_cascade(attacker, x, y, "linf", args.eps, log=lambda *_: None)
-        cascade_s = time.perf_counter() - start
-        for name, seconds, robust in (("pgd-20", pgd_s, pgd.robust.mean()),
-                                      ("autoattack-cascade", cascade_s, stages[-1].robust.mean())):
+        def record(name, seconds, robust, **extra):
             r = {"model": model_name, "attack": name, "num_examples": args.num_examples,
                  "seconds": seconds, "images_per_s": args.num_examples / seconds,
-                 "robust_accuracy": float(robust)}
-            if name == "autoattack-cascade":
-                r["stages"] = {s.name: {"seconds": round(s.seconds, 2),
-                                        "robust_after": float(s.robust.mean())} for s in stages}
+                 "robust_accuracy": float(robust), **extra}
             results.append(r)
             print(f"{model_name} {name}: {r['images_per_s']:.2f} images/s ({seconds:.1f} s for "
                   f"{args.num_examples} images, robust after: {r['robust_accuracy']:.3f})", flush=True)
+
+        start = time.perf_counter()
+        pgd = attacker.gradient_attack("pgd", x, y, "linf", args.eps, 20, 2.5 * args.eps / 20, 1, "ce", 0)
+        record("pgd-20", time.perf_counter() - start, pgd.robust.mean())
+        start = time.perf_counter()
+        stages = autoattack_cascade(attacker, x, y, "linf", args.eps, log=lambda *_: None)
+        record("autoattack-cascade", time.perf_counter() - start, stages[-1].robust.mean(),
+               stages={s.name: {"seconds": round(s.seconds, 2), "robust_after": float(s.robust.mean())}
+                       for s in stages})
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     with open(args.output, "w") as f:
         json.dump({"benchmark": "eval_throughput", "tensorflow": tf.__version__,

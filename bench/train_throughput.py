@@ -29,8 +29,12 @@ def measure(method_name, model_name, mode, precision, batch_size, attack_steps, 
     keras.mixed_precision.set_global_policy(precision)
     keras.utils.set_random_seed(0)
     try:
-        network = models.build(model_name, 10, (0.49, 0.48, 0.45), (0.25, 0.24, 0.26))
         method = methods.get(method_name)()
+        # Contrastive methods train a 128-d embedding head, as their flagfiles configure.
+        contrastive = method_name in ("morel", "supcon_margin", "anchor", "contrastive_at")
+        network = models.build(model_name, 10, (0.49, 0.48, 0.45), (0.25, 0.24, 0.26),
+                               embedding_dim=128 if contrastive else 0,
+                               embedding_head="linear" if method_name == "morel" else "mlp")
         attack = AttackConfig(steps=attack_steps)
         model = AdversarialModel(network, method, attack, attack, weight_decay=5e-4,
                                  jit_compile_attack=(mode == "xla"))
@@ -38,14 +42,16 @@ def measure(method_name, model_name, mode, precision, batch_size, attack_steps, 
         rng = np.random.default_rng(0)
         x = rng.uniform(size=(batch_size, 32, 32, 3)).astype("float32")
         y = rng.integers(0, 10, size=batch_size).astype("int32")
+        # Two-view methods get their second augmentation, as the data pipeline provides it.
+        inputs = (x, x[:, :, ::-1].copy()) if method.data_views == 2 else x
         start = time.perf_counter()
         for _ in range(warmup):
-            model.train_on_batch(x, y)
+            model.train_on_batch(inputs, y)
         first = time.perf_counter() - start
         times = []
         for _ in range(steps):
             start = time.perf_counter()
-            logs = model.train_on_batch(x, y, return_dict=True)
+            logs = model.train_on_batch(inputs, y, return_dict=True)
             times.append(time.perf_counter() - start)
         assert np.isfinite(logs["loss"]), logs
     finally:

@@ -214,13 +214,15 @@ class ExperimentConfig:
 
 
 EVAL_ATTACKS = ("fgsm", "pgd", "pgd-strong", "cw", "autoattack")
+SWEEP_ATTACKS = ("pgd", "fgsm", "cw", "apgd-ce")
 
 
 @dataclasses.dataclass(frozen=True)
 class EvaluationConfig:
     """scripts/evaluate.py: which model, which points, which attacks."""
 
-    model_dir: str
+    model_dir: str = ""  # a training run, or
+    saved_model: str = ""  # an export (EXPORT_DIR/<name>/<version>)
     checkpoint: str = "best"
     output_dir: str = ""  # default: <model_dir>/evaluation_<checkpoint>
     data_dir: Optional[str] = None
@@ -234,12 +236,18 @@ class EvaluationConfig:
     apgd_iterations: int = 100
     square_queries: int = 5000
     sweep: bool = True
+    sweep_attack: str = "pgd"
     seed: int = 0
     batch_size: int = 256
     projector_examples: int = 1000  # 0: write no projector data
 
     def validate(self):
-        _check(bool(self.model_dir), "model_dir", "is required")
+        _check(bool(self.model_dir) != bool(self.saved_model), "model_dir",
+               "give exactly one of --model_dir (a training run) and --saved_model (an export)")
+        _check(not self.saved_model or bool(self.output_dir), "output_dir",
+               "is required with --saved_model (the export directory is not written to)")
+        _check(self.sweep_attack in SWEEP_ATTACKS, "sweep_attack",
+               f"unknown {self.sweep_attack!r}; known: {', '.join(SWEEP_ATTACKS)}")
         _check(self.checkpoint in ("best", "last"), "checkpoint",
                f"must be best or last, got {self.checkpoint!r}")
         _check(self.num_examples >= 1, "num_examples", f"must be >= 1, got {self.num_examples}")

@@ -145,3 +145,30 @@ def test_evaluate_script_writes_reports_and_projector_data(smoke_run, tmp_path):
                           f"--model_dir={smoke_run}", "--attacks=pgd,deepfool"],
                          cwd=REPO, capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "--attacks: unknown deepfool" in bad.stderr
+
+
+@pytest.mark.slow
+def test_export_script_and_evaluating_the_export(smoke_run, tmp_path):
+    export = subprocess.run(
+        [sys.executable, os.path.join(REPO, "scripts", "export.py"), f"--model_dir={smoke_run}",
+         f"--export_dir={tmp_path / 'models'}", "--model_name=smoke", "--checkpoint=last"],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert export.returncode == 0, export.stderr[-3000:]
+    path = export.stdout.strip().splitlines()[-1]
+    assert path.endswith(os.path.join("models", "smoke", "1"))
+    assert sorted(os.listdir(os.path.join(path, "assets.extra")))[:2] == ["class_names.json", "config.json"]
+    output_dir = tmp_path / "export_report"
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "scripts", "evaluate.py"), f"--saved_model={path}",
+         f"--data_dir={smoke_run.parent / 'data'}", "--num_examples=16", "--pgd_steps=2",
+         "--apgd_iterations=3", "--square_queries=10", "--attacks=fgsm,pgd,autoattack",
+         "--sweep_attack=fgsm", f"--output_dir={output_dir}"],
+        cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.load(open(output_dir / "report.json"))
+    assert report["model"] == path and report["sweep_attack"] == "fgsm"
+    assert [a["attack"] for a in report["attacks"]][:2] == ["fgsm", "pgd"]
+    missing = subprocess.run(
+        [sys.executable, os.path.join(REPO, "scripts", "evaluate.py"), f"--saved_model={path}"],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert missing.returncode != 0 and "--output_dir: is required with --saved_model" in missing.stderr

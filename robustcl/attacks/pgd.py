@@ -55,6 +55,9 @@ def pgd(loss_fn, x, threat, steps, step_size, random_start=True, seed=(0, 0), st
         # A model whose output does not depend on the input differentiably gets zero steps.
         grad = tf.cast(tape.gradient(loss, x_adv, unconnected_gradients=tf.UnconnectedGradients.ZERO),
                        tf.float32)
+        # Through a SavedModel signature of unknown rank the gradient has no static shape; it is
+        # x_adv's, which keeps the loop's shape invariant.
+        grad = tf.ensure_shape(grad, x_adv.shape)
         x_adv = x_adv + step_size * threat.ascent_direction(grad)
         return i + 1, threat.project(x, x_adv)
 

@@ -219,8 +219,10 @@ def config_from_flags(flag_values=FLAGS):
 
 
 def define_evaluate_flags(flag_values=FLAGS):
-    e = cfg.EvaluationConfig(model_dir="")
+    e = cfg.EvaluationConfig()
     flags.DEFINE_string("model_dir", None, "Training run directory to evaluate.", flag_values=flag_values)
+    flags.DEFINE_string("saved_model", None, "Or: an exported SavedModel (EXPORT_DIR/<name>/<version>), "
+                        "attacked through its logits signature.", flag_values=flag_values)
     flags.DEFINE_string("checkpoint", e.checkpoint, "best or last.", flag_values=flag_values)
     flags.DEFINE_string("output_dir", None, "Where reports go (default <model_dir>/evaluation_<checkpoint>).",
                         flag_values=flag_values)
@@ -240,7 +242,9 @@ def define_evaluate_flags(flag_values=FLAGS):
                          flag_values=flag_values)
     flags.DEFINE_integer("square_queries", e.square_queries, "Square queries (AutoAttack: 5000).",
                          flag_values=flag_values)
-    flags.DEFINE_bool("sweep", e.sweep, "Accuracy vs eps sweep with PGD.", flag_values=flag_values)
+    flags.DEFINE_bool("sweep", e.sweep, "Accuracy vs eps sweep.", flag_values=flag_values)
+    flags.DEFINE_string("sweep_attack", e.sweep_attack, f"Attack of the sweep: "
+                        f"{', '.join(cfg.SWEEP_ATTACKS)}.", flag_values=flag_values)
     flags.DEFINE_integer("seed", e.seed, "Seed of every random start.", flag_values=flag_values)
     flags.DEFINE_integer("batch_size", e.batch_size, "Attack batch size.", flag_values=flag_values)
     flags.DEFINE_integer("projector_examples", e.projector_examples, "Test images whose clean and "
@@ -252,14 +256,18 @@ def evaluation_config_from_flags(flag_values=FLAGS):
     f = flag_values
     if f.model_dir is not None and not os.path.isdir(f.model_dir):
         raise cfg.ConfigError(f"--model_dir: {f.model_dir} is not a directory")
+    if f.saved_model is not None and not os.path.isfile(os.path.join(f.saved_model, "saved_model.pb")):
+        raise cfg.ConfigError(f"--saved_model: no saved_model.pb in {f.saved_model}")
     if f.data_dir is not None and not os.path.exists(f.data_dir):
         raise cfg.ConfigError(f"--data_dir: {f.data_dir} does not exist")
     return cfg.EvaluationConfig(
-        model_dir=f.model_dir or "", checkpoint=f.checkpoint, output_dir=f.output_dir or "",
+        model_dir=f.model_dir or "", saved_model=f.saved_model or "", checkpoint=f.checkpoint,
+        output_dir=f.output_dir or "",
         data_dir=f.data_dir, download=f.download, num_examples=f.num_examples,
         attacks=tuple(f.attacks), norm=f.norm or "", eps=-1.0 if f.eps is None else f.eps,
         pgd_steps=f.pgd_steps, pgd_restarts=f.pgd_restarts, apgd_iterations=f.apgd_iterations,
-        square_queries=f.square_queries, sweep=f.sweep, seed=f.seed, batch_size=f.batch_size,
+        square_queries=f.square_queries, sweep=f.sweep, sweep_attack=f.sweep_attack, seed=f.seed,
+        batch_size=f.batch_size,
         projector_examples=f.projector_examples).validate()
 
 

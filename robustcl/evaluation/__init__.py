@@ -24,7 +24,8 @@ DEVIATIONS = [
 
 def evaluate(network, x, y, class_names, norm="linf", eps=8 / 255, attacks=ATTACKS, pgd_steps=20,
              pgd_step_size=None, pgd_restarts=1, apgd_iterations=100, square_queries=5000,
-             sweep=True, seed=0, batch_size=256, progress=True, model_name="model", data_name=""):
+             sweep=True, seed=0, batch_size=256, progress=True, model_name="model", data_name="",
+             sweep_attack="pgd"):
     """Runs the attacks on (x in [0,1], y) and returns the report dict (see report.markdown).
 
     Raises EvaluationError when an adversarial input leaves the threat set or [0, 1], has NaN, or an
@@ -84,19 +85,15 @@ def evaluate(network, x, y, class_names, norm="linf", eps=8 / 255, attacks=ATTAC
     for r in results:
         worst &= r.robust
     sweep_points = []
-    sweep_name = f"pgd-{pgd_steps}"
+    sweep_name = {"pgd": f"pgd-{pgd_steps}", "fgsm": "fgsm", "cw": f"cw-{pgd_steps}",
+                  "apgd-ce": f"apgd-ce-{apgd_iterations}"}[sweep_attack]
     if sweep:
         multiples = [0.0, 0.25, 0.5, 1.0, 2.0, 4.0]
         eps_values = sorted({round(m * eps, 8) for m in multiples}
                             | ({LARGE_LINF_EPS} if norm == "linf" else set()))
         for value in eps_values:
-            if value == 0:
-                robust = clean_correct
-            else:
-                r = attacker.gradient_attack(f"sweep eps {value:.4g}", x, y, norm, value, pgd_steps,
-                                             2.5 * value / pgd_steps, 1, "ce", seed)
-                checks.check_adversarial_inputs(r, x)
-                robust = r.robust
+            robust = clean_correct if value == 0 else _sweep_point(
+                attacker, sweep_attack, x, y, norm, value, pgd_steps, apgd_iterations, seed)
             sweep_points.append({"eps": value, "robust_accuracy": float(robust.mean())})
         warnings += checks.warn_sweep(sweep_points, num_classes, norm)
 
@@ -118,6 +115,25 @@ def evaluate(network, x, y, class_names, norm="linf", eps=8 / 255, attacks=ATTAC
         "deviations": [d for d in DEVIATIONS if "autoattack" in attacks],
         "seconds": round(time.perf_counter() - start_all, 2),
     }
+
+
+def _sweep_point(attacker, attack, x, y, norm, eps, steps, apgd_iterations, seed):
+    """Robust mask of one sweep point; its adversarial inputs pass the same hard checks."""
+    from robustcl.attacks.apgd import apgd
+    from robustcl.evaluation.suite import AttackResult
+
+    if attack == "apgd-ce":
+        x_adv, correct = apgd(attacker.logits_fn, x, y, norm, eps, apgd_iterations, seed=seed)
+        result = AttackResult(f"sweep apgd-ce eps {eps:.4g}", norm, eps, apgd_iterations, 1, seed,
+                              correct, np.asarray(x_adv), 0.0)
+    elif attack == "fgsm":
+        result = attacker.gradient_attack(f"sweep fgsm eps {eps:.4g}", x, y, norm, eps, 1, eps, 1,
+                                          "ce", seed, random_start=False)
+    else:
+        result = attacker.gradient_attack(f"sweep {attack} eps {eps:.4g}", x, y, norm, eps, steps,
+                                          2.5 * eps / steps, 1, "cw" if attack == "cw" else "ce", seed)
+    checks.check_adversarial_inputs(result, x)
+    return result.robust & (attacker.predict(x) == y)
 
 
 __all__ = ["ATTACKS", "EvaluationError", "evaluate"]

@@ -55,7 +55,7 @@ class AdversarialModel(keras.Model):
                         if jit_compile_attack else self._run_attack)
         names = ["loss", *method.loss_names, "accuracy", "robust_accuracy", "ce", "robust_ce"]
         self._trackers = {name: keras.metrics.Mean(name=name) for name in names}
-        self.built = True  # the network is built; this wrapper adds no weights of its own
+        self.built = True  # the network and the method's layers are built; no weights of its own
 
     @property
     def metrics(self):
