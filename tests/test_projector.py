@@ -127,7 +127,7 @@ def test_evaluate_script_writes_reports_and_projector_data(smoke_run, tmp_path):
     report = json.load(open(output_dir / "report.json"))
     assert report["num_points"] == 24
     names = [a["attack"] for a in report["attacks"]]
-    assert names == ["fgsm", "pgd", "pgd-strong", "cw-linf", "apgd-ce", "apgd-t", "fab-t", "square"]
+    assert names == ["fgsm", "pgd", "pgd-strong", "cw", "apgd-ce", "apgd-t", "fab-t", "square"]
     for row in report["attacks"]:
         assert {"robust_accuracy", "eps", "norm", "steps", "restarts", "seed", "seconds",
                 "max_perturbation", "nan_count", "adv_min", "adv_max"} <= set(row)

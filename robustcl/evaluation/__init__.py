@@ -61,7 +61,7 @@ def evaluate(network, x, y, class_names, norm="linf", eps=8 / 255, attacks=ATTAC
                 "pgd-strong", x, y, norm, eps, 2 * pgd_steps, step_size / 2, pgd_restarts + 2, "ce",
                 seed + 1))
         elif name == "cw":
-            results.append(attacker.gradient_attack(f"cw-{norm}", x, y, norm, eps, pgd_steps,
+            results.append(attacker.gradient_attack("cw", x, y, norm, eps, pgd_steps,
                                                     step_size, pgd_restarts, "cw", seed))
         elif name == "autoattack":
             results += autoattack_cascade(attacker, x, y, norm, eps, seed, apgd_iterations,
@@ -76,8 +76,7 @@ def evaluate(network, x, y, class_names, norm="linf", eps=8 / 255, attacks=ATTAC
     passed.append("every adversarial input is inside the eps-ball and [0, 1], without NaN")
     passed.append("no example is robust while misclassified clean")
 
-    by_name = {r.name.split("-linf")[0].split("-l2")[0] if r.name.startswith("cw") else r.name: r
-               for r in results}
+    by_name = {r.name: r for r in results}
     white_box = [n for n in ("fgsm", "pgd", "pgd-strong", "cw", "apgd-ce", "apgd-t") if n in by_name]
     warnings += checks.warn_attack_ordering(by_name, white_box)
 
