@@ -28,12 +28,14 @@ def test_method_trains_without_nan_and_reduces_its_loss_on_a_fixed_batch(name):
     x, y = template_batch(n=48, seed=1)
     model = _model(name)
     inputs = (x, x[:, :, ::-1]) if model.method.data_views == 2 else x
-    logs = [model.train_on_batch(inputs, y, return_dict=True) for _ in range(12)]
+    # 30 steps: a method whose attack maximizes its own loss (contrastive_at) sees that loss rise
+    # over the first steps as the attack strengthens, then fall (7.7 -> 7.2 seen for 3 seeds).
+    logs = [model.train_on_batch(inputs, y, return_dict=True) for _ in range(30)]
     for step_logs in logs:
         assert set(model.method.loss_names) <= set(step_logs)
         assert all(np.isfinite(v) for v in step_logs.values()), step_logs
-    first = np.mean([l["loss"] for l in logs[:2]])
-    last = np.mean([l["loss"] for l in logs[-2:]])
+    first = np.mean([l["loss"] for l in logs[:3]])
+    last = np.mean([l["loss"] for l in logs[-3:]])
     assert last < first, (name, first, last)
     assert all(np.isfinite(w.numpy()).all() for w in model.trainable_variables)
 
