@@ -81,8 +81,10 @@ def test_inputs_are_checked_not_clipped(exported):
         with pytest.raises(tf.errors.InvalidArgumentError, match=message.replace("[", r"\[").replace("]", r"\]")):
             serve(images=tf.constant(images))
     quantized = np.round(x[:4] * 255).astype(np.uint8)
+    # The same pixels both ways: float32 division, as the uint8 signature divides.
+    as_float = quantized.astype(np.float32) / np.float32(255.0)
     np.testing.assert_allclose(model.signatures["serving_uint8"](images=tf.constant(quantized))["logits"],
-                               serve(images=tf.constant(quantized / 255.0, tf.float32))["logits"], atol=1e-5)
+                               serve(images=tf.constant(as_float))["logits"], atol=1e-5)
     probabilities = serve(images=tf.constant(x[:4]))["probabilities"].numpy()
     np.testing.assert_allclose(probabilities.sum(-1), 1.0, atol=1e-5)
 
