@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Images/second of evaluation attacks: PGD-20 and the AutoAttack-style cascade, one line each.
 
-    python bench/eval_throughput.py [--models tiny,resnet18] [--num_examples 64] [--output FILE]
+    python bench/eval_throughput.py [--models tiny,resnet18] [--num_examples 64] [--norm linf|l2]
+        [--eps EPS] [--output FILE]
 
 The networks are freshly initialized and every point is labelled with the network's own prediction,
 so every point starts correctly classified and each attack does its full work on all of them.
@@ -29,10 +30,12 @@ def main():
     parser.add_argument("--models", default="tiny,resnet18")
     parser.add_argument("--num_examples", type=int, default=64)
     parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--eps", type=float, default=8 / 255)
+    parser.add_argument("--norm", default="linf", choices=["linf", "l2"])
+    parser.add_argument("--eps", type=float, default=None, help="default: 8/255 for linf, 0.5 for l2")
     parser.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "results",
                                                          "eval_throughput.json"))
     args = parser.parse_args()
+    eps = args.eps if args.eps is not None else {"linf": 8 / 255, "l2": 0.5}[args.norm]
     results = []
     rng = np.random.default_rng(0)
     for model_name in args.models.split(","):
@@ -41,21 +44,22 @@ def main():
         attacker = Attacker(network, args.batch_size, progress=False)
         x = rng.uniform(size=(args.num_examples, 32, 32, 3)).astype(np.float32)
         y = attacker.predict(x).astype(np.int32)
-        attacker.gradient_attack("warmup", x[:args.batch_size], y[:args.batch_size], "linf", args.eps,
-                                 2, args.eps / 4, 1, "ce", 0)
+        attacker.gradient_attack("warmup", x[:args.batch_size], y[:args.batch_size], args.norm, eps,
+                                 2, eps / 4, 1, "ce", 0)
         def record(name, seconds, robust, **extra):
-            r = {"model": model_name, "attack": name, "num_examples": args.num_examples,
+            r = {"model": model_name, "attack": name, "norm": args.norm, "eps": eps,
+                 "num_examples": args.num_examples,
                  "seconds": seconds, "images_per_s": args.num_examples / seconds,
                  "robust_accuracy": float(robust), **extra}
             results.append(r)
-            print(f"{model_name} {name}: {r['images_per_s']:.2f} images/s ({seconds:.1f} s for "
+            print(f"{model_name} {name} {args.norm}: {r['images_per_s']:.2f} images/s ({seconds:.1f} s for "
                   f"{args.num_examples} images, robust after: {r['robust_accuracy']:.3f})", flush=True)
 
         start = time.perf_counter()
-        pgd = attacker.gradient_attack("pgd", x, y, "linf", args.eps, 20, 2.5 * args.eps / 20, 1, "ce", 0)
+        pgd = attacker.gradient_attack("pgd", x, y, args.norm, eps, 20, 2.5 * eps / 20, 1, "ce", 0)
         record("pgd-20", time.perf_counter() - start, pgd.robust.mean())
         start = time.perf_counter()
-        stages = autoattack_cascade(attacker, x, y, "linf", args.eps, log=lambda *_: None)
+        stages = autoattack_cascade(attacker, x, y, args.norm, eps, log=lambda *_: None)
         record("autoattack-cascade", time.perf_counter() - start, stages[-1].robust.mean(),
                stages={s.name: {"seconds": round(s.seconds, 2), "robust_after": float(s.robust.mean())}
                        for s in stages})

@@ -8,7 +8,8 @@ import tensorflow as tf
 
 from robustcl import attacks, models
 from robustcl.attacks.apgd import apgd
-from robustcl.attacks.square import square_linf
+from robustcl.attacks.fab import fab_targeted, project_onto_hyperplane
+from robustcl.attacks.square import square
 from robustcl.evaluation import evaluate
 from robustcl.evaluation.suite import Attacker, autoattack_cascade
 
@@ -35,8 +36,10 @@ def _all_attacks(network, x, y, eps, norm="linf"):
         "apgd-t": np.asarray(apgd(_logits_fn(network), x, y, norm, eps, 10, loss="dlr-targeted",
                                   targets=(y + 1) % 10)[0]),
     }
-    if norm == "linf":
-        out["square"] = square_linf(attacker.logits, x, y, eps, n_queries=50)[0]
+    out["square"] = square(attacker.logits, x, y, norm, eps, n_queries=50)[0]
+    order = np.argsort(attacker.logits(x), -1)
+    out["fab-t"] = fab_targeted(attacker.logits_fn, attacker.predict, x, y, norm, eps,
+                                [order[:, -2]], n_iter=10)[0]
     return out
 
 
@@ -133,42 +136,126 @@ def test_report_is_reproducible_with_a_seed(undefended):
     assert first["worst_case_robust_accuracy"] <= min(a["robust_accuracy"] for a in first["attacks"])
 
 
-def test_linf_projection_onto_hyperplane_and_box():
-    from robustcl.attacks.fab import project_linf
+def test_projection_onto_hyperplane_by_hand():
+    # From p = (0.5, 0.5) onto x + y = 1.5: both norms step (0.25, 0.25).
+    for norm in ("linf", "l2"):
+        d = project_onto_hyperplane([[0.5, 0.5]], [[1.0, 1.0]], [1.5], norm)
+        np.testing.assert_allclose(d, [[0.25, 0.25]], atol=1e-12)
+    # The box binds: from (0.9, 0.1) onto x + y = 1.6, x stops at 1 (+0.1), y takes the rest.
+    for norm in ("linf", "l2"):
+        d = project_onto_hyperplane([[0.9, 0.1]], [[1.0, 1.0]], [1.6], norm)
+        np.testing.assert_allclose(d, [[0.1, 0.5]], atol=1e-12)
+    # L2 steps along w where the box does not bind: onto 2x + y = 2 from (0.5, 0.5) -> (0.2, 0.1).
+    d = project_onto_hyperplane([[0.5, 0.5]], [[2.0, 1.0]], [2.0], "l2")
+    np.testing.assert_allclose(d, [[0.2, 0.1]], atol=1e-12)
+    # Out of reach: every coordinate goes to the box.
+    d = project_onto_hyperplane([[0.5, 0.5]], [[1.0, -1.0]], [3.0], "linf")
+    np.testing.assert_allclose(d, [[0.5, -0.5]], atol=1e-12)
+    with pytest.raises(ValueError, match="norm"):
+        project_onto_hyperplane([[0.5]], [[1.0]], [1.0], "l1")
 
-    # 2-D by hand: from p = (0.5, 0.5) reach x + y = 1.5 -> d = (0.25, 0.25).
-    d = project_linf(np.array([[0.5, 0.5]]), np.array([[1.0, 1.0]]), np.array([1.5]))
-    np.testing.assert_allclose(d, [[0.25, 0.25]], atol=1e-12)
-    # The box binds: from (0.9, 0.1), x + y = 1.6 -> x stops at 1 (+0.1), y takes the rest (+0.5).
-    d = project_linf(np.array([[0.9, 0.1]]), np.array([[1.0, 1.0]]), np.array([1.6]))
-    np.testing.assert_allclose(d, [[0.1, 0.5]], atol=1e-12)
+
+def _reference_l2_projection(p, w, b):
+    """Float64 reference: d = clip(mu * w, -p, 1 - p) with mu found by 200 bisection steps on the
+    monotone map mu -> w.d (the KKT form of the minimal-L2 step)."""
+    needed = b - w @ p
+    low, high = (0.0, 1e6) if needed > 0 else (-1e6, 0.0)
+    for _ in range(200):
+        mid = (low + high) / 2
+        if w @ np.clip(mid * w, -p, 1 - p) < needed:
+            low = mid
+        else:
+            high = mid
+    return np.clip(high * w, -p, 1 - p)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_projection_is_feasible_and_no_feasible_point_is_closer(norm):
     rng = np.random.default_rng(0)
-    p, w = rng.uniform(size=(50, 6)), rng.normal(size=(50, 6))
-    b = np.sum(w * p, 1) + rng.normal(scale=0.3, size=50)
-    d = project_linf(p, w, b)
+    p, w = rng.uniform(size=(60, 6)), rng.normal(size=(60, 6))
+    w[:5, 0] = 0.0  # coordinates the hyperplane does not constrain
+    b = np.sum(w * p, 1) + rng.normal(scale=0.3, size=60)
+    d = project_onto_hyperplane(p, w, b, norm)
+    size = np.abs(d).max(1) if norm == "linf" else np.sqrt((d ** 2).sum(1))
     assert np.all(p + d >= -1e-12) and np.all(p + d <= 1 + 1e-12)
     feasible = np.abs(np.sum(w * (p + d), 1) - b) < 1e-9
     assert feasible.mean() > 0.8
-    # No random feasible point in the box is closer in L-inf.
-    for i in np.flatnonzero(feasible)[:10]:
+    for i in np.flatnonzero(feasible)[:12]:
+        if norm == "l2":
+            np.testing.assert_allclose(d[i], _reference_l2_projection(p[i], w[i], b[i]), atol=1e-9)
         candidates = rng.uniform(size=(20000, 6))
         on_plane = candidates - np.outer(candidates @ w[i] - b[i], w[i]) / (w[i] @ w[i])
         inside = np.all((on_plane >= 0) & (on_plane <= 1), axis=1)
         if inside.any():
-            assert np.abs(on_plane[inside] - p[i]).max(1).min() >= np.abs(d[i]).max() - 1e-9
+            steps = on_plane[inside] - p[i]
+            sizes = np.abs(steps).max(1) if norm == "linf" else np.sqrt((steps ** 2).sum(1))
+            assert sizes.min() >= size[i] - 1e-9
 
 
-def test_fab_t_finds_close_adversarials_inside_the_ball(undefended):
-    from robustcl.attacks.fab import fab_targeted
-
+@pytest.mark.parametrize("norm,eps", [("linf", 2 / 255), ("l2", 0.2)])
+def test_fab_t_finds_close_adversarials_inside_the_ball(undefended, norm, eps):
     network, x, y = undefended
     attacker = Attacker(network, progress=False)
     order = np.argsort(attacker.logits(x), -1)
-    eps = 2 / 255
-    x_adv, robust = fab_targeted(attacker.logits_fn, attacker.predict, x, y, eps,
+    x_adv, robust = fab_targeted(attacker.logits_fn, attacker.predict, x, y, norm, eps,
                                  [order[:, -rank] for rank in range(2, 5)], n_iter=20)
     broken = ~robust
     assert broken.mean() > 0.5
-    assert np.abs(x_adv - x).reshape(len(x), -1).max(1).max() <= eps + 1e-7
+    delta = (x_adv - x).reshape(len(x), -1)
+    size = np.abs(delta).max(1) if norm == "linf" else np.sqrt((delta ** 2).sum(1))
+    assert size.max() <= eps * (1 + 1e-6)
     assert np.all(attacker.predict(x_adv[broken]) != y[broken])
     np.testing.assert_array_equal(x_adv[robust], x[robust])
+
+
+def test_square_l2_eta_pattern_matches_the_reference_construction():
+    from robustcl.attacks.square import _eta, _rectangle_profile
+
+    # eta_rectangles(1, 3): ring 0 puts 1 at the centre, ring 1 adds 1/4 to the whole row.
+    upper = np.array([[0.25, 1.25, 0.25]])
+    # eta_rectangles(2, 3): centre (1, 1) gets 1, ring 1 adds 1/4 to the whole 2 x 3 block.
+    lower = np.array([[0.25, 0.25, 0.25], [0.25, 1.25, 0.25]])
+    np.testing.assert_allclose(_rectangle_profile(1, 3), upper / np.linalg.norm(upper))
+    np.testing.assert_allclose(_rectangle_profile(2, 3), lower / np.linalg.norm(lower))
+    expected = np.concatenate([upper / np.linalg.norm(upper), -lower / np.linalg.norm(lower)])
+    expected /= np.linalg.norm(expected)
+    patterns = [_eta(np.random.default_rng(seed), 3) for seed in range(8)]
+    for pattern in patterns:
+        assert np.allclose(pattern, expected, atol=1e-6) or np.allclose(pattern, expected.T, atol=1e-6)
+    assert any(np.allclose(p, expected.T, atol=1e-6) for p in patterns)  # transposed half the time
+
+
+def test_square_l2_proposals_keep_norm_eps_and_touch_only_two_windows():
+    from robustcl.attacks.square import _L2Proposals
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0.2, 0.8, size=(5, 32, 32, 3)).astype("float32")
+    eps = 0.5
+    proposals = _L2Proposals(rng, x.shape, eps)
+    x_best = proposals.start(x)
+    np.testing.assert_allclose(np.sqrt(((x_best - x) ** 2).sum((1, 2, 3))), eps, rtol=1e-5)
+    # The start is a 5 x 5 grid of 6 x 6 windows from pixel 1: the border row/column is untouched.
+    assert np.all(x_best[:, 0] == x[:, 0]) and np.all(x_best[:, :, 31] == x[:, :, 31])
+    for p in (0.8, 0.1, 0.01):
+        x_new = proposals.propose(x, x_best, p)
+        np.testing.assert_allclose(np.sqrt(((x_new - x) ** 2).sum((1, 2, 3))), eps, rtol=1e-5)
+        # Before the final rescale only two side x side windows change; the rescale is common
+        # to all pixels, so the direction elsewhere is unchanged.
+        side = max(int(round(np.sqrt(p * 32 * 32))), 3)
+        side = min(side + 1 - side % 2, 32)
+        moved = np.abs(x_new - x_best).sum(-1) > 1e-3 * eps
+        assert moved.sum((1, 2)).max() <= 2 * side * side
+    with pytest.raises(ValueError, match="5 x 5"):
+        _L2Proposals(rng, (1, 4, 4, 3), eps)
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", 4 / 255), ("l2", 1.5)])
+def test_square_breaks_the_undefended_model_from_scores_alone(undefended, norm, eps):
+    network, x, y = undefended
+    attacker = Attacker(network, progress=False)
+    x_adv, still, queries = square(attacker.logits, x[:64], y[:64], norm, eps, n_queries=300)
+    assert still.mean() < 0.2, still.mean()
+    assert np.all(attacker.predict(x_adv[~still]) != y[:64][~still])
+    assert queries.max() <= 301 and queries.min() >= 1
+    with pytest.raises(ValueError, match="norms"):
+        square(attacker.logits, x[:2], y[:2], "l1", eps)

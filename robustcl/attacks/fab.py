@@ -1,40 +1,63 @@
-"""FAB, targeted, L-inf (Croce & Hein, ICML 2020), as AutoAttack runs it ("fab-t").
+"""FAB, targeted (Croce & Hein, ICML 2020), L-inf and L2, as AutoAttack runs it ("fab-t").
 
 Follows fra31/auto-attack (fab_base.py, targeted branch) for one restart without random start:
 for target t, each iteration linearizes f_t - f_y at the current point x1, projects both x1 and the
-original x0 onto that hyperplane intersected with [0, 1]^d (minimal L-inf step), and moves to
+original x0 onto that hyperplane intersected with [0, 1]^d (the step of minimal norm), and moves to
     x1 = clip((x1 + eta d1)(1 - alpha) + (x0 + eta d2) alpha),  alpha = min(max(a1/(a1+a2), 0), alpha_max)
-with a1, a2 the L-inf sizes of d1, d2. Whenever x1 is misclassified, it is kept if closer to x0
-than the best so far, and x1 is pulled back towards x0 by beta. A point counts as broken if the
-closest adversarial found is within eps. Defaults: 100 iterations, eta 1.05, beta 0.9,
-alpha_max 0.1.
+with a1, a2 the norms of d1, d2. Whenever x1 is misclassified, it is kept if closer to x0 than the
+best so far, and x1 is pulled back towards x0 by beta. A point counts as broken if the closest
+adversarial found is within eps. Defaults: 100 iterations, eta 1.05, beta 0.9, alpha_max 0.1.
 
-The projection: min ||d||_inf subject to w.(p + d) = b and 0 <= p + d <= 1. The reference solves it
-with a sort-based routine; here the same minimizer is found by bisection on t, where
-d_i = s_i min(t, room_i), s_i the sign that moves w.(p + d) towards b and room_i the distance to the
-box in that direction: sum_i |w_i| min(t, room_i) is nondecreasing in t.
+The projection: min ||d|| subject to w.(p + d) = b and 0 <= p + d <= 1. For both norms the minimizer
+moves each coordinate in the direction s_i that brings w.(p + d) towards b, by
+    L-inf: |d_i| = min(t, room_i)          L2: |d_i| = min(t |w_i|, room_i)
+(room_i: distance to the box in that direction; for L2 the KKT conditions give d = clip(-lambda w)),
+with the smallest t >= 0 that reaches b. The reached value is piecewise linear and nondecreasing in
+t with breakpoints where coordinates hit the box, so t is solved exactly after sorting those
+breakpoints, as the reference's routines do. Where the box cannot reach the hyperplane, every
+coordinate moves to the box (the reference does the same). L2 ignores coordinates with |w_i| < 1e-8,
+as the reference does.
 """
 
 import numpy as np
 import tensorflow as tf
 
+from robustcl.attacks.threat import perturbation_norms
 
-def project_linf(points, w, b, iterations=60):
-    """Minimal L-inf steps d [N, D] (float64) onto {z : w.z = b} within [0, 1]^D."""
-    points = points.astype(np.float64)
-    w = w.astype(np.float64)
-    needed = b - np.sum(w * points, axis=1)  # w.d must equal this
+NORMS = ("linf", "l2")
+
+
+def project_onto_hyperplane(points, w, b, norm):
+    """Minimal-norm steps d [N, D] (float64) onto {z : w.z = b} within [0, 1]^D."""
+    if norm not in NORMS:
+        raise ValueError(f"FAB supports norms {NORMS}, got {norm!r}")
+    points = np.asarray(points, np.float64)
+    w = np.asarray(w, np.float64)
+    needed = np.asarray(b, np.float64) - np.sum(w * points, axis=1)  # w.d must equal this
+    if norm == "l2":
+        w = np.where(np.abs(w) < 1e-8, 0.0, w)
     direction = np.sign(needed)[:, None] * np.sign(w)
     room = np.where(direction > 0, 1.0 - points, points)
     weight = np.abs(w)
-    reachable = np.sum(weight * room, axis=1)
-    target = np.minimum(np.abs(needed), reachable)  # infeasible: go as far as the box allows
-    low, high = np.zeros(len(points)), np.ones(len(points))
-    for _ in range(iterations):
-        mid = (low + high) / 2
-        reached = np.sum(weight * np.minimum(mid[:, None], room), axis=1)
-        low, high = np.where(reached < target, mid, low), np.where(reached < target, high, mid)
-    return direction * np.minimum(high[:, None], room)
+    # |d_i| = min(t * rate_i, room_i); a zero rate only occurs with a zero weight, which adds nothing.
+    rate = np.ones_like(w) if norm == "linf" else weight
+    breakpoint_ = np.where(rate > 0, room / np.where(rate > 0, rate, 1.0), 0.0)
+    order = np.argsort(breakpoint_, axis=1)
+    sorted_breaks = np.take_along_axis(breakpoint_, order, axis=1)
+    saturated = np.cumsum(np.take_along_axis(weight * room, order, axis=1), axis=1)
+    slope_all = np.sum(weight * rate, axis=1, keepdims=True)
+    slope_after = slope_all - np.cumsum(np.take_along_axis(weight * rate, order, axis=1), axis=1)
+    reached_at_break = saturated + sorted_breaks * slope_after
+    target = np.minimum(np.abs(needed), saturated[:, -1])
+    # Segment k: between breakpoints k-1 and k, where the value first reaches the target.
+    k = np.minimum(np.sum(reached_at_break < target[:, None], axis=1), points.shape[1] - 1)
+    rows = np.arange(len(points))
+    saturated_before = np.where(k > 0, saturated[rows, k - 1], 0.0)
+    slope = np.where(k > 0, slope_after[rows, k - 1], slope_all[:, 0])
+    floor = np.where(k > 0, sorted_breaks[rows, k - 1], 0.0)
+    t = np.where(slope > 0, (target - saturated_before) / np.where(slope > 0, slope, 1.0), floor)
+    t = np.maximum(t, floor)
+    return direction * np.minimum(t[:, None] * rate, room)
 
 
 def make_difference_and_grad(logits_fn):
@@ -54,37 +77,38 @@ def make_difference_and_grad(logits_fn):
     return difference_and_grad
 
 
-def fab_targeted_single_run(difference_and_grad, predict, x, y, target, n_iter=100, eta=1.05,
+def fab_targeted_single_run(difference_and_grad, predict, x, y, target, norm, n_iter=100, eta=1.05,
                             beta=0.9, alpha_max=0.1):
-    """Returns (closest adversarial found [N, ...], its L-inf distance [N]; 1e10 where none)."""
+    """Returns (closest adversarial found [N, ...], its distance in `norm` [N]; 1e10 where none)."""
     shape = x.shape
     n = len(x)
     x0 = x.reshape(n, -1).astype(np.float64)
     x1 = x0.copy()
     best = x.copy()
-    distance = np.full(n, 1e10)
+    closest = np.full(n, 1e10)
     y_t, target_t = tf.constant(y, tf.int32), tf.constant(np.asarray(target, np.int32))
     for _ in range(n_iter):
         _, diff, grad = difference_and_grad(tf.constant(x1.reshape(shape), tf.float32), y_t, target_t)
         w = grad.numpy().reshape(n, -1).astype(np.float64)
         b = -diff.numpy().astype(np.float64) + np.sum(w * x1, axis=1)
-        steps = project_linf(np.concatenate([x1, x0]), np.concatenate([w, w]), np.concatenate([b, b]))
-        d1, d2 = steps[:n], steps[n:]
-        a1 = np.maximum(np.abs(d1).max(1), 1e-8)[:, None]
-        a2 = np.maximum(np.abs(d2).max(1), 1e-8)[:, None]
+        steps = project_onto_hyperplane(np.concatenate([x1, x0]), np.concatenate([w, w]),
+                                        np.concatenate([b, b]), norm)
+        sizes = np.maximum(perturbation_norms(np.zeros_like(steps), steps, norm), 1e-8)[:, None]
+        d1, d2, a1, a2 = steps[:n], steps[n:], sizes[:n], sizes[n:]
         alpha = np.minimum(np.maximum(a1 / (a1 + a2), 0.0), alpha_max)
         x1 = np.clip((x1 + eta * d1) * (1 - alpha) + (x0 + eta * d2) * alpha, 0.0, 1.0)
         adversarial = predict(x1.reshape(shape).astype(np.float32)) != y
         if adversarial.any():
-            t = np.abs(x1 - x0).max(1)
-            closer = adversarial & (t < distance)
+            t = perturbation_norms(x0, x1, norm)
+            closer = adversarial & (t < closest)
             best[closer] = x1[closer].reshape((-1,) + shape[1:]).astype(np.float32)
-            distance[closer] = t[closer]
+            closest[closer] = t[closer]
             x1[adversarial] = x0[adversarial] + (x1[adversarial] - x0[adversarial]) * beta
-    return best, distance
+    return best, closest
 
 
-def fab_targeted(logits_fn, predict, x, y, eps, targets_by_rank, n_iter=100, difference_and_grad=None):
+def fab_targeted(logits_fn, predict, x, y, norm, eps, targets_by_rank, n_iter=100,
+                 difference_and_grad=None):
     """FAB-T over the given target lists (one array of targets per target rank), each on the points
     still robust. Returns (x_adv, robust [N] bool); x_adv is within eps where robust is False."""
     difference_and_grad = difference_and_grad or make_difference_and_grad(logits_fn)
@@ -96,10 +120,10 @@ def fab_targeted(logits_fn, predict, x, y, eps, targets_by_rank, n_iter=100, dif
         idx = np.flatnonzero(robust)
         if not len(idx):
             break
-        adv, distance = fab_targeted_single_run(difference_and_grad, predict, x[idx], y[idx],
-                                                np.asarray(targets)[idx], n_iter)
+        adv, _ = fab_targeted_single_run(difference_and_grad, predict, x[idx], y[idx],
+                                                np.asarray(targets)[idx], norm, n_iter)
         # The reference's test: misclassified and within eps (float32 rounding of the stored point).
-        broken = (predict(adv) != y[idx]) & (np.abs(adv - x[idx]).reshape(len(idx), -1).max(1) <= eps)
+        broken = (predict(adv) != y[idx]) & (perturbation_norms(x[idx], adv, norm) <= eps)
         x_adv[idx[broken]] = adv[broken]
         robust[idx[broken]] = False
     return x_adv, robust

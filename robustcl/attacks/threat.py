@@ -5,6 +5,7 @@ under its norm, and how to project back onto {x' : ||x' - x|| <= eps} intersecte
 Everything is computed in float32 whatever the model's compute dtype.
 """
 
+import numpy as np
 import tensorflow as tf
 
 _TINY = 1e-12
@@ -72,6 +73,17 @@ class L2Ball:
 
 
 THREATS = {"linf": LinfBall, "l2": L2Ball}
+
+
+def perturbation_norms(x, x_adv, norm):
+    """Per-example L-inf or L2 size of x_adv - x, in float64 (NumPy arrays of any rank)."""
+    delta = np.asarray(x_adv, np.float64) - np.asarray(x, np.float64)
+    delta = delta.reshape(len(delta), -1)
+    if norm == "linf":
+        return np.abs(delta).max(1) if delta.shape[1] else np.zeros(len(delta))
+    if norm == "l2":
+        return np.sqrt(np.sum(delta ** 2, axis=1))
+    raise ValueError(f"unknown norm {norm!r}; known: {', '.join(THREATS)}")
 
 
 def threat_model(norm, eps):

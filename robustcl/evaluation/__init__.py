@@ -13,12 +13,11 @@ ATTACKS = ("fgsm", "pgd", "pgd-strong", "cw", "autoattack")
 LARGE_LINF_EPS = 0.5
 
 DEVIATIONS = [
-    "FAB-T and Square are implemented for L-inf only; under L2 their rows are marked not run, so "
-    "an L2 cascade can only be weaker than the reference's.",
-    "FAB-T's L-inf projection is found by bisection on its exact (monotone, piecewise-linear) "
-    "condition instead of the reference's sort-based routine: the same minimizer, to about 1e-15.",
     "Random numbers come from NumPy/TensorFlow generators, so individual adversarial examples "
-    "differ from the PyTorch reference with the same seed.",
+    "differ from the PyTorch reference (fra31/auto-attack) with the same seed.",
+    "FAB-T's projections solve the same problem as the reference's (min-norm step onto the "
+    "linearized boundary within [0, 1]) with a different sorted-breakpoint routine; on random "
+    "inputs (2 to 3072 dimensions) the steps agree with the reference's within 4e-15.",
 ]
 
 
@@ -52,17 +51,19 @@ def evaluate(network, x, y, class_names, norm="linf", eps=8 / 255, attacks=ATTAC
     for name in attacks:
         if name == "fgsm":
             results.append(attacker.gradient_attack("fgsm", x, y, norm, eps, 1, eps, 1, "ce", seed,
-                                                    random_start=False))
+                                                    random_start=False, clean_correct=clean_correct))
         elif name == "pgd":
             results.append(attacker.gradient_attack("pgd", x, y, norm, eps, pgd_steps, step_size,
-                                                    pgd_restarts, "ce", seed))
+                                                    pgd_restarts, "ce", seed,
+                                                    clean_correct=clean_correct))
         elif name == "pgd-strong":  # more steps and restarts: accuracy must not rise
             results.append(attacker.gradient_attack(
                 "pgd-strong", x, y, norm, eps, 2 * pgd_steps, step_size / 2, pgd_restarts + 2, "ce",
-                seed + 1))
+                seed + 1, clean_correct=clean_correct))
         elif name == "cw":
             results.append(attacker.gradient_attack("cw", x, y, norm, eps, pgd_steps,
-                                                    step_size, pgd_restarts, "cw", seed))
+                                                    step_size, pgd_restarts, "cw", seed,
+                                                    clean_correct=clean_correct))
         elif name == "autoattack":
             results += autoattack_cascade(attacker, x, y, norm, eps, seed, apgd_iterations,
                                           square_queries=square_queries, log=log)
@@ -92,7 +93,8 @@ def evaluate(network, x, y, class_names, norm="linf", eps=8 / 255, attacks=ATTAC
                             | ({LARGE_LINF_EPS} if norm == "linf" else set()))
         for value in eps_values:
             robust = clean_correct if value == 0 else _sweep_point(
-                attacker, sweep_attack, x, y, norm, value, pgd_steps, apgd_iterations, seed)
+                attacker, sweep_attack, x, y, clean_correct, norm, value, pgd_steps, apgd_iterations,
+                seed)
             sweep_points.append({"eps": value, "robust_accuracy": float(robust.mean())})
         warnings += checks.warn_sweep(sweep_points, num_classes, norm)
 
@@ -116,7 +118,7 @@ def evaluate(network, x, y, class_names, norm="linf", eps=8 / 255, attacks=ATTAC
     }
 
 
-def _sweep_point(attacker, attack, x, y, norm, eps, steps, apgd_iterations, seed):
+def _sweep_point(attacker, attack, x, y, clean_correct, norm, eps, steps, apgd_iterations, seed):
     """Robust mask of one sweep point; its adversarial inputs pass the same hard checks."""
     from robustcl.attacks.apgd import apgd
     from robustcl.evaluation.suite import AttackResult
@@ -127,12 +129,13 @@ def _sweep_point(attacker, attack, x, y, norm, eps, steps, apgd_iterations, seed
                               correct, np.asarray(x_adv), 0.0)
     elif attack == "fgsm":
         result = attacker.gradient_attack(f"sweep fgsm eps {eps:.4g}", x, y, norm, eps, 1, eps, 1,
-                                          "ce", seed, random_start=False)
+                                          "ce", seed, random_start=False, clean_correct=clean_correct)
     else:
         result = attacker.gradient_attack(f"sweep {attack} eps {eps:.4g}", x, y, norm, eps, steps,
-                                          2.5 * eps / steps, 1, "cw" if attack == "cw" else "ce", seed)
+                                          2.5 * eps / steps, 1, "cw" if attack == "cw" else "ce", seed,
+                                          clean_correct=clean_correct)
     checks.check_adversarial_inputs(result, x)
-    return result.robust & (attacker.predict(x) == y)
+    return result.robust & clean_correct
 
 
 __all__ = ["ATTACKS", "EvaluationError", "evaluate"]

@@ -8,6 +8,7 @@ point at gradient masking or a broken evaluation.
 import numpy as np
 import tensorflow as tf
 
+from robustcl.attacks.threat import perturbation_norms
 from robustcl.losses import cross_entropy_per_example
 
 TOLERANCE = 1e-5  # float32 rounding of x +- eps
@@ -26,8 +27,7 @@ def check_adversarial_inputs(result, x):
     if adv.min() < -TOLERANCE or adv.max() > 1 + TOLERANCE:
         raise EvaluationError(f"{result.name}: adversarial inputs outside [0, 1] "
                               f"(min {adv.min():.6g}, max {adv.max():.6g})")
-    delta = (adv - x).reshape(len(x), -1)
-    distance = np.abs(delta).max(1) if result.norm == "linf" else np.sqrt((delta ** 2).sum(1))
+    distance = perturbation_norms(x, adv, result.norm)
     worst = float(distance.max()) if len(distance) else 0.0
     if worst > result.eps * (1 + TOLERANCE) + 1e-7:
         raise EvaluationError(f"{result.name}: perturbation {worst:.6g} exceeds eps {result.eps:.6g} "

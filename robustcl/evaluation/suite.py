@@ -15,8 +15,9 @@ import tensorflow as tf
 
 from robustcl.attacks import OBJECTIVES, pgd, threat_model
 from robustcl.attacks.apgd import apgd, make_loss_and_grad
+from robustcl.attacks.threat import perturbation_norms
 from robustcl.attacks.fab import fab_targeted, make_difference_and_grad
-from robustcl.attacks.square import square_linf
+from robustcl.attacks.square import square
 
 
 @dataclasses.dataclass
@@ -34,8 +35,7 @@ class AttackResult:
     note: str = ""
 
     def summary(self, x, clean_correct):
-        delta = (self.x_adv - x).reshape(len(x), -1)
-        distance = np.abs(delta).max(1) if self.norm == "linf" else np.sqrt((delta ** 2).sum(1))
+        distance = perturbation_norms(x, self.x_adv, self.norm)
         finite = np.isfinite(self.x_adv)
         out = {"attack": self.name, "robust_accuracy": float(self.robust.mean()),
                "num_points": int(len(self.robust)), "eps": self.eps, "norm": self.norm,
@@ -94,8 +94,9 @@ class Attacker:
             bar.update(min(start + self.batch_size, n))
 
     def gradient_attack(self, name, x, y, norm, eps, steps, step_size, restarts, objective, seed,
-                        random_start=True):
-        """PGD-family attack (FGSM is steps=1, step eps, no random start), worst case over restarts."""
+                        random_start=True, clean_correct=None):
+        """PGD-family attack (FGSM is steps=1, step eps, no random start), worst case over restarts.
+        `clean_correct` ([N] bool), when the caller has it, saves a forward pass over x."""
         run = self._compiled_attack(norm, eps, steps, step_size, objective, random_start)
         start = time.perf_counter()
         x_adv = x.copy()
@@ -110,7 +111,9 @@ class Attacker:
                 keep = newly | (restart == 0)
                 x_adv[batch] = np.where(keep[:, None, None, None], candidate, x_adv[batch])
                 fooled[batch] |= newly
-        robust = (self.predict(x) == y) & (self.predict(x_adv) == y)
+        if clean_correct is None:
+            clean_correct = self.predict(x) == y
+        robust = clean_correct & (self.predict(x_adv) == y)
         return AttackResult(name, norm, eps, steps, restarts, seed, robust, x_adv,
                             time.perf_counter() - start)
 
@@ -169,18 +172,10 @@ def autoattack_cascade(attacker, x, y, norm, eps, seed=0, n_iter=100, n_targets=
         return adv, still
 
     stage("apgd-t", apgd_t, n_iter, 1)
-    if norm == "linf":
-        fab_grad = make_difference_and_grad(attacker.logits_fn)
-        stage("fab-t", lambda p: fab_targeted(
-            attacker.logits_fn, attacker.predict, x[p], y[p], eps,
-            [order[p, -rank] for rank in range(2, n_targets + 2)], n_iter, fab_grad), n_iter, 1)
-    else:
-        results.append(AttackResult("fab-t", norm, eps, n_iter, 1, seed, robust.copy(), x_adv.copy(),
-                                    0.0, note="not run: FAB-T is implemented for L-inf only"))
-    if norm == "linf":
-        stage("square", lambda p: square_linf(attacker.logits, x[p], y[p], eps, square_queries,
-                                              0.8, seed), square_queries, 1)
-    else:
-        results.append(AttackResult("square", norm, eps, square_queries, 1, seed, robust.copy(),
-                                    x_adv.copy(), 0.0, note="not run: Square is implemented for L-inf only"))
+    fab_grad = make_difference_and_grad(attacker.logits_fn)
+    stage("fab-t", lambda p: fab_targeted(
+        attacker.logits_fn, attacker.predict, x[p], y[p], norm, eps,
+        [order[p, -rank] for rank in range(2, n_targets + 2)], n_iter, fab_grad), n_iter, 1)
+    stage("square", lambda p: square(attacker.logits, x[p], y[p], norm, eps, square_queries, 0.8, seed),
+          square_queries, 1)
     return results

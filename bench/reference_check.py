@@ -1,0 +1,149 @@
+#!/usr/bin/env python
+"""Our AutoAttack-style cascade against the reference implementation, on the same model and points.
+
+    python bench/reference_check.py --autoattack_dir=PATH/auto-attack --model_dir=RUN \
+        [--checkpoint=best] [--data_dir=DIR] [--num_examples=200] [--norms=linf,l2] \
+        [--eps_linf=0.0313725] [--eps_l2=0.5] [--output=FILE]
+
+The reference is fra31/auto-attack (PyTorch), imported from a checkout the user supplies; it is not
+part of this project and needs `torch`. It attacks our TensorFlow network through a torch autograd
+function (forward: logits; backward: the vector-Jacobian product from tf.GradientTape), so both
+implementations attack exactly the same function. Both run the "standard" cascade (APGD-CE,
+APGD-T with 9 targets, FAB-T with 9 targets, Square with 5000 queries) with seed 0; random draws
+differ (NumPy/TF against torch), so per-stage robust accuracies agree to sampling noise, not
+bit for bit. Prints one line per stage and implementation, and writes JSON.
+"""
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from robustcl import data
+from robustcl.evaluation.suite import Attacker, autoattack_cascade
+from robustcl.training.run import load_network
+
+
+def torch_module(network):
+    """The network's logits as a torch module on NCHW tensors, differentiable through TF."""
+    import torch
+
+    @tf.function(reduce_retracing=True)
+    def logits(images):
+        return network(images, training=False)["logits"]
+
+    @tf.function(reduce_retracing=True)
+    def vector_jacobian(images, cotangent):
+        with tf.GradientTape() as tape:
+            tape.watch(images)
+            total = tf.reduce_sum(network(images, training=False)["logits"] * cotangent)
+        return tape.gradient(total, images, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+    def to_tf(t):
+        return tf.constant(t.detach().float().permute(0, 2, 3, 1).contiguous().numpy())
+
+    class Logits(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, images):
+            ctx.save_for_backward(images)
+            return torch.from_numpy(logits(to_tf(images)).numpy())
+
+        @staticmethod
+        def backward(ctx, cotangent):
+            (images,) = ctx.saved_tensors
+            grad = vector_jacobian(to_tf(images), tf.constant(cotangent.numpy())).numpy()
+            return torch.from_numpy(grad).permute(0, 3, 1, 2).contiguous()
+
+    class Network(torch.nn.Module):
+        def forward(self, images):
+            return Logits.apply(images)
+
+    return Network()
+
+
+class _StageLog:
+    """Reads the reference's "robust accuracy after <ATTACK>: <x>%" lines."""
+
+    def __init__(self):
+        self.robust_after = {}
+
+    def log(self, message):
+        if "robust accuracy after " in message:
+            name, value = message.split("robust accuracy after ")[1].split(": ")
+            self.robust_after[name.strip().lower()] = float(value.split("%")[0]) / 100
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--autoattack_dir", required=True,
+                        help="checkout of github.com/fra31/auto-attack (holds the autoattack package)")
+    parser.add_argument("--model_dir", required=True, help="a robustcl training run")
+    parser.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    parser.add_argument("--data_dir", default=None)
+    parser.add_argument("--num_examples", type=int, default=200)
+    parser.add_argument("--norms", default="linf,l2")
+    parser.add_argument("--eps_linf", type=float, default=8 / 255)
+    parser.add_argument("--eps_l2", type=float, default=0.5)
+    parser.add_argument("--batch_size", type=int, default=200)
+    parser.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "results",
+                                                         "reference_check.json"))
+    args = parser.parse_args()
+    if not os.path.isfile(os.path.join(args.autoattack_dir, "autoattack", "autoattack.py")):
+        parser.error(f"--autoattack_dir={args.autoattack_dir} has no autoattack/autoattack.py")
+    try:
+        import torch
+    except ImportError:
+        parser.error("the reference needs PyTorch: pip install torch")
+    sys.path.insert(0, os.path.abspath(args.autoattack_dir))
+    from autoattack import AutoAttack
+
+    config, network, _ = load_network(args.model_dir, args.checkpoint)
+    arrays = data.load_arrays(config.data.dataset, args.data_dir or config.data.data_dir)
+    n = min(args.num_examples, len(arrays.x_test))
+    x = arrays.x_test[:n].astype(np.float32) / 255.0
+    y = arrays.y_test[:n].astype(np.int32)
+    attacker = Attacker(network, args.batch_size, progress=False)
+    clean = float(np.mean(attacker.predict(x) == y))
+    print(f"clean accuracy: {clean:.4f} on {n} test images of {config.data.dataset}", flush=True)
+    results = []
+    for norm in args.norms.split(","):
+        eps = {"linf": args.eps_linf, "l2": args.eps_l2}[norm]
+        start = time.perf_counter()
+        ours = autoattack_cascade(attacker, x, y, norm, eps, seed=0, log=lambda *_: None)
+        ours_seconds = time.perf_counter() - start
+
+        reference = AutoAttack(torch_module(network), norm={"linf": "Linf", "l2": "L2"}[norm], eps=eps,
+                               version="standard", device="cpu", seed=0, verbose=True)
+        stage_log = _StageLog()
+        reference.logger = reference.apgd.logger = reference.apgd_targeted.logger = stage_log
+        start = time.perf_counter()
+        reference.run_standard_evaluation(torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(),
+                                          torch.from_numpy(y.astype(np.int64)), bs=args.batch_size)
+        reference_seconds = time.perf_counter() - start
+        for stage in ours:
+            theirs = stage_log.robust_after.get(stage.name)
+            row = {"norm": norm, "eps": eps, "stage": stage.name, "num_examples": n,
+                   "ours_robust_after": float(stage.robust.mean()), "reference_robust_after": theirs}
+            results.append(row)
+            print(f"{norm} eps {eps:.5g} robust after {stage.name}: ours {row['ours_robust_after']:.4f}, "
+                  f"reference {theirs if theirs is None else f'{theirs:.4f}'}", flush=True)
+        results.append({"norm": norm, "eps": eps, "stage": "seconds", "ours": round(ours_seconds, 1),
+                        "reference": round(reference_seconds, 1)})
+        print(f"{norm} eps {eps:.5g} seconds: ours {ours_seconds:.1f}, reference {reference_seconds:.1f}",
+              flush=True)
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    with open(args.output, "w") as f:
+        json.dump({"benchmark": "reference_check", "model_dir": args.model_dir,
+                   "checkpoint": args.checkpoint, "clean_accuracy": clean, "torch": torch.__version__,
+                   "tensorflow": tf.__version__, "machine": platform.machine(), "results": results},
+                  f, indent=2)
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
