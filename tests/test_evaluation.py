@@ -105,14 +105,15 @@ class RoundingLayer(keras.layers.Layer):
         return tf.stop_gradient(tf.round(x * 7.0) / 7.0)
 
 
-def test_gradient_masking_model_triggers_warnings_and_falls_to_square(undefended):
+@pytest.mark.parametrize("norm,eps", [("linf", 8 / 255), ("l2", 1.0)])
+def test_gradient_masking_model_triggers_warnings_and_falls_to_square(undefended, norm, eps):
     network, x, y = undefended
     images = keras.Input((32, 32, 3))
     masked = keras.Model(images, network(RoundingLayer()(images)), name="masked")
     keras_logits = _logits_fn(masked)
     correct = np.argmax(keras_logits(tf.constant(x)), -1) == y
     x, y = x[correct][:48], y[correct][:48]
-    report = evaluate(masked, x, y, [str(i) for i in range(10)], eps=8 / 255, pgd_steps=5,
+    report = evaluate(masked, x, y, [str(i) for i in range(10)], norm=norm, eps=eps, pgd_steps=5,
                       apgd_iterations=10, square_queries=300, sweep=False, progress=False)
     warnings = " | ".join(report["warnings"])
     assert "zero input gradients" in warnings

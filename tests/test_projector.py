@@ -162,12 +162,15 @@ def test_export_script_and_evaluating_the_export(smoke_run, tmp_path):
         [sys.executable, os.path.join(REPO, "scripts", "evaluate.py"), f"--saved_model={path}",
          f"--data_dir={smoke_run.parent / 'data'}", "--num_examples=16", "--pgd_steps=2",
          "--apgd_iterations=3", "--square_queries=10", "--attacks=fgsm,pgd,autoattack",
-         "--sweep_attack=fgsm", f"--output_dir={output_dir}"],
+         "--sweep_attack=fgsm", "--norm=l2", "--eps=0.5", f"--output_dir={output_dir}"],
         cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.load(open(output_dir / "report.json"))
     assert report["model"] == path and report["sweep_attack"] == "fgsm"
-    assert [a["attack"] for a in report["attacks"]][:2] == ["fgsm", "pgd"]
+    assert [a["attack"] for a in report["attacks"]] == ["fgsm", "pgd", "apgd-ce", "apgd-t", "fab-t", "square"]
+    for row in report["attacks"]:  # the whole L2 cascade ran, inside the L2 ball
+        assert row["norm"] == "l2" and row["eps"] == 0.5 and "note" not in row, row
+        assert row["max_perturbation"] <= 0.5 * (1 + 1e-5)
     missing = subprocess.run(
         [sys.executable, os.path.join(REPO, "scripts", "evaluate.py"), f"--saved_model={path}"],
         cwd=REPO, capture_output=True, text=True, timeout=300)
