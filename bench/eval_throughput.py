@@ -59,7 +59,14 @@ def main():
         pgd = attacker.gradient_attack("pgd", x, y, args.norm, eps, 20, 2.5 * eps / 20, 1, "ce", 0)
         record("pgd-20", time.perf_counter() - start, pgd.robust.mean())
         start = time.perf_counter()
-        stages = autoattack_cascade(attacker, x, y, args.norm, eps, log=lambda *_: None)
+        stage_start = [time.perf_counter()]
+
+        def log_stage(message):  # each stage's start, with the time since the previous one
+            now = time.perf_counter()
+            print(f"{model_name} cascade {args.norm}: +{now - stage_start[0]:.1f} s, {message}", flush=True)
+            stage_start[0] = now
+
+        stages = autoattack_cascade(attacker, x, y, args.norm, eps, log=log_stage)
         record("autoattack-cascade", time.perf_counter() - start, stages[-1].robust.mean(),
                stages={s.name: {"seconds": round(s.seconds, 2), "robust_after": float(s.robust.mean())}
                        for s in stages})
