@@ -5,6 +5,11 @@ on one device computes the variance by another float32 formula, and after one st
 differ from the synchronized ones by about 3e-5 (seen), which would hide real mistakes in the
 distribution logic this test is about: batch split, seeded random start, loss scaling, gradient
 all-reduce and metric reduction.
+
+The attack is L2 PGD, whose step grad/||grad|| is continuous in the gradient. An L-inf step takes
+sign(grad): a pixel whose gradient is ~0 can flip sign when one device and two replicas sum in a
+different order, moving that pixel by a whole step and the weights by ~2e-5 after one update (seen
+once in CI) — a difference of summation order, not of distribution logic.
 """
 
 import keras
@@ -22,7 +27,7 @@ def _one_step(strategy, x, y, initial_weights):
         network = models.build("tiny", 10, (0.5,) * 3, (0.25,) * 3, synchronized_bn=True)
         network.set_weights(initial_weights)
         model = AdversarialModel(network, methods.get("pgd_at")(),
-                                 AttackConfig(eps=8 / 255, step_size=2 / 255, steps=3),
+                                 AttackConfig(norm="l2", eps=0.5, step_size=0.125, steps=3),
                                  AttackConfig(steps=2), weight_decay=5e-4, seed=11)
         model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(len(x))
