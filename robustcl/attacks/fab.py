@@ -22,9 +22,9 @@ as the reference does.
 import numpy as np
 import tensorflow as tf
 
-from robustcl.attacks.threat import perturbation_norms
+from robustcl.attacks.threat import THREATS, perturbation_norms
 
-NORMS = ("linf", "l2")
+NORMS = tuple(THREATS)
 
 
 def project_onto_hyperplane(points, w, b, norm):
@@ -121,7 +121,7 @@ def fab_targeted(logits_fn, predict, x, y, norm, eps, targets_by_rank, n_iter=10
         if not len(idx):
             break
         adv, _ = fab_targeted_single_run(difference_and_grad, predict, x[idx], y[idx],
-                                                np.asarray(targets)[idx], norm, n_iter)
+                                         np.asarray(targets)[idx], norm, n_iter)
         # The reference's test: misclassified and within eps (float32 rounding of the stored point).
         broken = (predict(adv) != y[idx]) & (perturbation_norms(x[idx], adv, norm) <= eps)
         x_adv[idx[broken]] = adv[broken]

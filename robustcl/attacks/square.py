@@ -25,8 +25,9 @@ import math
 import numpy as np
 
 from robustcl.attacks.objectives import margin_per_example
+from robustcl.attacks.threat import THREATS
 
-NORMS = ("linf", "l2")
+NORMS = tuple(THREATS)
 
 
 def p_selection(p_init, iteration, n_queries, rescale_schedule=False):

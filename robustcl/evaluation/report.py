@@ -13,11 +13,11 @@ def markdown(report):
              f"**{report['clean_accuracy']:.4f}**; per-example worst case over every attack: "
              f"**{report['worst_case_robust_accuracy']:.4f}**.", "",
              "| attack | robust accuracy | points | eps | steps | restarts | seconds | max perturbation "
-             "| NaN | adv min | adv max | note |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| NaN | adv min | adv max |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for a in report["attacks"]:
         lines.append(f"| {a['attack']} | {a['robust_accuracy']:.4f} | {a['num_points']} | {a['eps']:.5g} "
                      f"| {a['steps']} | {a['restarts']} | {a['seconds']:.1f} | {a['max_perturbation']:.5g} "
-                     f"| {a['nan_count']} | {a['adv_min']:.3g} | {a['adv_max']:.3g} | {a.get('note', '')} |")
+                     f"| {a['nan_count']} | {a['adv_min']:.3g} | {a['adv_max']:.3g} |")
     if report.get("eps_sweep"):
         lines += ["", f"Accuracy vs eps ({report['sweep_attack']}):", "", "| eps | robust accuracy |",
                   "|---|---|"]

@@ -15,9 +15,9 @@ import tensorflow as tf
 
 from robustcl.attacks import OBJECTIVES, pgd, threat_model
 from robustcl.attacks.apgd import apgd, make_loss_and_grad
-from robustcl.attacks.threat import perturbation_norms
 from robustcl.attacks.fab import fab_targeted, make_difference_and_grad
 from robustcl.attacks.square import square
+from robustcl.attacks.threat import perturbation_norms
 
 
 @dataclasses.dataclass
@@ -32,7 +32,6 @@ class AttackResult:
     x_adv: np.ndarray
     seconds: float
     queries: Optional[np.ndarray] = None
-    note: str = ""
 
     def summary(self, x, clean_correct):
         distance = perturbation_norms(x, self.x_adv, self.norm)
@@ -48,8 +47,6 @@ class AttackResult:
         if self.queries is not None:
             out["queries_mean"] = float(self.queries.mean())
             out["queries_median"] = float(np.median(self.queries))
-        if self.note:
-            out["note"] = self.note
         return out
 
 
@@ -129,7 +126,7 @@ def autoattack_cascade(attacker, x, y, norm, eps, seed=0, n_iter=100, n_targets=
     x_adv = x.copy()
     results = []
 
-    def stage(name, fn, steps, restarts, note="", queries=None):
+    def stage(name, fn, steps, restarts):
         nonlocal x_adv
         start = time.perf_counter()
         idx = np.flatnonzero(robust)
@@ -145,7 +142,7 @@ def autoattack_cascade(attacker, x, y, norm, eps, seed=0, n_iter=100, n_targets=
             x_adv[fooled] = np.asarray(adv)[~still]
             robust[fooled] = False
         results.append(AttackResult(name, norm, eps, steps, restarts, seed, robust.copy(), x_adv.copy(),
-                                    time.perf_counter() - start, stage_queries, note))
+                                    time.perf_counter() - start, stage_queries))
 
     ce_grad = make_loss_and_grad(attacker.logits_fn, "ce")
     stage("apgd-ce", lambda p: apgd(attacker.logits_fn, x[p], y[p], norm, eps, n_iter, 1, "ce",
