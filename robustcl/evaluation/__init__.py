@@ -5,11 +5,11 @@ import time
 
 import numpy as np
 
+from robustcl.config import EVAL_ATTACKS as ATTACKS
 from robustcl.evaluation import checks
 from robustcl.evaluation.checks import EvaluationError
 from robustcl.evaluation.suite import Attacker, autoattack_cascade
 
-ATTACKS = ("fgsm", "pgd", "pgd-strong", "cw", "autoattack")
 LARGE_LINF_EPS = 0.5
 
 DEVIATIONS = [
