@@ -84,10 +84,12 @@ def test_inputs_are_checked_not_clipped(exported):
         with pytest.raises(tf.errors.InvalidArgumentError, match=message.replace("[", r"\[").replace("]", r"\]")):
             serve(images=tf.constant(images))
     quantized = np.round(x[:4] * 255).astype(np.uint8)
-    # The same pixels both ways: float32 division, as the uint8 signature divides.
+    # Nearly the same pixels both ways: Grappler turns the graph's x / 255 into x * (1 / 255), which
+    # differs from NumPy's division by one ulp on about half the values (measured), and that moved a
+    # logit of ~3 by 1.05e-5 once in CI. 1e-4 still fails a wrong scale: /256 moves these logits by ~1.
     as_float = quantized.astype(np.float32) / np.float32(255.0)
     np.testing.assert_allclose(model.signatures["serving_uint8"](images=tf.constant(quantized))["logits"],
-                               serve(images=tf.constant(as_float))["logits"], atol=1e-5)
+                               serve(images=tf.constant(as_float))["logits"], atol=1e-4)
     probabilities = serve(images=tf.constant(x[:4]))["probabilities"].numpy()
     np.testing.assert_allclose(probabilities.sum(-1), 1.0, atol=1e-5)
 
