@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -72,3 +75,24 @@ def test_lr_schedules():
     assert float(cosine(50)) == pytest.approx(0.0, abs=1e-9)
     config = schedules.EpochSchedule.from_config(cosine.get_config()).get_config()
     assert config == cosine.get_config()
+
+
+def test_same_shaped_kernels_start_different():
+    keras.utils.set_random_seed(0)
+    network = models.build("resnet18", 10, (0.5,) * 3, (0.25,) * 3)
+    kernels = [v.numpy() for v in network.weights if v.path.endswith("kernel") and len(v.shape) == 4]
+    same_shape_pairs = [(a, b) for i, a in enumerate(kernels) for b in kernels[i + 1:] if a.shape == b.shape]
+    assert len(same_shape_pairs) >= 10  # ResNet-18 has 4 convs 64->64, 3 each of 128/256/512
+    assert not any(np.array_equal(a, b) for a, b in same_shape_pairs)
+
+
+def test_seeded_weights_are_the_same_in_every_process():
+    # Fresh processes: an RNG drawn from at import time (before the seed is set) differs between them.
+    script = ("import keras, numpy as np\n"
+              "from robustcl import models\n"
+              "keras.utils.set_random_seed(3)\n"
+              "network = models.build('tiny', 10, (0.5,) * 3, (0.25,) * 3)\n"
+              "print(repr([float(np.abs(w).sum()) for w in network.get_weights()]))\n")
+    outputs = [subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                              check=True).stdout.strip().splitlines()[-1] for _ in range(2)]
+    assert outputs[0] == outputs[1]

@@ -11,7 +11,14 @@ from robustcl.registry import Registry
 
 BACKBONES = Registry("model")
 
-_CONV_INIT = keras.initializers.VarianceScaling(2.0, mode="fan_out", distribution="untruncated_normal")
+
+
+def _conv_initializer():
+    # A new initializer per layer: an unseeded Keras initializer fixes its seed when constructed, so
+    # one shared instance gave every kernel of the same shape the same values (3 of ResNet-18's four
+    # 64->64 convs copied the first), and, built at import before keras.utils.set_random_seed, a
+    # different seed in every process. Constructed here, each draws its seed from the seeded RNG.
+    return keras.initializers.VarianceScaling(2.0, mode="fan_out", distribution="untruncated_normal")
 
 
 class LayerFactory:
@@ -22,7 +29,7 @@ class LayerFactory:
 
     def conv(self, filters, kernel_size=3, strides=1, name=None):
         return layers.Conv2D(filters, kernel_size, strides=strides, padding="same", use_bias=False,
-                             kernel_initializer=_CONV_INIT, name=name)
+                             kernel_initializer=_conv_initializer(), name=name)
 
     def bn(self, name=None):
         return layers.BatchNormalization(momentum=0.9, epsilon=1e-5,
