@@ -13,7 +13,7 @@ from typing import Any, Optional, Tuple
 NORMS = ("linf", "l2")
 TRAIN_ATTACKS = ("none", "fgsm", "pgd")
 PRECISIONS = ("float32", "mixed_bfloat16")
-STRATEGIES = ("auto", "one_device", "mirrored")
+STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
 LR_SCHEDULES = ("piecewise", "cosine", "constant")
 
 

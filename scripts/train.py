@@ -26,10 +26,11 @@ def main(argv):
     except ConfigError as error:
         sys.exit(f"error: {error}")
     from robustcl.training import run
+    from robustcl.training.distribute import ClusterConfigError
 
     try:
         run.train(config, flags_text=cli_flags.FLAGS.flags_into_string())
-    except (DataNotFoundError, DataFormatError) as error:
+    except (DataNotFoundError, DataFormatError, ClusterConfigError) as error:
         sys.exit(f"error: {error}")
 
 

@@ -123,7 +123,8 @@ def define_train_flags(flag_values=FLAGS):
     flags.DEFINE_string("jit_compile", "auto", "XLA-compile the attack: true, false, or auto (off on "
                         "CPU, where bench/train_throughput.py measured XLA slower; on with a GPU).",
                         flag_values=flag_values)
-    flags.DEFINE_string("strategy", r.strategy, "auto, one_device or mirrored.",
+    flags.DEFINE_string("strategy", r.strategy, "auto, one_device, mirrored, or multi_worker (the "
+                        "cluster in the TF_CONFIG environment variable).",
                         flag_values=flag_values)
     flags.DEFINE_integer("validation_freq", r.validation_freq, "Validate every N epochs.",
                          flag_values=flag_values)

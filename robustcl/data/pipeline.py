@@ -49,10 +49,19 @@ def train_dataset(x, y, batch_size, augment=True, seed=0, views=1):
                     num_parallel_calls=AUTOTUNE)
     elif augment:
         ds = ds.map(lambda image, label: (augmentation(image), label), num_parallel_calls=AUTOTUNE)
-    return ds.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
+    return _shard_by_element(ds.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE))
+
+
+def _shard_by_element(ds):
+    # Under --strategy=multi_worker each worker keeps its part of every global batch. The arrays are
+    # in memory, so there are no files to divide among workers; saying so up front skips
+    # TensorFlow's failed attempt at file sharding (and its warning).
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.with_options(options)
 
 
 def eval_dataset(x, y, batch_size):
     """Evaluation batches in order; decoded once and cached (validation and test sets are small)."""
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size)
-    return ds.map(_to_float, num_parallel_calls=AUTOTUNE).cache().prefetch(AUTOTUNE)
+    return _shard_by_element(ds.map(_to_float, num_parallel_calls=AUTOTUNE).cache().prefetch(AUTOTUNE))

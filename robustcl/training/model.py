@@ -16,6 +16,15 @@ def _global_sum(values):
     return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, values)
 
 
+def _keras_averages_outputs_over_workers():
+    """Whether Keras (3.15, reduce_per_replica) averages step outputs with strategy.reduce(MEAN,
+    axis=0): under MultiWorkerMirroredStrategy across several workers, where a scalar output fails
+    ("Invalid reduction dimension 0 for input with 0 dimensions")."""
+    strategy = tf.distribute.get_strategy()
+    return (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+            and strategy.num_replicas_in_sync > len(strategy.extended.worker_devices))
+
+
 def _correct(labels, logits):
     return tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), tf.cast(labels, tf.int32)),
                    tf.float32)
@@ -64,6 +73,21 @@ class AdversarialModel(keras.Model):
     def call(self, images, training=False):
         return self.network(images, training=training)
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras 3.15's version averages the whole first batch with strategy.reduce before building,
+        # which MultiWorkerMirroredStrategy rejects ("Attempt to convert a value (PerReplica...)",
+        # keras-team/keras#20585). Building needs only shapes and dtypes: this replica's part of the
+        # batch has them, under every strategy, without any cross-worker traffic.
+        strategy = self._distribute_strategy
+        if strategy is None or iterator is None:
+            return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+        for _, _, batches in iterator:
+            data_batch = tf.nest.map_structure(lambda v: strategy.experimental_local_results(v)[0],
+                                               next(batches))
+            break
+        with strategy.scope():
+            self._symbolic_build(data_batch=data_batch)
+
     def _run_attack(self, attack, objective, x, labels, reference, seed):
         def loss_fn(x_adv):
             return objective(self.network(x_adv, training=False), labels, reference)
@@ -78,7 +102,11 @@ class AdversarialModel(keras.Model):
         """Global (all-replica) values of the named trackers, read inside the replica step."""
         trackers = [self._trackers[n] for n in names]
         totals = _global_sum([(tf.identity(t.total), tf.identity(t.count)) for t in trackers])
-        return {n: tf.math.divide_no_nan(total, count) for n, (total, count) in zip(names, totals)}
+        results = {n: tf.math.divide_no_nan(total, count) for n, (total, count) in zip(names, totals)}
+        if _keras_averages_outputs_over_workers():
+            # Every replica holds the same global value; one row each averages back to it.
+            results = {n: tf.reshape(v, [1]) for n, v in results.items()}
+        return results
 
     def train_step(self, data):
         x, labels = data[0], data[1]

@@ -14,30 +14,21 @@ model_dir after a run:
 
 import json
 import os
+import shutil
+import tempfile
 
 import keras
-import tensorflow as tf
 
 from robustcl import data, methods, models
 from robustcl.training import schedules
 from robustcl.embeddings.projector import RUN_NAME as PROJECTOR_RUN
 from robustcl.training.callbacks import EmbeddingProjector, RunCheckpoints, atomic_write_text
+from robustcl.training.distribute import is_chief, make_strategy, worker_backup
 from robustcl.training.model import AdversarialModel
 
 
 def set_precision(precision):
     keras.mixed_precision.set_global_policy(precision)
-
-
-def make_strategy(name):
-    """auto: MirroredStrategy over every GPU when there are several, else the default strategy."""
-    gpus = tf.config.list_logical_devices("GPU")
-    if name == "mirrored":
-        return tf.distribute.MirroredStrategy(
-            None if gpus else [d.name for d in tf.config.list_logical_devices("CPU")])
-    if name == "one_device":
-        return tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0")
-    return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
 
 
 def build_model(config, num_classes, mean, std, image_shape, strategy):
@@ -70,45 +61,64 @@ def steps_per_epoch(config, train_size):
 
 
 def train(config, flags_text=None, verbose=1):
-    """Trains as configured, resuming from model_dir/backup when an earlier run was interrupted."""
-    os.makedirs(config.run.model_dir, exist_ok=True)
-    atomic_write_text(os.path.join(config.run.model_dir, "config.json"), config.to_json())
-    if flags_text is not None:
-        atomic_write_text(os.path.join(config.run.model_dir, "flags.txt"), flags_text)
+    """Trains as configured, resuming from model_dir/backup when an earlier run was interrupted.
+
+    Under --strategy=multi_worker every worker runs this with the same config; the chief writes
+    model_dir, the others only a temporary backup (see distribute.py)."""
+    strategy = make_strategy(config.run.strategy)
+    if is_chief(strategy):
+        return _train(config, strategy, config.run.model_dir, True, flags_text, verbose)
+    else:
+        worker_dir = tempfile.mkdtemp(prefix="robustcl-worker-")
+        try:
+            return _train(config, strategy, worker_dir, False, None, verbose)
+        finally:
+            shutil.rmtree(worker_dir, ignore_errors=True)
+
+
+def _train(config, strategy, output_dir, chief, flags_text, verbose):
+    if chief:
+        os.makedirs(output_dir, exist_ok=True)
+        atomic_write_text(os.path.join(output_dir, "config.json"), config.to_json())
+        if flags_text is not None:
+            atomic_write_text(os.path.join(output_dir, "flags.txt"), flags_text)
     keras.utils.set_random_seed(config.run.seed)
     set_precision(config.run.precision)
 
     splits = data.load(config.data)
-    atomic_write_text(os.path.join(config.run.model_dir, "class_names.json"),
-                      json.dumps(list(splits.class_names)))
+    if chief:
+        atomic_write_text(os.path.join(output_dir, "class_names.json"),
+                          json.dumps(list(splits.class_names)))
     steps = steps_per_epoch(config, len(splits.train[0]))
     train_ds = data.train_dataset(*splits.train, config.data.batch_size, config.data.augment,
                                   seed=config.run.seed,
                                   views=methods.get(config.method.name).data_views)
     val_ds = data.eval_dataset(*splits.val, config.data.eval_batch_size) if len(splits.val[0]) else None
 
-    strategy = make_strategy(config.run.strategy)
     with strategy.scope():
         model = build_model(config, splits.info.num_classes, splits.info.mean, splits.info.std,
                             splits.info.image_shape, strategy)
         compile_model(model, config, steps)
 
-    model_dir = config.run.model_dir
-    monitor = "val_robust_accuracy"
-    callbacks = [
+    callbacks = []
+    if chief:
         # Order matters: checkpoints and history of an epoch are written before the backup says the
         # epoch is done, so a kill between them redoes the epoch instead of losing its files.
-        RunCheckpoints(model.network, model_dir, monitor=monitor),
-        keras.callbacks.TensorBoard(log_dir=model_dir, update_freq="epoch", write_graph=False),
-    ]
-    if config.projector.every_epochs and len(splits.val[0]):
-        n = config.projector.examples
-        callbacks.append(EmbeddingProjector(
-            model.network, os.path.join(model_dir, PROJECTOR_RUN), splits.val[0][:n] / 255.0,
-            splits.val[1][:n], splits.val_indices[:n], splits.class_names, config.val_attack,
-            config.projector.every_epochs, config.optimizer.epochs, seed=config.run.seed))
+        callbacks += [
+            RunCheckpoints(model.network, output_dir, monitor="val_robust_accuracy"),
+            keras.callbacks.TensorBoard(log_dir=output_dir, update_freq="epoch", write_graph=False),
+        ]
+        if config.projector.every_epochs and len(splits.val[0]):
+            n = config.projector.examples
+            callbacks.append(EmbeddingProjector(
+                model.network, os.path.join(output_dir, PROJECTOR_RUN), splits.val[0][:n] / 255.0,
+                splits.val[1][:n], splits.val_indices[:n], splits.class_names, config.val_attack,
+                config.projector.every_epochs, config.optimizer.epochs, seed=config.run.seed))
+        backup_dir = os.path.join(output_dir, "backup")
+    else:
+        backup_dir = worker_backup(os.path.join(config.run.model_dir, "backup"), output_dir)
     callbacks.append(keras.callbacks.BackupAndRestore(
-        os.path.join(model_dir, "backup"), double_checkpoint=True, delete_checkpoint=False))
+        backup_dir, double_checkpoint=True, delete_checkpoint=False))
     history = model.fit(train_ds, epochs=config.optimizer.epochs, steps_per_epoch=steps,
                         validation_data=val_ds, validation_freq=config.run.validation_freq,
                         callbacks=callbacks, verbose=verbose, shuffle=False)

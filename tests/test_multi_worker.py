@@ -1,0 +1,172 @@
+"""--strategy=multi_worker on a real cluster: two `scripts/train.py` processes on 127.0.0.1, each
+one CPU worker of MultiWorkerMirroredStrategy, talking gRPC through the TF_CONFIG the user would set.
+
+Two one-device workers are two replicas with synchronized BatchNorm, as MirroredStrategy over the two
+logical CPU devices of this test process is, so the cluster's run must match that run: the batch is
+split the same way, every figure is reduced over the global batch (measured: weights and history
+bit-identical; the tolerance allows another summation order in the all-reduce). The attack is L2 (see
+test_distributed.py for why not L-inf) and augmentation is off (Keras' random layers under a
+parallel map do not draw in a fixed order, so two processes would augment differently).
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+from absl import flags
+
+from robustcl.cli import flags as cli_flags
+from robustcl.training import run
+from robustcl.training.distribute import ClusterConfigError, parse_tf_config
+from tests.cifar_files import write_official
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# 2 epochs of 3 steps; 49 validation images in batches of 32: the last batch (17) splits unevenly.
+RUN_FLAGS = ("--flagfile=configs/pgd_at_cifar10.flags", "--flagfile=configs/smoke.flags",
+             "--norm=l2", "--eps=0.5", "--step_size=0.125", "--noaugment", "--val_size=49",
+             "--eval_batch_size=32", "--projector_examples=16")
+
+
+def _free_ports(n):
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def _cluster_env(ports, index, tmp_dir):
+    env = dict(os.environ)
+    env["TF_CONFIG"] = json.dumps({"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+                                   "task": {"type": "worker", "index": index}})
+    env["TMPDIR"] = str(tmp_dir)  # where a non-chief worker keeps its backup while it trains
+    return env
+
+
+def _run_cluster(data_dir, model_dir, tmp_path, *extra):
+    """Starts both workers, waits for both; (returncode, stdout, stderr) per worker."""
+    ports = _free_ports(2)
+    command = [sys.executable, os.path.join(REPO, "scripts", "train.py"), *RUN_FLAGS,
+               f"--data_dir={data_dir}", f"--model_dir={model_dir}", "--strategy=multi_worker", *extra]
+    workers = []
+    for index in range(2):
+        worker_tmp = tmp_path / f"worker{index}_tmp"
+        worker_tmp.mkdir(exist_ok=True)
+        workers.append(subprocess.Popen(command, cwd=REPO, env=_cluster_env(ports, index, worker_tmp),
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    results = []
+    try:
+        for worker in workers:
+            stdout, stderr = worker.communicate(timeout=420)
+            results.append((worker.returncode, stdout, stderr))
+    finally:
+        for worker in workers:
+            worker.kill()
+    return results
+
+
+def _weights(path):
+    with h5py.File(path, "r") as f:
+        out = {}
+        f.visititems(lambda name, item: out.__setitem__(name, item[()])
+                     if isinstance(item, h5py.Dataset) else None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def synthetic_cifar10(tmp_path_factory):
+    path, _, _ = write_official(str(tmp_path_factory.mktemp("cifar10")), "cifar10", per_file=60, tar=True)
+    return path
+
+
+@pytest.mark.slow
+def test_two_worker_cluster_trains_like_two_replicas_and_resumes(synthetic_cifar10, tmp_path,
+                                                                  monkeypatch):
+    cluster_dir = tmp_path / "cluster"
+    results = _run_cluster(synthetic_cifar10, cluster_dir, tmp_path)
+    for index, (code, _, stderr) in enumerate(results):
+        assert code == 0, f"worker {index}:\n{stderr[-3000:]}"
+    chief_out, worker_out = results[0][1], results[1][1]
+    assert "Epoch 2/2" in chief_out and "Epoch 2/2" in worker_out
+
+    # Only the chief wrote the run directory; the other worker's private backup is gone.
+    assert {"config.json", "flags.txt", "class_names.json", "history.json", "best.weights.h5",
+            "last.weights.h5", "backup", "train", "validation", "projector"} == set(os.listdir(cluster_dir))
+    assert os.listdir(tmp_path / "worker1_tmp") == []
+    assert json.load(open(cluster_dir / "config.json"))["run"]["strategy"] == "multi_worker"
+
+    # The same run as two replicas in this process (MirroredStrategy over 2 logical CPU devices).
+    monkeypatch.chdir(REPO)
+    flag_values = flags.FlagValues()
+    cli_flags.define_train_flags(flag_values)
+    mirrored_dir = tmp_path / "mirrored"
+    flag_values(["train.py", *RUN_FLAGS, f"--data_dir={synthetic_cifar10}",
+                 f"--model_dir={mirrored_dir}", "--strategy=mirrored"])
+    run.train(cli_flags.config_from_flags(flag_values), verbose=0)
+
+    cluster_history = json.load(open(cluster_dir / "history.json"))["epochs"]
+    mirrored_history = json.load(open(mirrored_dir / "history.json"))["epochs"]
+    assert [set(e) for e in cluster_history] == [set(e) for e in mirrored_history]
+    assert {"loss", "robust_accuracy", "val_accuracy", "val_robust_accuracy"} <= set(cluster_history[0])
+    for ours, theirs in zip(cluster_history, mirrored_history):
+        for name in ours:
+            np.testing.assert_allclose(ours[name], theirs[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    cluster_weights = _weights(cluster_dir / "last.weights.h5")
+    mirrored_weights = _weights(mirrored_dir / "last.weights.h5")
+    assert cluster_weights.keys() == mirrored_weights.keys()
+    for name in cluster_weights:
+        np.testing.assert_allclose(cluster_weights[name], mirrored_weights[name], rtol=1e-5, atol=1e-6,
+                                   err_msg=name)
+
+    # Rerun: both workers restore the chief's backup (epoch 2 of 2) and train no more. A worker
+    # that restarted from epoch 0 would wait for the chief's collectives forever (the timeout).
+    again = _run_cluster(synthetic_cifar10, cluster_dir, tmp_path, "--epochs=3")
+    for index, (code, _, stderr) in enumerate(again):
+        assert code == 0, f"worker {index}:\n{stderr[-3000:]}"
+    for _, stdout, _ in again:
+        epochs = [line for line in stdout.splitlines() if line.startswith("Epoch ")]
+        assert epochs and epochs[0].startswith("Epoch 3/3"), epochs
+    assert [e["epoch"] for e in json.load(open(cluster_dir / "history.json"))["epochs"]] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("tf_config, message", [
+    (None, "needs the TF_CONFIG environment variable"),
+    ("{not json", "TF_CONFIG is not JSON"),
+    ('{"task": {"type": "worker", "index": 0}}', 'has no "cluster"'),
+    ('{"cluster": {"worker": ["a:1"], "ps": ["b:2"]}, "task": {"type": "worker", "index": 0}}',
+     "parameter servers"),
+    ('{"cluster": {"worker": ["a"]}, "task": {"type": "worker", "index": 0}}', '"host:port"'),
+    ('{"cluster": {"worker": ["a:1"]}}', 'has no "task"'),
+    ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "evaluator", "index": 0}}', "does not train"),
+    ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "chief", "index": 0}}', "not in the cluster"),
+    ('{"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 2}}',
+     r"task index 2 is not in 0\.\.1"),
+])
+def test_bad_tf_config_is_named(tf_config, message):
+    with pytest.raises(ClusterConfigError, match=message):
+        parse_tf_config(tf_config)
+
+
+def test_tf_config_of_a_cluster_with_a_chief():
+    cluster, task_type, index = parse_tf_config(json.dumps(
+        {"cluster": {"chief": ["a:1"], "worker": ["b:1", "c:1"]}, "task": {"type": "worker", "index": 1}}))
+    assert cluster == {"chief": ["a:1"], "worker": ["b:1", "c:1"]} and (task_type, index) == ("worker", 1)
+
+
+@pytest.mark.slow
+def test_multi_worker_without_tf_config_stops_before_any_work(synthetic_cifar10, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "scripts", "train.py"), *RUN_FLAGS,
+         f"--data_dir={synthetic_cifar10}", f"--model_dir={tmp_path / 'run'}", "--strategy=multi_worker"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "error: --strategy=multi_worker needs the TF_CONFIG environment variable" in result.stderr
+    assert not (tmp_path / "run").exists(), "no work was done"
