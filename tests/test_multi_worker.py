@@ -1,8 +1,8 @@
 """--strategy=multi_worker on a real cluster: two `scripts/train.py` processes on 127.0.0.1, each
 one CPU worker of MultiWorkerMirroredStrategy, talking gRPC through the TF_CONFIG the user would set.
 
-Two one-device workers are two replicas with synchronized BatchNorm, as MirroredStrategy over the two
-logical CPU devices of this test process is, so the cluster's run must match that run: the batch is
+Two one-device workers are two replicas with synchronized BatchNorm, as MirroredStrategy over two
+logical CPU devices of one process is, so the cluster's run must match that run: the batch is
 split the same way, every figure is reduced over the global batch (measured: weights and history
 bit-identical; the tolerance allows another summation order in the all-reduce). The attack is L2 (see
 test_distributed.py for why not L-inf) and augmentation is off (Keras' random layers under a
@@ -18,10 +18,7 @@ import sys
 import h5py
 import numpy as np
 import pytest
-from absl import flags
 
-from robustcl.cli import flags as cli_flags
-from robustcl.training import run
 from robustcl.training.distribute import ClusterConfigError, parse_tf_config
 from tests.cifar_files import write_official
 
@@ -87,8 +84,7 @@ def synthetic_cifar10(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_two_worker_cluster_trains_like_two_replicas_and_resumes(synthetic_cifar10, tmp_path,
-                                                                  monkeypatch):
+def test_two_worker_cluster_trains_like_two_replicas_and_resumes(synthetic_cifar10, tmp_path):
     cluster_dir = tmp_path / "cluster"
     results = _run_cluster(synthetic_cifar10, cluster_dir, tmp_path)
     for index, (code, _, stderr) in enumerate(results):
@@ -102,14 +98,23 @@ def test_two_worker_cluster_trains_like_two_replicas_and_resumes(synthetic_cifar
     assert os.listdir(tmp_path / "worker1_tmp") == []
     assert json.load(open(cluster_dir / "config.json"))["run"]["strategy"] == "multi_worker"
 
-    # The same run as two replicas in this process (MirroredStrategy over 2 logical CPU devices).
-    monkeypatch.chdir(REPO)
-    flag_values = flags.FlagValues()
-    cli_flags.define_train_flags(flag_values)
+    # The same run as two replicas of MirroredStrategy: the train script in a fresh process whose CPU
+    # is split into 2 logical devices first (as conftest does here; not in this process, where earlier
+    # MirroredStrategy tests' collective instances would clash with this run's).
     mirrored_dir = tmp_path / "mirrored"
-    flag_values(["train.py", *RUN_FLAGS, f"--data_dir={synthetic_cifar10}",
-                 f"--model_dir={mirrored_dir}", "--strategy=mirrored"])
-    run.train(cli_flags.config_from_flags(flag_values), verbose=0)
+    argv = ["train.py", *RUN_FLAGS, f"--data_dir={synthetic_cifar10}", f"--model_dir={mirrored_dir}",
+            "--strategy=mirrored"]
+    script = ("import runpy, sys\n"
+              "import tensorflow as tf\n"
+              "cpu = tf.config.list_physical_devices('CPU')[0]\n"
+              "tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)\n"
+              f"sys.argv = {argv!r}\n"
+              "runpy.run_path('scripts/train.py', run_name='__main__')\n")
+    mirrored = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True,
+                              timeout=420)
+    assert mirrored.returncode == 0, mirrored.stderr[-3000:]
+    assert any("Using MirroredStrategy with devices" in line and "CPU:1" in line
+               for line in mirrored.stderr.splitlines()), "two replicas"
 
     cluster_history = json.load(open(cluster_dir / "history.json"))["epochs"]
     mirrored_history = json.load(open(mirrored_dir / "history.json"))["epochs"]
