@@ -146,8 +146,8 @@ def test_two_worker_cluster_trains_like_two_replicas_and_resumes(synthetic_cifar
         np.testing.assert_allclose(cluster_weights[name], mirrored_weights[name], rtol=1e-5, atol=1e-6,
                                    err_msg=name)
 
-    # Rerun: both workers restore the chief's backup (epoch 2 of 2) and train no more. A worker
-    # that restarted from epoch 0 would wait for the chief's collectives forever (the timeout).
+    # Rerun with one more epoch: both workers restore the chief's backup (epoch 2) and train epoch 3
+    # only. Workers resuming from different epochs would fail or wait on each other's collectives.
     again = _run_cluster(synthetic_cifar10, cluster_dir, tmp_path, "--epochs=3")
     for index, (code, _, stderr) in enumerate(again):
         assert code == 0, f"worker {index}:\n{stderr[-3000:]}"
