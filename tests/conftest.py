@@ -2,6 +2,7 @@
 MirroredStrategy tests run 2 real replicas; single-device code uses the first."""
 
 import os
+import socket
 
 import numpy as np
 import pytest
@@ -52,3 +53,24 @@ def undefended():
                        keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     classifier.fit(x, y, epochs=30, batch_size=32, verbose=0)
     return network, x, y
+
+
+def free_ports(n=1):
+    """n distinct free TCP ports on 127.0.0.1 (all bound at once, so none is given twice)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+@pytest.fixture(scope="session")
+def synthetic_cifar10(tmp_path_factory):
+    """A small CIFAR-10 in the official archive layout (60 images per file), for runs of the scripts."""
+    from tests.cifar_files import write_official
+
+    path, _, _ = write_official(str(tmp_path_factory.mktemp("cifar10")), "cifar10", per_file=60, tar=True)
+    return path

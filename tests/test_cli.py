@@ -15,7 +15,6 @@ from absl import flags
 from robustcl import methods
 from robustcl.cli import flags as cli_flags
 from robustcl.config import ConfigError, ExperimentConfig
-from tests.cifar_files import write_official
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "*.flags")))
@@ -100,13 +99,6 @@ def test_model_dir_is_required():
 
 
 # ---- the script, as a user runs it ----------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def synthetic_cifar10(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cifar10")
-    path, _, _ = write_official(str(root), "cifar10", per_file=60, tar=True)
-    return path
-
 
 def _train_command(method_flagfile, data_dir, model_dir, *extra):
     return [sys.executable, os.path.join(REPO, "scripts", "train.py"),

@@ -12,7 +12,6 @@ parallel map do not draw in a fixed order, so two processes would augment differ
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,23 +21,13 @@ import numpy as np
 import pytest
 
 from robustcl.training.distribute import ClusterConfigError, parse_tf_config
-from tests.cifar_files import write_official
+from tests.conftest import free_ports
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 2 epochs of 3 steps; 49 validation images in batches of 32: the last batch (17) splits unevenly.
 RUN_FLAGS = ("--flagfile=configs/pgd_at_cifar10.flags", "--flagfile=configs/smoke.flags",
              "--norm=l2", "--eps=0.5", "--step_size=0.125", "--noaugment", "--val_size=49",
              "--eval_batch_size=32", "--projector_examples=16")
-
-
-def _free_ports(n):
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def _cluster_env(ports, index, tmp_dir):
@@ -51,7 +40,7 @@ def _cluster_env(ports, index, tmp_dir):
 
 def _start_cluster(data_dir, model_dir, tmp_path, *extra):
     """Starts both workers, their output going to files (a full pipe would stall a worker)."""
-    ports = _free_ports(2)
+    ports = free_ports(2)
     command = [sys.executable, os.path.join(REPO, "scripts", "train.py"), *RUN_FLAGS,
                f"--data_dir={data_dir}", f"--model_dir={model_dir}", "--strategy=multi_worker", *extra]
     workers = []
@@ -91,12 +80,6 @@ def _weights(path):
         f.visititems(lambda name, item: out.__setitem__(name, item[()])
                      if isinstance(item, h5py.Dataset) else None)
     return out
-
-
-@pytest.fixture(scope="module")
-def synthetic_cifar10(tmp_path_factory):
-    path, _, _ = write_official(str(tmp_path_factory.mktemp("cifar10")), "cifar10", per_file=60, tar=True)
-    return path
 
 
 @pytest.mark.slow

@@ -2,7 +2,6 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ import pytest
 
 from robustcl.embeddings import embedding_space_stats
 from tests.cifar_files import write_official
+from tests.conftest import free_ports
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -35,12 +35,6 @@ def test_embedding_space_stats_by_hand():
     assert stats["inter_class_cosine"] == pytest.approx(-1 / 3)
     assert stats["margin"] == pytest.approx(2 / 3)
     assert np.isnan(embedding_space_stats(clean[:2], adversarial[:2], [0, 1])["intra_class_cosine"])
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _get(url, timeout=10):
@@ -66,7 +60,7 @@ def smoke_run(tmp_path_factory):
 def test_tensorboard_serves_the_projector_data_of_a_smoke_run(smoke_run):
     run_dir = smoke_run / "projector"
     assert (run_dir / "projection_epoch_002.png").exists()
-    port = _free_port()
+    port = free_ports()[0]
     server = subprocess.Popen(
         [sys.executable, "-m", "tensorboard.main", f"--logdir={smoke_run}", "--host=127.0.0.1",
          f"--port={port}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

@@ -15,6 +15,7 @@ import tensorflow as tf
 from robustcl.serving import robustness
 from robustcl.serving.client import RestClient, SavedModelBackend, ServerError
 from robustcl.serving.export import export
+from tests.conftest import free_ports
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -111,15 +112,9 @@ def test_export_holds_only_the_inference_path(exported):
 
 # ---- the REST server, as a real process ---------------------------------------------------------
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Server:
     def __init__(self, path, *args):
-        self.port = _free_port()
+        self.port = free_ports()[0]
         self.url = f"http://127.0.0.1:{self.port}"
         self.process = subprocess.Popen(
             [sys.executable, "-m", "robustcl.serving.rest_server",

@@ -12,7 +12,6 @@ from robustcl.registry import Registry
 BACKBONES = Registry("model")
 
 
-
 def _conv_initializer():
     # A new initializer per layer: an unseeded Keras initializer fixes its seed when constructed, so
     # one shared instance gave every kernel of the same shape the same values (3 of ResNet-18's four
