@@ -12,7 +12,10 @@ from typing import Any, Optional, Tuple
 
 NORMS = ("linf", "l2")
 TRAIN_ATTACKS = ("none", "fgsm", "pgd")
-PRECISIONS = ("float32", "mixed_bfloat16")
+# What --precision may say; "auto" is resolved by the hardware (robustcl.hardware) before a config
+# is made, so a config holds one of the others.
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+CONTRASTIVE_SCOPES = ("global", "replica")
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
 LR_SCHEDULES = ("piecewise", "cosine", "constant")
 
@@ -134,6 +137,11 @@ class RunConfig:
     jit_compile: bool = False  # resolved from "auto" by the device in use; see cli.flags
     strategy: str = "auto"
     validation_freq: int = 1
+    # Losses over pairs of examples (contrastive terms, mining, MOREL's attention) over the global
+    # batch, gathered from every replica ("global"), or over each replica's part ("replica").
+    contrastive_scope: str = "global"
+    # BatchNorm statistics over the global batch when training on several replicas.
+    sync_batchnorm: bool = True
 
     def validate(self):
         _check(bool(self.model_dir), "model_dir", "is required (where the run writes its files)")
@@ -141,6 +149,8 @@ class RunConfig:
                f"unknown precision {self.precision!r}; known: {', '.join(PRECISIONS)}")
         _check(self.strategy in STRATEGIES, "strategy",
                f"unknown strategy {self.strategy!r}; known: {', '.join(STRATEGIES)}")
+        _check(self.contrastive_scope in CONTRASTIVE_SCOPES, "contrastive_scope",
+               f"unknown scope {self.contrastive_scope!r}; known: {', '.join(CONTRASTIVE_SCOPES)}")
         _check(self.validation_freq >= 1, "validation_freq", f"must be >= 1, got {self.validation_freq}")
 
 

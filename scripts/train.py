@@ -25,8 +25,11 @@ def main(argv):
         config = cli_flags.config_from_flags()
     except ConfigError as error:
         sys.exit(f"error: {error}")
+    from robustcl import hardware
     from robustcl.training import run
     from robustcl.training.distribute import ClusterConfigError
+
+    print(f"precision: {config.run.precision} ({hardware.detect().describe()})", flush=True)
 
     try:
         run.train(config, flags_text=cli_flags.FLAGS.flags_into_string())

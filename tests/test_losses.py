@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from robustcl import losses
+from robustcl.mining import hard_positive_weights
 
 RNG = np.random.default_rng(0)
 
@@ -135,6 +136,25 @@ def test_positive_weights_match_reference():
     np.testing.assert_allclose(
         grad, numeric_grad(supcon_total(labels, 0.5, 0.1, pair_weights), features), rtol=1e-5,
         atol=1e-7)
+
+
+@pytest.mark.parametrize("start,count", [(0, 3), (3, 4), (6, 1)])
+def test_anchor_subset_scores_against_the_whole_batch(start, count):
+    """A replica's anchors (rows start..start+count-1 of the gathered global batch) get exactly the
+    values, weights and mining weights the whole batch gives those rows."""
+    labels = np.array([0, 1, 0, 2, 1, 0, 3])
+    features = RNG.normal(size=(7, 2, 5))
+    pair_weights = hard_positive_weights(labels, features, "exp", 1.5).numpy()
+    rows = slice(2 * start, 2 * (start + count))
+    sub_weights = hard_positive_weights(labels, features, "exp", 1.5, (start, count)).numpy()
+    np.testing.assert_allclose(sub_weights, pair_weights[rows], rtol=1e-12)
+    values, weights = losses.supcon_margin_per_example(labels, features, 0.2, 0.1, pair_weights)
+    sub_values, sub_valid = losses.supcon_margin_per_example(labels, features, 0.2, 0.1, sub_weights,
+                                                             anchors=(start, count))
+    np.testing.assert_allclose(sub_values.numpy(), values.numpy()[start:start + count], rtol=1e-12)
+    np.testing.assert_allclose(sub_valid.numpy(), weights.numpy()[start:start + count])
+    ref_values, _ = ref_supcon_margin(labels, features, 0.2, 0.1, pair_weights)
+    np.testing.assert_allclose(sub_values.numpy(), ref_values[start:start + count], rtol=1e-10)
 
 
 def test_margin_zero_equals_supcon_exactly():

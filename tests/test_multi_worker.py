@@ -25,9 +25,9 @@ from tests.conftest import free_ports
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 2 epochs of 3 steps; 49 validation images in batches of 32: the last batch (17) splits unevenly.
-RUN_FLAGS = ("--flagfile=configs/pgd_at_cifar10.flags", "--flagfile=configs/smoke.flags",
-             "--norm=l2", "--eps=0.5", "--step_size=0.125", "--noaugment", "--val_size=49",
-             "--eval_batch_size=32", "--projector_examples=16")
+SMOKE_FLAGS = ("--flagfile=configs/smoke.flags", "--norm=l2", "--eps=0.5", "--step_size=0.125",
+               "--noaugment", "--val_size=49", "--eval_batch_size=32", "--projector_examples=16")
+RUN_FLAGS = ("--flagfile=configs/pgd_at_cifar10.flags", *SMOKE_FLAGS)
 
 
 def _cluster_env(ports, index, tmp_dir):
@@ -38,10 +38,10 @@ def _cluster_env(ports, index, tmp_dir):
     return env
 
 
-def _start_cluster(data_dir, model_dir, tmp_path, *extra):
+def _start_cluster(data_dir, model_dir, tmp_path, *extra, run_flags=RUN_FLAGS):
     """Starts both workers, their output going to files (a full pipe would stall a worker)."""
     ports = free_ports(2)
-    command = [sys.executable, os.path.join(REPO, "scripts", "train.py"), *RUN_FLAGS,
+    command = [sys.executable, os.path.join(REPO, "scripts", "train.py"), *run_flags,
                f"--data_dir={data_dir}", f"--model_dir={model_dir}", "--strategy=multi_worker", *extra]
     workers = []
     for index in range(2):
@@ -70,8 +70,8 @@ def _wait(workers, timeout=420):
     return results
 
 
-def _run_cluster(data_dir, model_dir, tmp_path, *extra):
-    return _wait(_start_cluster(data_dir, model_dir, tmp_path, *extra))
+def _run_cluster(data_dir, model_dir, tmp_path, *extra, run_flags=RUN_FLAGS):
+    return _wait(_start_cluster(data_dir, model_dir, tmp_path, *extra, run_flags=run_flags))
 
 
 def _weights(path):
@@ -82,10 +82,11 @@ def _weights(path):
     return out
 
 
-@pytest.mark.slow
-def test_two_worker_cluster_trains_like_two_replicas_and_resumes(synthetic_cifar10, tmp_path):
+def _assert_cluster_matches_mirrored(data_dir, tmp_path, run_flags):
+    """Trains on a two-worker cluster and as two MirroredStrategy replicas; asserts the same
+    history and weights. Returns the cluster's run directory."""
     cluster_dir = tmp_path / "cluster"
-    results = _run_cluster(synthetic_cifar10, cluster_dir, tmp_path)
+    results = _run_cluster(data_dir, cluster_dir, tmp_path, run_flags=run_flags)
     for index, (code, _, stderr) in enumerate(results):
         assert code == 0, f"worker {index}:\n{stderr[-3000:]}"
     chief_out, worker_out = results[0][1], results[1][1]
@@ -101,7 +102,7 @@ def test_two_worker_cluster_trains_like_two_replicas_and_resumes(synthetic_cifar
     # is split into 2 logical devices first (as conftest does here; not in this process, where earlier
     # MirroredStrategy tests' collective instances would clash with this run's).
     mirrored_dir = tmp_path / "mirrored"
-    argv = ["train.py", *RUN_FLAGS, f"--data_dir={synthetic_cifar10}", f"--model_dir={mirrored_dir}",
+    argv = ["train.py", *run_flags, f"--data_dir={data_dir}", f"--model_dir={mirrored_dir}",
             "--strategy=mirrored"]
     script = ("import runpy, sys\n"
               "import tensorflow as tf\n"
@@ -128,6 +129,12 @@ def test_two_worker_cluster_trains_like_two_replicas_and_resumes(synthetic_cifar
     for name in cluster_weights:
         np.testing.assert_allclose(cluster_weights[name], mirrored_weights[name], rtol=1e-5, atol=1e-6,
                                    err_msg=name)
+    return cluster_dir
+
+
+@pytest.mark.slow
+def test_two_worker_cluster_trains_like_two_replicas_and_resumes(synthetic_cifar10, tmp_path):
+    cluster_dir = _assert_cluster_matches_mirrored(synthetic_cifar10, tmp_path, RUN_FLAGS)
 
     # Rerun with one more epoch: both workers restore the chief's backup (epoch 2) and train epoch 3
     # only. Workers resuming from different epochs would fail or wait on each other's collectives.
@@ -138,6 +145,16 @@ def test_two_worker_cluster_trains_like_two_replicas_and_resumes(synthetic_cifar
         epochs = [line for line in stdout.splitlines() if line.startswith("Epoch ")]
         assert epochs and epochs[0].startswith("Epoch 3/3"), epochs
     assert [e["epoch"] for e in json.load(open(cluster_dir / "history.json"))["epochs"]] == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_contrastive_method_on_a_cluster_trains_like_two_replicas(synthetic_cifar10, tmp_path):
+    """contrastive_at gathers embeddings across workers in its loss and in every attack step (its
+    objective is SupCon over the batch): the cluster must train what MirroredStrategy trains, which
+    tests/test_distributed.py checks against one device."""
+    _assert_cluster_matches_mirrored(synthetic_cifar10, tmp_path,
+                                     ("--flagfile=configs/contrastive_at_cifar10.flags", *SMOKE_FLAGS,
+                                      "--embedding_dim=16"))
 
 
 @pytest.mark.slow

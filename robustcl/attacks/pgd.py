@@ -22,7 +22,8 @@ def replica_slice_of_global_noise(sample, x, seed):
     return sample(global_shape, seed)[replica_id * local:(replica_id + 1) * local]
 
 
-def pgd(loss_fn, x, threat, steps, step_size, random_start=True, seed=(0, 0), start_sigma=None):
+def pgd(loss_fn, x, threat, steps, step_size, random_start=True, seed=(0, 0), start_sigma=None,
+        unroll=False):
     """Maximizes sum(loss_fn(x_adv)) over the threat set around x by projected steepest ascent.
 
     Args:
@@ -34,6 +35,9 @@ def pgd(loss_fn, x, threat, steps, step_size, random_start=True, seed=(0, 0), st
       seed: int32 [2] stateless seed for the random start.
       start_sigma: if set, the random start is x + start_sigma * N(0, 1) instead (projected), as the
         public TRADES and MART code starts (sigma 0.001).
+      unroll: a Python loop of `steps` copies instead of a tf.while_loop, for a loss_fn that
+        exchanges tensors between replicas: MirroredStrategy cannot synchronize replicas inside a
+        graph loop.
     Returns:
       x_adv with gradients stopped: inside the threat set and [0, 1]. Nothing else is changed.
     """
@@ -61,21 +65,27 @@ def pgd(loss_fn, x, threat, steps, step_size, random_start=True, seed=(0, 0), st
         x_adv = x_adv + step_size * threat.ascent_direction(grad)
         return i + 1, threat.project(x, x_adv)
 
-    _, x_adv = tf.while_loop(lambda i, _: i < steps, ascent_step, (tf.constant(0), x_adv))
+    if unroll:
+        for i in range(steps):
+            _, x_adv = ascent_step(i, x_adv)
+    else:
+        _, x_adv = tf.while_loop(lambda i, _: i < steps, ascent_step, (tf.constant(0), x_adv))
     return tf.stop_gradient(x_adv)
 
 
-def fgsm(loss_fn, x, threat):
+def fgsm(loss_fn, x, threat, unroll=False):
     """One steepest-ascent step of size eps from x (no random start)."""
-    return pgd(loss_fn, x, threat, steps=1, step_size=threat.eps, random_start=False)
+    return pgd(loss_fn, x, threat, steps=1, step_size=threat.eps, random_start=False, unroll=unroll)
 
 
 def attack_from_config(config, start_sigma=None):
-    """Returns attack(loss_fn, x, seed) -> x_adv for an AttackConfig, or None for name 'none'."""
+    """Returns attack(loss_fn, x, seed, unroll=False) -> x_adv for an AttackConfig, or None for name
+    'none'."""
     if config.name == "none":
         return None
     threat = threat_model(config.norm, config.eps)
     if config.name == "fgsm":
-        return lambda loss_fn, x, seed: fgsm(loss_fn, x, threat)
-    return lambda loss_fn, x, seed: pgd(loss_fn, x, threat, config.steps, config.step_size,
-                                       config.random_start, seed, start_sigma)
+        return lambda loss_fn, x, seed, unroll=False: fgsm(loss_fn, x, threat, unroll)
+    return lambda loss_fn, x, seed, unroll=False: pgd(
+        loss_fn, x, threat, config.steps, config.step_size, config.random_start, seed, start_sigma,
+        unroll)

@@ -118,8 +118,10 @@ def define_train_flags(flag_values=FLAGS):
                         "with the same directory resumes.", flag_values=flag_values)
     flags.DEFINE_integer("seed", r.seed, "Seed for weights, data order, augmentation and attacks.",
                          flag_values=flag_values)
-    flags.DEFINE_string("precision", r.precision, "float32 or mixed_bfloat16.",
-                        flag_values=flag_values)
+    flags.DEFINE_string("precision", "auto", "auto, float32, mixed_bfloat16 or mixed_float16. auto: "
+                        "mixed_bfloat16 where the device computes bfloat16 natively (CPU flag "
+                        "avx512_bf16 or amx_bf16, GPU compute capability >= 8.0), mixed_float16 with "
+                        "loss scaling on GPUs of capability 7.x, else float32.", flag_values=flag_values)
     flags.DEFINE_string("jit_compile", "auto", "XLA-compile the attack: true, false, or auto (off on "
                         "CPU, where bench/train_throughput.py measured XLA slower; on with a GPU).",
                         flag_values=flag_values)
@@ -128,6 +130,14 @@ def define_train_flags(flag_values=FLAGS):
                         flag_values=flag_values)
     flags.DEFINE_integer("validation_freq", r.validation_freq, "Validate every N epochs.",
                          flag_values=flag_values)
+    flags.DEFINE_string("contrastive_scope", r.contrastive_scope, "global: contrastive losses, hard-"
+                        "positive mining and MOREL's attention see the global batch, gathered from "
+                        "every replica and worker (N replicas train what one device trains); "
+                        "replica: each replica's part only (cheaper; another objective).",
+                        flag_values=flag_values)
+    flags.DEFINE_bool("sync_batchnorm", r.sync_batchnorm, "BatchNorm statistics over the global "
+                      "batch when training on several replicas (else per replica).",
+                      flag_values=flag_values)
 
     pc = cfg.ProjectorConfig()
     flags.DEFINE_integer("projector_every_epochs", pc.every_epochs, "Write TensorBoard projector "
@@ -167,6 +177,15 @@ def _resolve_jit_compile(value):
     import tensorflow as tf
 
     return bool(tf.config.list_physical_devices("GPU"))
+
+
+def _resolve_precision(value):
+    """--precision, with auto resolved by the hardware (robustcl.hardware)."""
+    if value == "auto":
+        from robustcl import hardware
+
+        return hardware.auto_precision(hardware.detect())
+    return value
 
 
 def _known(registry, flag_name, name):
@@ -210,9 +229,11 @@ def config_from_flags(flag_values=FLAGS):
             momentum=f.momentum, nesterov=f.nesterov, weight_decay=f.weight_decay,
             lr_schedule=f.lr_schedule, lr_decay_epochs=_int_list("lr_decay_epochs", f.lr_decay_epochs),
             lr_decay_factor=f.lr_decay_factor, warmup_epochs=f.warmup_epochs),
-        run=cfg.RunConfig(model_dir=f.model_dir or "", seed=f.seed, precision=f.precision,
+        run=cfg.RunConfig(model_dir=f.model_dir or "", seed=f.seed,
+                          precision=_resolve_precision(f.precision),
                           jit_compile=_resolve_jit_compile(f.jit_compile), strategy=f.strategy,
-                          validation_freq=f.validation_freq),
+                          validation_freq=f.validation_freq, contrastive_scope=f.contrastive_scope,
+                          sync_batchnorm=f.sync_batchnorm),
         projector=cfg.ProjectorConfig(every_epochs=f.projector_every_epochs,
                                       examples=f.projector_examples),
     )

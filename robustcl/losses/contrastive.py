@@ -5,17 +5,19 @@ import keras
 import tensorflow as tf
 
 from robustcl.losses.base import EPS, WeightedMeanLoss, as_float
+from robustcl.losses.global_batch import anchor_rows
 
 _MASKED = -1e9  # logit of excluded pairs (self): finite, so a lone anchor gives no NaN or inf
 
 
 def supcon_margin_per_example(labels, features, temperature=0.1, margin=0.0,
-                              positive_weights=None):
+                              positive_weights=None, anchors=None):
     """Supervised contrastive loss with an additive margin on positive pairs, per sample.
 
-    Features are L2-normalized (a zero vector stays zero). Every view of every sample is an anchor;
-    its positives are all other views with the same label (other views of the same image included),
-    its contrast set all other views. For anchor i with positives P(i) and weights w_ip:
+    Features are L2-normalized (a zero vector stays zero). Every view of every anchor sample is an
+    anchor; its positives are all other views with the same label (other views of the same image
+    included), its contrast set all other views of the batch. For anchor i with positives P(i) and
+    weights w_ip:
 
         l_ip = (s_ip - margin * [p in P(i)]) / temperature      for every j != i
         L_i  = -sum_p w_ip (l_ip - logsumexp_{j != i} l_ij) / sum_p w_ip
@@ -27,11 +29,14 @@ def supcon_margin_per_example(labels, features, temperature=0.1, margin=0.0,
     Args:
       labels: int [B].
       features: [B, D] or [B, V, D] (V views per sample).
-      positive_weights: optional [B*V, B*V] weights of pairs in sample-major order (index b*V + v);
-        only entries on positive pairs matter. Used by hard-positive mining.
+      positive_weights: optional [A*V, B*V] weights of (anchor, contrast) pairs in sample-major order
+        (index b*V + v); only entries on positive pairs matter. Used by hard-positive mining.
+      anchors: optional (start, count): only samples start .. start+count-1 are anchors (A = count);
+        the contrast set stays all B samples. Under tf.distribute, B is the gathered global batch and
+        each replica scores its own samples (see `robustcl.losses.global_batch`). Default: all.
     Returns:
-      (values [B], weights [B]): each sample's mean over its anchors that have positives, and the
-      fraction of its anchors that do (0 when none: leave it out of the mean).
+      (values [A], weights [A]): each anchor sample's mean over its views that have positives, and
+      the fraction of its views that do (0 when none: leave it out of the mean).
     """
     features = as_float(features)
     if features.shape.rank == 2:
@@ -39,23 +44,25 @@ def supcon_margin_per_example(labels, features, temperature=0.1, margin=0.0,
     batch, views = tf.shape(features)[0], tf.shape(features)[1]
     n = batch * views
     z = tf.math.l2_normalize(tf.reshape(features, [n, -1]), axis=-1, epsilon=EPS)
-    anchor_labels = tf.repeat(tf.reshape(labels, [-1]), views)
-    self_mask = tf.eye(n, dtype=tf.bool)
-    positive = tf.logical_and(tf.equal(anchor_labels[:, None], anchor_labels[None, :]),
-                              tf.logical_not(self_mask))
+    contrast_labels = tf.repeat(tf.reshape(labels, [-1]), views)
+    rows, count = anchor_rows(anchors, batch, views)
+    self_mask = tf.equal(rows[:, None], tf.range(n)[None, :])
+    positive = tf.logical_and(
+        tf.equal(tf.gather(contrast_labels, rows)[:, None], contrast_labels[None, :]),
+        tf.logical_not(self_mask))
     positive_f = tf.cast(positive, z.dtype)
     weights = positive_f if positive_weights is None else positive_f * as_float(positive_weights)
-    logits = (tf.matmul(z, z, transpose_b=True) - margin * positive_f) / temperature
+    logits = (tf.matmul(tf.gather(z, rows), z, transpose_b=True) - margin * positive_f) / temperature
     logits = tf.where(self_mask, tf.cast(_MASKED, z.dtype), logits)
     log_prob = logits - tf.reduce_logsumexp(logits, axis=1, keepdims=True)
     weight_sum = tf.reduce_sum(weights, axis=1)
     per_anchor = -tf.reduce_sum(weights * log_prob, axis=1) / tf.maximum(weight_sum, EPS)
     valid = tf.cast(weight_sum > 0, z.dtype)
-    per_anchor = tf.reshape(per_anchor * valid, [batch, views])
-    valid = tf.reshape(valid, [batch, views])
-    count = tf.reduce_sum(valid, axis=1)
-    values = tf.reduce_sum(per_anchor, axis=1) / tf.maximum(count, 1.0)
-    return values, count / tf.cast(views, z.dtype)
+    per_anchor = tf.reshape(per_anchor * valid, [count, views])
+    valid = tf.reshape(valid, [count, views])
+    valid_views = tf.reduce_sum(valid, axis=1)
+    values = tf.reduce_sum(per_anchor, axis=1) / tf.maximum(valid_views, 1.0)
+    return values, valid_views / tf.cast(views, z.dtype)
 
 
 def supcon_per_example(labels, features, temperature=0.1, positive_weights=None):
@@ -63,14 +70,14 @@ def supcon_per_example(labels, features, temperature=0.1, positive_weights=None)
     return supcon_margin_per_example(labels, features, temperature, 0.0, positive_weights)
 
 
-def multi_positive_per_example(labels, embeddings, temperature=0.1):
+def multi_positive_per_example(labels, embeddings, temperature=0.1, anchors=None):
     """MOREL's multi-positive contrastive loss: cross-entropy of each anchor's softmax over the other
     samples against a target spread uniformly over its same-class positives (self excluded).
 
     With a uniform target this is the same function as SupCon's L_out on one view; anchors without a
     positive are left out of the mean (MOREL's code counts them as 0 in it).
     """
-    return supcon_margin_per_example(labels, embeddings, temperature, 0.0)
+    return supcon_margin_per_example(labels, embeddings, temperature, 0.0, anchors=anchors)
 
 
 @keras.saving.register_keras_serializable(package="robustcl")

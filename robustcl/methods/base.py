@@ -13,7 +13,8 @@ from typing import Dict, NamedTuple, Optional
 import tensorflow as tf
 
 from robustcl.attacks.objectives import OBJECTIVES
-from robustcl.config import ConfigError
+from robustcl.config import CONTRASTIVE_SCOPES, ConfigError
+from robustcl.losses import global_batch
 from robustcl.registry import Registry
 
 METHODS = Registry("method")
@@ -61,11 +62,17 @@ class Method:
     uses_adversarial = True  # losses need the training-mode forward pass of the adversarial batch
     data_views = 1  # 2: the data pipeline yields two augmentations; the second is `augmented`
     loss_names = ()  # names of the terms `losses` returns, in display order
+    # The attack objective compares examples with each other (it calls `global_batch`), so under
+    # several replicas every attack step exchanges embeddings between them.
+    objective_uses_global_batch = False
 
-    def __init__(self, params=None, num_classes=None):
+    def __init__(self, params=None, contrastive_scope="global"):
         self.params = params if params is not None else self.Params()
         self.params.validate()
-        self.num_classes = num_classes
+        if contrastive_scope not in CONTRASTIVE_SCOPES:
+            raise ConfigError(f"--contrastive_scope: unknown scope {contrastive_scope!r}; known: "
+                              f"{', '.join(CONTRASTIVE_SCOPES)}")
+        self.contrastive_scope = contrastive_scope
         # Methods following the TRADES/MART code expose their Gaussian start as a `start_sigma`
         # parameter; 0 means the threat model's uniform start.
         sigma = getattr(self.params, "start_sigma", None)
@@ -79,6 +86,12 @@ class Method:
     def layers(self):
         """Keras layers the method owns; AdversarialModel tracks, trains and saves their weights."""
         return []
+
+    def global_batch(self, tensors):
+        """(tensors of the global batch, anchors): what every loss over pairs of examples compares,
+        gathered across replicas and workers unless --contrastive_scope=replica; anchors = (start,
+        count) of this replica's own samples in it (see robustcl.losses.global_batch)."""
+        return global_batch.gather(tensors, self.contrastive_scope)
 
     def objective(self, adversarial, labels, reference):
         """Per-example loss the training attack maximizes (outputs dicts in inference mode)."""

@@ -23,6 +23,16 @@ def _stacked_embeddings(*outputs):
     return tf.stack([o["embedding"] for o in outputs if o is not None], 1)
 
 
+def _global_supcon(method, labels, features, margin=0.0, mining=None, hardness=0.0):
+    """SupCon (with margin and optional hard-positive mining) of this replica's samples as anchors
+    against the global batch: values and weights [local batch] for a LossTerm."""
+    (all_labels, all_features), anchors = method.global_batch((labels, features))
+    pair_weights = (hard_positive_weights(all_labels, all_features, mining, hardness, anchors)
+                    if mining else None)
+    return supcon_margin_per_example(all_labels, all_features, method.params.temperature, margin,
+                                     pair_weights, anchors)
+
+
 def _classification_term(labels, clean, adversarial):
     """CE on the adversarial logits when training has an attack, else on the clean logits."""
     outputs = adversarial if adversarial is not None else clean
@@ -60,7 +70,7 @@ class SupConMargin(Method):
     def losses(self, labels, clean, adversarial, augmented=None):
         p = self.params
         features = _stacked_embeddings(clean, adversarial if p.adversarial_views else None)
-        values, weights = supcon_margin_per_example(labels, features, p.temperature, p.margin)
+        values, weights = _global_supcon(self, labels, features, p.margin)
         return {"ce": _classification_term(labels, clean, adversarial),
                 "supcon": LossTerm(p.weight * values, weights)}
 
@@ -102,9 +112,7 @@ class Anchor(Method):
     def losses(self, labels, clean, adversarial, augmented=None):
         p = self.params
         features = _stacked_embeddings(clean, augmented, adversarial)
-        pair_weights = hard_positive_weights(labels, features, p.mining, p.hardness)
-        values, weights = supcon_margin_per_example(labels, features, p.temperature, 0.0,
-                                                    pair_weights)
+        values, weights = _global_supcon(self, labels, features, 0.0, p.mining, p.hardness)
         return {"ce_adv": _classification_term(labels, clean, adversarial),
                 "supcon": LossTerm(p.weight * values, weights)}
 
@@ -141,11 +149,12 @@ class ContrastiveAT(Method):
     uses_adversarial = True
     data_views = 2
     loss_names = ("ce_adv", "supcon")
+    objective_uses_global_batch = True
 
     def objective(self, adversarial, labels, reference):
         p = self.params
         features = tf.stack([tf.stop_gradient(reference["embedding"]), adversarial["embedding"]], 1)
-        values, weights = supcon_margin_per_example(labels, features, p.temperature)
+        values, weights = _global_supcon(self, labels, features)
         loss = values * weights
         if p.attack_ce_weight:
             loss += p.attack_ce_weight * cross_entropy_per_example(labels, adversarial["logits"])
@@ -153,7 +162,7 @@ class ContrastiveAT(Method):
 
     def losses(self, labels, clean, adversarial, augmented=None):
         p = self.params
-        values, weights = supcon_margin_per_example(
-            labels, _stacked_embeddings(clean, augmented, adversarial), p.temperature)
+        values, weights = _global_supcon(self, labels,
+                                         _stacked_embeddings(clean, augmented, adversarial))
         return {"ce_adv": _classification_term(labels, clean, adversarial),
                 "supcon": LossTerm(p.weight * values, weights)}

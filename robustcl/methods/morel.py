@@ -19,7 +19,9 @@ Choices where the code leaves room:
   - One training-mode forward of the clean and of the adversarial batch serves every term; the
     public code runs the network again for the feature terms, so BatchNorm sees each batch twice.
   - Attention within a class is one masked attention over the batch (the same softmax as running
-    it class by class); under tf.distribute classes are formed per replica, as per GPU in the code.
+    it class by class). Under tf.distribute it runs over the global batch (gathered from every
+    replica), so N replicas train what one device trains; the public code forms classes per GPU,
+    which `--contrastive_scope=replica` reproduces.
   - Anchors without a same-class positive are left out of the contrastive mean (the code counts
     them as 0).
   - The accuracy term defaults to MART, the default of the published training script.
@@ -104,8 +106,8 @@ class Morel(Method):
     uses_clean = True
     uses_adversarial = True
 
-    def __init__(self, params=None, num_classes=None):
-        super().__init__(params, num_classes)
+    def __init__(self, params=None, contrastive_scope="global"):
+        super().__init__(params, contrastive_scope)
         p = self.params
         self.attack_objective = "kl" if p.accuracy_term == "trades" else "ce"
         accuracy_names = ("ce", "kl") if p.accuracy_term == "trades" else ("boosted_ce", "weighted_kl")
@@ -125,8 +127,12 @@ class Morel(Method):
         p = self.params
         feature_weight = p.k_feature + p.gamma
         accuracy_weight = p.k_accuracy + p.gamma
-        attended = self.class_attention(clean["embedding"], labels, training=True)
-        contrastive, anchors = multi_positive_per_example(labels, attended, p.temperature)
+        # Attention within a class and the contrastive loss see the global batch; this replica's
+        # samples are the anchors.
+        (all_labels, all_embeddings), anchors = self.global_batch((labels, clean["embedding"]))
+        attended = self.class_attention(all_embeddings, all_labels, training=True)
+        contrastive, has_positive = multi_positive_per_example(all_labels, attended, p.temperature,
+                                                               anchors)
         cosine = cosine_alignment_per_example(clean["embedding"], adversarial["embedding"])
         if p.accuracy_term == "trades":
             accuracy = {"ce": cross_entropy_per_example(labels, clean["logits"]),
@@ -138,6 +144,6 @@ class Morel(Method):
         first_accuracy = next(iter(accuracy))
         accuracy[first_accuracy] = accuracy[first_accuracy] - p.reference_accuracy
         terms = {"cosine": LossTerm(feature_weight * (cosine - p.reference_feature)),
-                 "contrastive": LossTerm(feature_weight * p.alpha * contrastive, anchors)}
+                 "contrastive": LossTerm(feature_weight * p.alpha * contrastive, has_positive)}
         terms.update({name: LossTerm(accuracy_weight * values) for name, values in accuracy.items()})
         return terms

@@ -5,6 +5,7 @@ import tensorflow as tf
 
 from robustcl.attacks import OBJECTIVES, attack_from_config
 from robustcl.losses import cross_entropy_per_example as cross_entropy
+from robustcl.losses import global_batch
 
 # Validation attacks draw their random start from a fixed stream, so every evaluation of the same
 # weights gives the same number; training draws a fresh start per optimizer step.
@@ -60,8 +61,8 @@ class AdversarialModel(keras.Model):
         # train_step it also compiles under tf.distribute.
         # autograph=False: the attack's loop is an explicit tf.while_loop, and autograph mis-converts
         # methods' bound `objective` (seen: "tf__layers() takes 1 positional argument").
-        self._attack = (tf.function(self._run_attack, jit_compile=True, autograph=False)
-                        if jit_compile_attack else self._run_attack)
+        self._compiled_attack = (tf.function(self._run_attack, jit_compile=True, autograph=False)
+                                 if jit_compile_attack else None)
         names = ["loss", *method.loss_names, "accuracy", "robust_accuracy", "ce", "robust_ce"]
         self._trackers = {name: keras.metrics.Mean(name=name) for name in names}
         self.built = True  # the network and the method's layers are built; no weights of its own
@@ -88,11 +89,20 @@ class AdversarialModel(keras.Model):
         with strategy.scope():
             self._symbolic_build(data_batch=data_batch)
 
-    def _run_attack(self, attack, objective, x, labels, reference, seed):
+    def _run_attack(self, attack, objective, x, labels, reference, seed, unroll=False):
         def loss_fn(x_adv):
             return objective(self.network(x_adv, training=False), labels, reference)
 
-        return attack(loss_fn, x, seed)
+        return attack(loss_fn, x, seed, unroll)
+
+    def _attack(self, attack, objective, x, labels, reference, seed, exchanges=False):
+        """x_adv from `attack`. exchanges: the objective gathers the global batch, which needs every
+        replica at each step: under several replicas the loop is unrolled and not XLA-compiled
+        (MirroredStrategy synchronizes replicas neither inside a graph loop nor a nested function)."""
+        if exchanges and global_batch.num_replicas() > 1:
+            return self._run_attack(attack, objective, x, labels, reference, seed, unroll=True)
+        run = self._compiled_attack or self._run_attack
+        return run(attack, objective, x, labels, reference, seed)
 
     def _update(self, name, values, weights=None):
         self._trackers[name].update_state(values, sample_weight=weights)
@@ -120,7 +130,9 @@ class AdversarialModel(keras.Model):
             reference = self.network(x, training=False)
             seed = tf.stack([tf.constant(self.seed, tf.int64),
                              tf.cast(self.optimizer.iterations, tf.int64)])
-            x_adv = self._attack(self._train_attack, self._objective, x, labels, reference, seed)
+            x_adv = self._attack(self._train_attack, self._objective, x, labels, reference, seed,
+                                 exchanges=(self.method.objective_uses_global_batch
+                                            and self.method.contrastive_scope == "global"))
 
         variables = self.trainable_variables
         with tf.GradientTape() as tape:
@@ -142,8 +154,11 @@ class AdversarialModel(keras.Model):
         # decay included, as torch.optim.SGD skips parameters without a gradient.
         pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
         if self.weight_decay:
-            share = self.weight_decay / tf.distribute.get_replica_context().num_replicas_in_sync
-            pairs = [(g + share * tf.cast(v, g.dtype), v) for g, v in pairs]
+            # These are gradients of the scaled loss (mixed_float16's loss scaling): scale the
+            # decay alike, so that LossScaleOptimizer's unscaling leaves weight_decay * v.
+            share = self.optimizer.scale_loss(
+                self.weight_decay / tf.distribute.get_replica_context().num_replicas_in_sync)
+            pairs = [(g + tf.cast(share, g.dtype) * tf.cast(v, g.dtype), v) for g, v in pairs]
         self.optimizer.apply([g for g, _ in pairs], [v for _, v in pairs])
 
         reported.append(self._update("loss", _global_sum(loss)))

@@ -37,8 +37,10 @@ def build_model(config, num_classes, mean, std, image_shape, strategy):
     network = models.build(config.model.name, num_classes, mean, std, image_shape,
                            embedding_dim=config.model.embedding_dim,
                            embedding_head=config.model.embedding_head,
-                           synchronized_bn=strategy.num_replicas_in_sync > 1)
-    return AdversarialModel(network, method_class(config.method.params, num_classes),
+                           synchronized_bn=(config.run.sync_batchnorm
+                                            and strategy.num_replicas_in_sync > 1))
+    return AdversarialModel(network, method_class(config.method.params,
+                                                  config.run.contrastive_scope),
                             config.train_attack, config.val_attack,
                             weight_decay=config.optimizer.weight_decay, seed=config.run.seed,
                             jit_compile_attack=config.run.jit_compile)
