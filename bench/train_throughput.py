@@ -1,13 +1,21 @@
 #!/usr/bin/env python
-"""Images/second of the training step, one line per configuration, plus a JSON file.
+"""Images/second of the training step, as a fraction of the machine's measured peak: one line per
+figure, plus a JSON file.
 
-    python bench/train_throughput.py [--models tiny,resnet18] [--methods pgd_at] \
-        [--modes graph,xla] [--precisions float32,mixed_bfloat16] [--steps 5] [--output FILE]
+    python bench/train_throughput.py [--models tiny,resnet18] [--methods pgd_at,morel] \
+        [--modes graph,xla] [--precisions float32,mixed_bfloat16] [--batch_size 64] [--steps 3]
+    python bench/train_throughput.py --replicas 2 --scopes global,replica --models tiny \
+        --methods supcon_margin,morel       # the cost of gathering the global batch
 
-Each configuration builds a fresh model, runs `--warmup` steps (tracing and, with XLA, compiling;
-reported as first_step_s) and then times `--steps` steps of the real AdversarialModel.train_step on a
-fixed batch of random images (throughput does not depend on pixel values). "xla" compiles the attack
-with XLA, as --jit_compile=true does in training.
+It first prints the CPU (model, bfloat16 flags) and what --precision=auto resolves to, then
+measures the peak of this machine in the same run: a 2048^3 matmul and a 3x3 convolution of 128
+channels on a 32x32 batch, in float32 and bfloat16. Each configuration then builds a fresh model,
+runs `--warmup` steps (tracing; reported as first_step_s) and times `--steps` steps (one `fit`,
+mean per step) of the real AdversarialModel.train_step on a fixed batch of random images (throughput does not depend on pixel
+values). Its GFLOP/s is images/s x FLOPs per image of one step (Method.forward_passes_per_step x
+robustcl.models.forward_flops); the fraction is of the convolution peak in the same precision. "xla" compiles the attack with XLA (--jit_compile=true).
+With --replicas 2 the CPU is split into 2 logical devices and the step runs under MirroredStrategy,
+once per --scopes value (--contrastive_scope).
 """
 
 import argparse
@@ -16,82 +24,154 @@ import os
 import platform
 import time
 
-import keras
 import numpy as np
-import tensorflow as tf
-
-from robustcl import methods, models
-from robustcl.config import AttackConfig
-from robustcl.training.model import AdversarialModel
 
 
-def measure(method_name, model_name, mode, precision, batch_size, attack_steps, steps, warmup):
+def _split_cpu(replicas):
+    import tensorflow as tf
+
+    if replicas > 1:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(replicas)])
+
+
+def _fastest(fn, repeats):
+    """The fastest of `repeats` timed calls after a warm-up: a peak is the best the machine does
+    (the cores are shared, so a median would fold other load into it)."""
+    fn()  # warm-up: tracing, allocation
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.min(times))
+
+
+def measure_peaks(repeats=10):
+    """GFLOP/s of a large matmul and a ResNet-like convolution, float32 and bfloat16."""
+    import tensorflow as tf
+
+    peaks = {}
+    for dtype in ("float32", "bfloat16"):
+        a = tf.random.uniform([2048, 2048], dtype=tf.float32)
+        a = tf.cast(a, dtype)
+        matmul = tf.function(lambda: tf.matmul(a, a))
+        seconds = _fastest(lambda: matmul().numpy(), repeats)
+        peaks[f"matmul_{dtype}"] = 2 * 2048 ** 3 / seconds / 1e9
+        x = tf.cast(tf.random.uniform([32, 32, 32, 128]), dtype)
+        k = tf.cast(tf.random.uniform([3, 3, 128, 128]), dtype)
+        conv = tf.function(lambda: tf.nn.conv2d(x, k, 1, "SAME"))
+        seconds = _fastest(lambda: conv().numpy(), repeats)
+        peaks[f"conv_{dtype}"] = 2 * 32 * 32 * 32 * 9 * 128 * 128 / seconds / 1e9
+    return peaks
+
+
+def measure(method_name, model_name, mode, precision, batch_size, attack_steps, steps, warmup,
+            strategy, scope):
+    import keras
+    import tensorflow as tf
+
+    from robustcl import methods, models
+    from robustcl.config import AttackConfig
+    from robustcl.training.model import AdversarialModel
+
     keras.mixed_precision.set_global_policy(precision)
     keras.utils.set_random_seed(0)
     try:
-        method = methods.get(method_name)()
-        # Contrastive methods train a 128-d embedding head, as their flagfiles configure.
-        contrastive = method_name in ("morel", "supcon_margin", "anchor", "contrastive_at")
-        network = models.build(model_name, 10, (0.49, 0.48, 0.45), (0.25, 0.24, 0.26),
-                               embedding_dim=128 if contrastive else 0,
-                               embedding_head="linear" if method_name == "morel" else "mlp")
-        attack = AttackConfig(steps=attack_steps)
-        model = AdversarialModel(network, method, attack, attack, weight_decay=5e-4,
-                                 jit_compile_attack=(mode == "xla"))
-        model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), jit_compile=False)
+        method_class = methods.get(method_name)
+        with strategy.scope():
+            method = method_class(contrastive_scope=scope)
+            network = models.build(model_name, 10, (0.49, 0.48, 0.45), (0.25, 0.24, 0.26),
+                                   embedding_dim=method.embedding_dim,
+                                   embedding_head=method.embedding_head or "mlp",
+                                   synchronized_bn=strategy.num_replicas_in_sync > 1)
+            attack = AttackConfig(steps=attack_steps)
+            model = AdversarialModel(network, method, attack, attack, weight_decay=5e-4,
+                                     jit_compile_attack=(mode == "xla"))
+            model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), jit_compile=False)
         rng = np.random.default_rng(0)
         x = rng.uniform(size=(batch_size, 32, 32, 3)).astype("float32")
         y = rng.integers(0, 10, size=batch_size).astype("int32")
         # Two-view methods get their second augmentation, as the data pipeline provides it.
         inputs = (x, x[:, :, ::-1].copy()) if method.data_views == 2 else x
+        dataset = tf.data.Dataset.from_tensors((inputs, y)).repeat()
         start = time.perf_counter()
-        for _ in range(warmup):
-            model.train_on_batch(inputs, y)
+        model.fit(dataset, steps_per_epoch=warmup, epochs=1, verbose=0)
         first = time.perf_counter() - start
-        times = []
-        for _ in range(steps):
-            start = time.perf_counter()
-            logs = model.train_on_batch(inputs, y, return_dict=True)
-            times.append(time.perf_counter() - start)
-        assert np.isfinite(logs["loss"]), logs
+        start = time.perf_counter()
+        history = model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0)
+        step = (time.perf_counter() - start) / steps
+        loss = history.history["loss"][-1]
+        assert np.isfinite(loss), history.history
+        flops = models.forward_flops(network) * method.forward_passes_per_step(attack_steps)
     finally:
         keras.mixed_precision.set_global_policy("float32")
-    step = float(np.median(times))
     return {"method": method_name, "model": model_name, "mode": mode, "precision": precision,
+            "replicas": strategy.num_replicas_in_sync, "contrastive_scope": scope,
             "batch_size": batch_size, "attack_steps": attack_steps, "steps_timed": steps,
-            "step_s_median": step, "step_s_min": float(np.min(times)),
-            "images_per_s": batch_size / step, "first_step_s": first}
+            "step_s": step, "images_per_s": batch_size / step, "first_step_s": first,
+            "gflop_per_image_step": flops / 1e9, "gflop_per_s": batch_size * flops / step / 1e9}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="tiny,resnet18")
-    parser.add_argument("--methods", default=",".join(methods.METHODS.names()))
-    parser.add_argument("--modes", default="graph,xla")
+    parser.add_argument("--methods", default=None, help="default: every registered method")
+    parser.add_argument("--modes", default="graph")
     parser.add_argument("--precisions", default="float32,mixed_bfloat16")
-    parser.add_argument("--batch_size", type=int, default=128)
+    parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--attack_steps", type=int, default=10)
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per configuration")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per configuration")
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--replicas", type=int, default=1)
+    parser.add_argument("--scopes", default="global", help="--contrastive_scope values to time")
     parser.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "results",
                                                          "train_throughput.json"))
     args = parser.parse_args()
+    _split_cpu(args.replicas)
+    import keras
+    import tensorflow as tf
+
+    from robustcl import hardware, methods
+
+    machine = hardware.detect()
+    auto = hardware.auto_precision(machine)
+    print(f"cpu: {machine.describe()}", flush=True)
+    print(f"precision auto resolves to: {auto}", flush=True)
+    peaks = measure_peaks()
+    for name, value in peaks.items():
+        print(f"peak {name}: {value:.1f} GFLOP/s", flush=True)
+    if args.replicas > 1:
+        devices = [d.name for d in tf.config.list_logical_devices("CPU")]
+        strategy = tf.distribute.MirroredStrategy(devices)
+    else:
+        strategy = tf.distribute.get_strategy()
+    method_names = args.methods.split(",") if args.methods else methods.METHODS.names()
     results = []
     for model_name in args.models.split(","):
-        for method_name in args.methods.split(","):
+        for method_name in method_names:
             for mode in args.modes.split(","):
                 for precision in args.precisions.split(","):
-                    r = measure(method_name, model_name, mode, precision, args.batch_size,
-                                args.attack_steps, args.steps, args.warmup)
-                    results.append(r)
-                    print(f"{r['method']} {r['model']} {r['mode']} {r['precision']}: "
-                          f"{r['images_per_s']:.1f} images/s (step {r['step_s_median']:.3f} s, "
-                          f"first step {r['first_step_s']:.1f} s)", flush=True)
+                    for scope in args.scopes.split(","):
+                        r = measure(method_name, model_name, mode, precision, args.batch_size,
+                                    args.attack_steps, args.steps, args.warmup, strategy, scope)
+                        peak = peaks["conv_bfloat16" if "bfloat16" in precision else "conv_float32"]
+                        r["fraction_of_conv_peak"] = r["gflop_per_s"] / peak
+                        results.append(r)
+                        print(f"{r['method']} {r['model']} {r['mode']} {r['precision']} "
+                              f"replicas={r['replicas']} scope={scope} batch={args.batch_size}: "
+                              f"{r['images_per_s']:.2f} images/s (step {r['step_s']:.3f} s, "
+                              f"first {r['first_step_s']:.1f} s), {r['gflop_per_s']:.1f} GFLOP/s = "
+                              f"{100 * r['fraction_of_conv_peak']:.1f}% of the {precision} conv "
+                              "peak", flush=True)
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     with open(args.output, "w") as f:
         json.dump({"benchmark": "train_throughput", "tensorflow": tf.__version__,
                    "keras": keras.__version__, "machine": platform.machine(),
-                   "cpus": os.cpu_count(), "gpus": len(tf.config.list_physical_devices("GPU")),
+                   "cpu_model": machine.cpu_model, "cpu_flags": list(machine.cpu_flags),
+                   "auto_precision": auto, "cpus": os.cpu_count(),
+                   "gpus": len(tf.config.list_physical_devices("GPU")), "peaks_gflop_s": peaks,
                    "results": results}, f, indent=2)
     print(f"wrote {args.output}")
 

@@ -8,6 +8,7 @@ config as JSON (`to_json`) and `from_json` reads it back, e.g. for evaluation or
 import dataclasses
 import json
 import math
+import os
 from typing import Any, Optional, Tuple
 
 NORMS = ("linf", "l2")
@@ -271,4 +272,67 @@ class EvaluationConfig:
             _check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
         _check(self.projector_examples >= 0, "projector_examples",
                f"must be >= 0, got {self.projector_examples}")
+        return self
+
+
+@dataclasses.dataclass(frozen=True)
+class ReproCell:
+    """One method setting of the reproduction grid: its method flagfile and flags of its own."""
+
+    name: str
+    method_flagfile: str
+    extra_flags: Tuple[str, ...] = ()
+
+
+REPRO_EVAL_ATTACKS = ("fgsm", "pgd", "cw", "autoattack")
+
+
+@dataclasses.dataclass(frozen=True)
+class ReproduceConfig:
+    """bench/reproduce.py: which cells, seeds and protocol; where runs and the record go."""
+
+    cells: Tuple[ReproCell, ...]
+    seeds: Tuple[int, ...]
+    train_flagfile: str  # the protocol's training settings, applied after each method flagfile
+    data_dir: str
+    runs_dir: str
+    record_dir: str
+    record_name: str
+    eval_examples: int = 1000
+    eval_attacks: Tuple[str, ...] = REPRO_EVAL_ATTACKS
+    pgd_steps: int = 20
+    apgd_iterations: int = 100
+    square_queries: int = 5000
+    eval_batch_size: int = 500
+    parallel: int = 1
+    threads_per_cell: int = 0  # 0: TensorFlow's default (every core)
+
+    def validate(self):
+        _check(bool(self.cells), "cell", "name at least one cell (--cell=NAME METHOD_FLAGFILE [FLAGS])")
+        names = [c.name for c in self.cells]
+        _check(len(set(names)) == len(names), "cell", f"cell names repeat: {names}")
+        for cell in self.cells:
+            _check(cell.name.replace("_", "").isalnum(), "cell",
+                   f"{cell.name!r}: a cell name is letters, digits and _ (it names a directory)")
+            _check(os.path.isfile(cell.method_flagfile), "cell",
+                   f"{cell.name}: no flagfile {cell.method_flagfile}")
+            bad = [f for f in cell.extra_flags if not f.startswith("--")]
+            _check(not bad, "cell", f"{cell.name}: extra flags must start with --, got {bad}")
+        _check(bool(self.seeds) and len(set(self.seeds)) == len(self.seeds), "seeds",
+               f"give distinct seeds, got {list(self.seeds)}")
+        _check(os.path.isfile(self.train_flagfile), "train_flagfile",
+               f"no flagfile {self.train_flagfile!r}")
+        _check(bool(self.data_dir) and os.path.exists(self.data_dir), "data_dir",
+               f"{self.data_dir!r} does not exist (CIFAR-10 in the official layout: "
+               "python ../shared/data/make_cifar10.py DIR)")
+        for name in ("runs_dir", "record_dir", "record_name"):
+            _check(bool(getattr(self, name)), name, "is required")
+        unknown = [a for a in self.eval_attacks if a not in EVAL_ATTACKS]
+        _check(not unknown and self.eval_attacks, "eval_attacks",
+               f"unknown {', '.join(unknown) or 'empty list'}; known: {', '.join(EVAL_ATTACKS)}")
+        _check("pgd" in self.eval_attacks, "eval_attacks", "must include pgd (the last checkpoint's row)")
+        for name in ("eval_examples", "pgd_steps", "apgd_iterations", "square_queries",
+                     "eval_batch_size", "parallel"):
+            _check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+        _check(self.threads_per_cell >= 0, "threads_per_cell", f"must be >= 0, got {self.threads_per_cell}")
         return self

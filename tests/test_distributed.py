@@ -51,7 +51,7 @@ def _inputs(method_class, x):
 
 
 def _network(method_name, embedding):
-    head = "linear" if method_name == "morel" else "mlp"
+    head = methods.get(method_name).embedding_head or "mlp"
     return models.build("tiny", 4, (0.5,) * 3, (0.25,) * 3, embedding_dim=embedding,
                         embedding_head=head, synchronized_bn=True)
 

@@ -14,8 +14,8 @@ from tests.conftest import template_batch
 def _model(name, **params):
     method_class = methods.get(name)
     method = method_class(method_class.Params(**params))
-    head = "linear" if name == "morel" else "mlp"
-    network = models.build("tiny", 10, (0.5,) * 3, (0.25,) * 3, embedding_dim=16, embedding_head=head)
+    network = models.build("tiny", 10, (0.5,) * 3, (0.25,) * 3, embedding_dim=16,
+                           embedding_head=method_class.embedding_head or "mlp")
     model = AdversarialModel(network, method, AttackConfig(steps=2), AttackConfig(steps=2),
                              weight_decay=5e-4, seed=3)
     model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))

@@ -367,3 +367,56 @@ def serve_test_args_from_flags(flag_values=FLAGS):
     return {k: f[k].value for k in ("server", "model", "model_version", "saved_model", "data_dir",
                                     "dataset", "num_examples", "eps", "pgd_steps", "square_queries",
                                     "chunk", "output_dir", "timeout", "max_retries", "max_batch", "seed")}
+
+
+def define_reproduce_flags(flag_values=FLAGS):
+    r = cfg.ReproduceConfig
+    flags.DEFINE_multi_string("cell", [], "A cell of the grid: 'NAME METHOD_FLAGFILE [--flag=value "
+                              "...]' (repeat the flag, one cell each).", flag_values=flag_values)
+    flags.DEFINE_list("seeds", ["0", "1"], "Seeds; every cell trains once per seed.",
+                      flag_values=flag_values)
+    flags.DEFINE_string("train_flagfile", None, "Training settings of the protocol (network, data "
+                        "subset, epochs, batch, optimizer, schedule, threat model), applied after "
+                        "each cell's method flagfile so every method trains alike.",
+                        flag_values=flag_values)
+    flags.DEFINE_string("data_dir", None, "CIFAR-10 in the official layout (archive or folder).",
+                        flag_values=flag_values)
+    flags.DEFINE_string("runs_dir", None, "Where the runs go: RUNS_DIR/<cell>/seed<S>/ (TensorBoard "
+                        "logs, checkpoints, evaluation reports).", flag_values=flag_values)
+    flags.DEFINE_string("record_dir", "docs/results", "Where the record goes.", flag_values=flag_values)
+    flags.DEFINE_string("record_name", None, "The record's file name: RECORD_DIR/NAME.md, .json, .png.",
+                        flag_values=flag_values)
+    flags.DEFINE_integer("eval_examples", r.eval_examples, "First N test images evaluated.",
+                         flag_values=flag_values)
+    flags.DEFINE_list("eval_attacks", list(r.eval_attacks), "Attacks on the best checkpoint (the "
+                      "last checkpoint gets clean and PGD).", flag_values=flag_values)
+    flags.DEFINE_integer("pgd_steps", r.pgd_steps, "PGD and CW steps.", flag_values=flag_values)
+    flags.DEFINE_integer("apgd_iterations", r.apgd_iterations, "APGD iterations (AutoAttack: 100).",
+                         flag_values=flag_values)
+    flags.DEFINE_integer("square_queries", r.square_queries, "Square queries (AutoAttack: 5000).",
+                         flag_values=flag_values)
+    flags.DEFINE_integer("eval_batch_size", r.eval_batch_size, "Attack batch size.",
+                         flag_values=flag_values)
+    flags.DEFINE_integer("parallel", r.parallel, "Cells run at once (one process each).",
+                         flag_values=flag_values)
+    flags.DEFINE_integer("threads_per_cell", r.threads_per_cell, "TensorFlow threads per cell's "
+                         "process (0: TensorFlow's default).", flag_values=flag_values)
+
+
+def _repro_cell(spec):
+    parts = spec.split()
+    if len(parts) < 2:
+        raise cfg.ConfigError(f"--cell: expected 'NAME METHOD_FLAGFILE [--flag=value ...]', got {spec!r}")
+    return cfg.ReproCell(parts[0], parts[1], tuple(parts[2:]))
+
+
+def reproduce_config_from_flags(flag_values=FLAGS):
+    f = flag_values
+    return cfg.ReproduceConfig(
+        cells=tuple(_repro_cell(spec) for spec in f.cell), seeds=_int_list("seeds", f.seeds),
+        train_flagfile=f.train_flagfile or "", data_dir=f.data_dir or "", runs_dir=f.runs_dir or "",
+        record_dir=f.record_dir or "", record_name=f.record_name or "",
+        eval_examples=f.eval_examples, eval_attacks=tuple(f.eval_attacks), pgd_steps=f.pgd_steps,
+        apgd_iterations=f.apgd_iterations, square_queries=f.square_queries,
+        eval_batch_size=f.eval_batch_size, parallel=f.parallel,
+        threads_per_cell=f.threads_per_cell).validate()

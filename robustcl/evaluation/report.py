@@ -71,12 +71,14 @@ def plot(report, output_dir):
 
 
 def write(report, output_dir, tensorboard_dir=None, step=0):
+    """Writes report.md, the plots and, last and atomically, report.json: a report.json on disk
+    means the whole evaluation finished (the reproduction grid resumes by it)."""
+    from robustcl.training.callbacks import atomic_write_text
+
     os.makedirs(output_dir, exist_ok=True)
-    with open(os.path.join(output_dir, "report.json"), "w") as f:
-        json.dump(report, f, indent=2)
-    with open(os.path.join(output_dir, "report.md"), "w") as f:
-        f.write(markdown(report))
+    atomic_write_text(os.path.join(output_dir, "report.md"), markdown(report))
     paths = plot(report, output_dir)
+    atomic_write_text(os.path.join(output_dir, "report.json"), json.dumps(report, indent=2))
     if tensorboard_dir:
         import tensorflow as tf
 

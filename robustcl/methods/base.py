@@ -62,6 +62,10 @@ class Method:
     uses_adversarial = True  # losses need the training-mode forward pass of the adversarial batch
     data_views = 1  # 2: the data pipeline yields two augmentations; the second is `augmented`
     loss_names = ()  # names of the terms `losses` returns, in display order
+    # The network the method needs: an embedding head of this kind ("mlp", "linear") and width over
+    # the backbone's features; None: the pooled features serve as the embedding.
+    embedding_head: Optional[str] = None
+    embedding_dim = 0
     # The attack objective compares examples with each other (it calls `global_batch`), so under
     # several replicas every attack step exchanges embeddings between them.
     objective_uses_global_batch = False
@@ -86,6 +90,16 @@ class Method:
     def layers(self):
         """Keras layers the method owns; AdversarialModel tracks, trains and saves their weights."""
         return []
+
+    def forward_passes_per_step(self, attack_steps):
+        """Forward-pass equivalents per image of one training step: one inference pass before the
+        attack, a forward and an input-gradient backward per attack step (2 passes' worth) and, per
+        view trained on, a forward and a backward to activations and weights (3). The FLOPs of a step
+        are this times the network's forward FLOPs (robustcl.models.forward_flops)."""
+        attacks = self.attack_objective is not None
+        trained = (int(self.uses_clean) + int(self.uses_adversarial and attacks)
+                   + int(self.data_views == 2))
+        return (1 + 2 * attack_steps if attacks else 0) + 3 * trained
 
     def global_batch(self, tensors):
         """(tensors of the global batch, anchors): what every loss over pairs of examples compares,

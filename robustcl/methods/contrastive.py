@@ -62,6 +62,8 @@ class SupConMargin(Method):
     """
 
     name = "supcon_margin"
+    embedding_head = "mlp"  # SimCLR/SupCon's projection head
+    embedding_dim = 128
     Params = SupConMarginParams
     uses_clean = True
     uses_adversarial = True
@@ -103,6 +105,8 @@ class Anchor(Method):
     """
 
     name = "anchor"
+    embedding_head = "mlp"  # SimCLR/SupCon's projection head
+    embedding_dim = 128
     Params = AnchorParams
     uses_clean = True
     uses_adversarial = True
@@ -144,6 +148,8 @@ class ContrastiveAT(Method):
     """
 
     name = "contrastive_at"
+    embedding_head = "mlp"  # SimCLR/SupCon's projection head
+    embedding_dim = 128
     Params = ContrastiveATParams
     uses_clean = True
     uses_adversarial = True

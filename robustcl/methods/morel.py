@@ -103,6 +103,8 @@ class MorelParams:
 class Morel(Method):
     name = "morel"
     Params = MorelParams
+    embedding_head = "linear"  # MOREL's feat_layer: one Dense to 128
+    embedding_dim = 128
     uses_clean = True
     uses_adversarial = True
 

@@ -1,0 +1,56 @@
+#!/usr/bin/env python
+"""Reproduces the seeds' claims: every cell x seed trained and evaluated, then the record written.
+
+    python bench/reproduce.py --flagfile=configs/repro_cifar10_cpu.flags [--data_dir=DIR]
+
+Rerunning the same command skips finished cells and continues an interrupted one (see
+robustcl/reproduce.py); the record (RECORD_DIR/NAME.md, .json, .png) is rewritten after every cell.
+Exits 1 if a cell failed (its log is in its run directory), after running all the others.
+"""
+
+import os
+import platform
+import sys
+
+from absl import app
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from robustcl.cli import flags as cli_flags  # noqa: E402  (after the path of a source checkout)
+
+cli_flags.define_reproduce_flags()
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from robustcl.config import ConfigError
+
+    try:
+        config = cli_flags.reproduce_config_from_flags()
+    except ConfigError as error:
+        sys.exit(f"error: {error}")
+    import keras
+    import tensorflow as tf
+
+    from robustcl import hardware, reproduce
+
+    machine = f"{hardware.detect().describe()}, {os.cpu_count()} cores"
+    software = (f"Python {platform.python_version()}, TensorFlow {tf.__version__}, "
+                f"Keras {keras.__version__}")
+    command = "python bench/reproduce.py " + " ".join(argv_ for argv_ in sys.argv[1:])
+    print(f"machine: {machine}\nsoftware: {software}", flush=True)
+
+    def record():
+        reproduce.write_record(config, machine, software, command)
+
+    record()
+    failed = reproduce.run_grid(config, on_cell_done=record)
+    record()
+    print(f"record: {os.path.join(config.record_dir, config.record_name)}.md")
+    if failed:
+        sys.exit("failed: " + ", ".join(f"{cell} seed {seed}" for cell, seed in failed))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,386 @@
+"""The reproduction grid: every cell (a method setting) x seed trained and evaluated by the real
+scripts, resumable cell by cell, and the record written from whatever has finished.
+
+Each cell x seed runs three stages as subprocesses of scripts/train.py and scripts/evaluate.py (so a
+crash in one leaves the others and the grid alive), in RUNS_DIR/<cell>/seed<S>/:
+  train      the cell's method flagfile, then the protocol's train flagfile, then the cell's own
+             flags, with --seed and --model_dir; train.py itself resumes an interrupted run from its
+             backup at the last finished epoch
+  eval_best  the best checkpoint (by validation robust accuracy) under every --eval_attacks
+  eval_last  the last checkpoint: clean and PGD (robust overfitting shows as the gap to best)
+`repro_cell.json` in each run directory says which stages finished, how long each took and with which
+command; a rerun skips finished stages and refuses a run directory made with another command.
+"""
+
+import concurrent.futures
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STAGES = ("train", "eval_best", "eval_last")
+STATE_FILE = "repro_cell.json"
+HARD_CHECK_EXIT = 3  # scripts/evaluate.py: an adversarial input left the threat set, or similar
+
+
+class ReproError(RuntimeError):
+    """A run directory cannot be continued with this command."""
+
+
+def run_dir(config, cell, seed):
+    return os.path.join(config.runs_dir, cell.name, f"seed{seed}")
+
+
+def commands(config, cell, seed):
+    """{stage: argv} for one cell x seed (run from the repository root: flagfiles include others
+    by paths relative to it)."""
+    model_dir = os.path.abspath(run_dir(config, cell, seed))
+    data_dir = os.path.abspath(config.data_dir)
+    python = sys.executable
+    evaluate = [python, os.path.join("scripts", "evaluate.py"), f"--model_dir={model_dir}",
+                f"--data_dir={data_dir}", f"--num_examples={config.eval_examples}",
+                f"--pgd_steps={config.pgd_steps}", f"--apgd_iterations={config.apgd_iterations}",
+                f"--square_queries={config.square_queries}", f"--batch_size={config.eval_batch_size}",
+                "--nosweep", "--projector_examples=0", "--seed=0"]
+    return {
+        "train": [python, os.path.join("scripts", "train.py"), f"--flagfile={cell.method_flagfile}",
+                  f"--flagfile={config.train_flagfile}", *cell.extra_flags, f"--seed={seed}",
+                  f"--data_dir={data_dir}", f"--model_dir={model_dir}"],
+        "eval_best": evaluate + ["--checkpoint=best", f"--attacks={','.join(config.eval_attacks)}"],
+        "eval_last": evaluate + ["--checkpoint=last", "--attacks=pgd"],
+    }
+
+
+def _read_json(path, default=None):
+    if not os.path.isfile(path):
+        return default
+    with open(path) as f:
+        return json.load(f)
+
+
+def _write_json(path, value):
+    from robustcl.training.callbacks import atomic_write_text
+
+    atomic_write_text(path, json.dumps(value, indent=2))
+
+
+def load_state(directory):
+    return _read_json(os.path.join(directory, STATE_FILE), {})
+
+
+def _flagfile_text(path):
+    """A flagfile with the flagfiles it includes, as the command's settings depend on them."""
+    lines = []
+    with open(os.path.join(REPO, path) if not os.path.isabs(path) else path) as f:
+        for line in f:
+            line = line.strip()
+            if line.startswith("--flagfile="):
+                lines += _flagfile_text(line.split("=", 1)[1])
+            elif line and not line.startswith("#"):
+                lines.append(line)
+    return lines
+
+
+def settings(config, cell, seed):
+    """What a run's results depend on: the commands and the flagfiles' contents."""
+    cmds = commands(config, cell, seed)
+    return {"commands": {stage: argv[1:] for stage, argv in cmds.items()},
+            "flagfiles": {path: _flagfile_text(path)
+                          for path in (cell.method_flagfile, config.train_flagfile)}}
+
+
+def _check_same_settings(state, current, directory):
+    if not state:
+        return
+    for key in ("commands", "flagfiles"):
+        old, new = state["settings"][key], current[key]
+        for name in sorted(set(old) | set(new)):
+            if old.get(name) != new.get(name):
+                raise ReproError(
+                    f"{directory} was made with other settings ({key} {name}: {old.get(name)} now "
+                    f"{new.get(name)}); rerun with the settings it was made with, or delete it")
+
+
+def run_cell(config, cell, seed, log=print):
+    """Runs the stages of one cell x seed that have not finished. Returns its state dict."""
+    directory = run_dir(config, cell, seed)
+    os.makedirs(directory, exist_ok=True)
+    state = load_state(directory)
+    current = settings(config, cell, seed)
+    _check_same_settings(state, current, directory)
+    state = state or {"cell": cell.name, "seed": seed, "settings": current, "stages": {}}
+    env = dict(os.environ)
+    if config.threads_per_cell:
+        env["TF_NUM_INTRAOP_THREADS"] = str(config.threads_per_cell)
+        env["TF_NUM_INTEROP_THREADS"] = "1"
+    for stage, argv in commands(config, cell, seed).items():
+        record = state["stages"].get(stage, {})
+        if record.get("status") in ("done", "hard_check_failed"):
+            continue
+        log(f"[{cell.name} seed {seed}] {stage} ...")
+        record["attempts"] = record.get("attempts", 0) + 1
+        state["stages"][stage] = record
+        _write_json(os.path.join(directory, STATE_FILE), state)
+        start = time.perf_counter()
+        with open(os.path.join(directory, f"{stage}.log"), "a") as output:
+            code = subprocess.call(argv, cwd=REPO, env=env, stdout=output, stderr=subprocess.STDOUT)
+        seconds = time.perf_counter() - start
+        # Only a finished invocation's time is known: an interrupted one is lost (counted in
+        # "attempts", so the record can say the time is a lower bound).
+        record["seconds"] = record.get("seconds", 0.0) + seconds
+        if code == 0:
+            record["status"] = "done"
+        elif stage != "train" and code == HARD_CHECK_EXIT:
+            record["status"] = "hard_check_failed"
+        else:
+            record["status"] = f"failed (exit {code})"
+        _write_json(os.path.join(directory, STATE_FILE), state)
+        log(f"[{cell.name} seed {seed}] {stage}: {record['status']} in {seconds:.0f} s")
+        if record["status"].startswith("failed"):
+            break
+    return state
+
+
+def run_grid(config, log=print, on_cell_done=None):
+    """Runs every unfinished cell x seed (config.parallel at once), seed-major so that each seed's
+    whole row of methods finishes before the next seed starts. Returns the failed (cell, seed)s."""
+    jobs = [(cell, seed) for seed in config.seeds for cell in config.cells]
+    lock = threading.Lock()
+    failed = []
+
+    def job(cell, seed):
+        try:
+            state = run_cell(config, cell, seed, log)
+            ok = all(state["stages"].get(s, {}).get("status") in ("done", "hard_check_failed")
+                     for s in STAGES)
+        except ReproError as error:
+            log(f"[{cell.name} seed {seed}] {error}")
+            ok = False
+        with lock:
+            if not ok:
+                failed.append((cell.name, seed))
+            if on_cell_done:
+                on_cell_done()
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=config.parallel) as pool:
+        for future in [pool.submit(job, cell, seed) for cell, seed in jobs]:
+            future.result()
+    return failed
+
+
+# ---- the record -----------------------------------------------------------------------------------
+
+def _row_accuracy(report, attack):
+    for row in report["attacks"]:
+        if row["attack"] == attack:
+            return row["robust_accuracy"]
+    return None
+
+
+def collect(config):
+    """One row per cell x seed with whatever has finished (None where not yet)."""
+    rows = []
+    for cell in config.cells:
+        for seed in config.seeds:
+            directory = run_dir(config, cell, seed)
+            state = load_state(directory)
+            best = _read_json(os.path.join(directory, "evaluation_best", "report.json"))
+            last = _read_json(os.path.join(directory, "evaluation_last", "report.json"))
+            history = _read_json(os.path.join(directory, "history.json"), {})
+            stages = state.get("stages", {})
+            row = {"cell": cell.name, "seed": seed,
+                   "status": {s: stages.get(s, {}).get("status", "not run") for s in STAGES},
+                   "train_seconds": stages.get("train", {}).get("seconds"),
+                   "train_attempts": stages.get("train", {}).get("attempts", 0),
+                   "eval_seconds": sum(stages.get(s, {}).get("seconds", 0.0) for s in STAGES[1:]),
+                   "best_epoch": (history.get("best") or {}).get("epoch"),
+                   "epochs": len(history.get("epochs", []))}
+            if best:
+                row.update({"clean": best["clean_accuracy"], "fgsm": _row_accuracy(best, "fgsm"),
+                            "pgd": _row_accuracy(best, "pgd"), "cw": _row_accuracy(best, "cw"),
+                            "autoattack": _row_accuracy(best, "square"),
+                            "worst_case": best["worst_case_robust_accuracy"],
+                            "num_points": best["num_points"], "warnings": best["warnings"]})
+            if last:
+                row.update({"last_clean": last["clean_accuracy"], "last_pgd": _row_accuracy(last, "pgd")})
+            rows.append(row)
+    return rows
+
+
+METRICS = ("clean", "fgsm", "pgd", "cw", "autoattack", "worst_case", "last_clean", "last_pgd")
+
+
+def summarize(rows):
+    """{cell: {metric: (mean, spread, n)}} over the seeds that have the metric; spread is half the
+    range (with 2 seeds, each seed lies at mean +- spread)."""
+    out = {}
+    for cell in dict.fromkeys(r["cell"] for r in rows):
+        stats = {}
+        for metric in METRICS + ("train_seconds",):
+            values = [r[metric] for r in rows if r["cell"] == cell and r.get(metric) is not None]
+            if values:
+                stats[metric] = (float(np.mean(values)), float((max(values) - min(values)) / 2),
+                                 len(values))
+        out[cell] = stats
+    return out
+
+
+# The seeds' claims, each as: a method cell that should beat baseline cells on metrics.
+CLAIMS = [
+    {"paper": "MOREL (Hotegni & Peitz 2024)",
+     "claim": "MOREL beats TRADES and MART against white-box attacks (and against black-box "
+              "transfer attacks)",
+     "comparisons": [("morel_mart", "mart", ("pgd", "autoattack", "worst_case")),
+                     ("morel_trades", "trades", ("pgd", "autoattack", "worst_case"))],
+     "not_measured": "black-box transfer attacks (the evaluation has no transfer row yet)"},
+    {"paper": "Supervised contrastive learning with a margin",
+     "claim": "the margin gains up to 2.5 points of FGSM accuracy (CIFAR-100, ResNet-18)",
+     "comparisons": [("supcon_margin", "supcon_margin_m0", ("fgsm",))],
+     "not_measured": "CIFAR-100 (here CIFAR-10)"},
+    {"paper": "ANCHOR (Bhattacharya et al. 2023)",
+     "claim": "ANCHOR beats standard adversarial training in clean and PGD-20 accuracy (CIFAR-10, "
+              "eps 0.031)",
+     "comparisons": [("anchor", "pgd_at", ("clean", "pgd"))],
+     "not_measured": ""},
+    {"paper": "Contrastive adversarial training",
+     "claim": "+3.2% on average under PGD and AutoAttack over adversarial training",
+     "comparisons": [("contrastive_at", "pgd_at", ("pgd", "autoattack"))],
+     "not_measured": ""},
+]
+
+
+def judge(summary, method, baseline, metric):
+    """(verdict, text) for method vs baseline on one metric, by the seeds' spread."""
+    if metric not in summary.get(method, {}) or metric not in summary.get(baseline, {}):
+        return "pending", f"{metric}: not measured yet"
+    m, m_spread, m_n = summary[method][metric]
+    b, b_spread, b_n = summary[baseline][metric]
+    gain = 100 * (m - b)
+    text = (f"{metric}: {100 * m:.1f} +- {100 * m_spread:.1f} vs {100 * b:.1f} +- {100 * b_spread:.1f} "
+            f"({gain:+.1f} points; seeds {m_n}/{b_n})")
+    if m - m_spread > b + b_spread:
+        return "held", text
+    if m + m_spread < b - b_spread:
+        return "reversed", text
+    return "not resolved", text
+
+
+def _fmt(value):
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def markdown(config, rows, summary, machine, software, command):
+    lines = [f"# Reproduction record: {config.record_name}", "",
+             "Produced by", "", f"    {command}", "",
+             "Rerunning the same command skips every finished cell and continues an interrupted one; "
+             f"the TensorBoard run directories are written to `{config.runs_dir}/<cell>/seed<S>/` "
+             "(not committed).", "",
+             f"Machine: {machine}. Software: {software}.", ""]
+    done = sum(all(r["status"][s] in ("done", "hard_check_failed") for s in STAGES) for r in rows)
+    lines += [f"Cells finished: {done} of {len(rows)}.", ""]
+    lines += ["## Protocol", "",
+              f"- Training: each cell's method flagfile, then `{config.train_flagfile}` (the same "
+              "network, data subset, epochs, batch, optimizer, schedule and training threat model "
+              "for every method), then the cell's own flags:", ""]
+    for line in _flagfile_text(config.train_flagfile):
+        lines.append(f"      {line}")
+    lines += ["", "  Cells:", ""]
+    for cell in config.cells:
+        extra = " ".join(cell.extra_flags)
+        lines.append(f"  - `{cell.name}`: `{cell.method_flagfile}` {('`' + extra + '`') if extra else ''}")
+    lines += ["", f"- Model selection: the best epoch by validation robust accuracy (validation "
+                  "held out from training; the test set is never used for selection).",
+              f"- Evaluation of the best checkpoint on the first {config.eval_examples} CIFAR-10 test "
+              f"images (exact pixels: ../shared/data/README.md): clean, "
+              f"{', '.join(config.eval_attacks)} (PGD-{config.pgd_steps}, CW-{config.pgd_steps}, "
+              f"AutoAttack standard cascade APGD-CE/APGD-T/FAB-T/Square with {config.apgd_iterations} "
+              f"iterations and {config.square_queries} queries), per-example worst case over all; the "
+              f"last checkpoint gets clean and PGD-{config.pgd_steps}. Threat model L-inf, the "
+              "training run's eps.", ""]
+    lines += ["## Results (accuracy %, best checkpoint unless marked last)", "",
+              "| cell | seed | clean | FGSM | PGD | CW | AA | worst case | last clean | last PGD "
+              "| best epoch | train time | warnings |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r.get("clean") is None and r["status"]["train"] != "done":
+            status = r["status"]["train"]
+            lines.append(f"| {r['cell']} | {r['seed']} | {status} |  |  |  |  |  |  |  |  |  |  |")
+            continue
+        train_time = "-" if r["train_seconds"] is None else f"{r['train_seconds'] / 60:.1f} min"
+        if r["train_attempts"] > 1:
+            train_time += " (resumed: lower bound)"
+        warnings = "; ".join(r.get("warnings", [])) or ""
+        lines.append(
+            f"| {r['cell']} | {r['seed']} | {_fmt(r.get('clean'))} | {_fmt(r.get('fgsm'))} | "
+            f"{_fmt(r.get('pgd'))} | {_fmt(r.get('cw'))} | {_fmt(r.get('autoattack'))} | "
+            f"{_fmt(r.get('worst_case'))} | {_fmt(r.get('last_clean'))} | {_fmt(r.get('last_pgd'))} | "
+            f"{r['best_epoch'] or '-'}/{r['epochs']} | {train_time} | {warnings} |")
+    lines += ["", "Mean +- spread over seeds (spread: half the range):", "",
+              "| cell | seeds | clean | FGSM | PGD | CW | AA | worst case | last clean | last PGD |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for cell, stats in summary.items():
+        cells = []
+        for metric in METRICS:
+            if metric in stats:
+                mean, spread, _ = stats[metric]
+                cells.append(f"{100 * mean:.1f} +- {100 * spread:.1f}")
+            else:
+                cells.append("-")
+        seeds = max((s[2] for s in stats.values()), default=0)
+        lines.append(f"| {cell} | {seeds} | " + " | ".join(cells) + " |")
+    lines += ["", f"![clean vs AutoAttack]({config.record_name}.png)", "", "## The claims", "",
+              "A claim holds here when the method's range over seeds lies above the baseline's, is "
+              "reversed when below, and is not resolved when the ranges overlap (2 seeds cannot tell "
+              "such a difference from noise).", ""]
+    for claim in CLAIMS:
+        lines.append(f"- **{claim['paper']}**: {claim['claim']}.")
+        for method, baseline, metrics in claim["comparisons"]:
+            for metric in metrics:
+                verdict, text = judge(summary, method, baseline, metric)
+                lines.append(f"  - `{method}` vs `{baseline}`, {text}: **{verdict}**")
+        if claim["not_measured"]:
+            lines.append(f"  - Not measured here: {claim['not_measured']}.")
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = [c for c, s in summary.items() if "clean" in s]
+    figure, axes = plt.subplots(figsize=(max(6, 1.1 * len(cells)), 4))
+    index = np.arange(len(cells))
+    for offset, metric, label in ((-0.2, "clean", "clean"), (0.2, "autoattack", "AutoAttack")):
+        means = [100 * summary[c][metric][0] if metric in summary[c] else 0 for c in cells]
+        spreads = [100 * summary[c][metric][1] if metric in summary[c] else 0 for c in cells]
+        axes.bar(index + offset, means, 0.4, yerr=spreads, capsize=3, label=label)
+    axes.set_xticks(index, cells, rotation=30, ha="right")
+    axes.set_ylabel("accuracy % (mean, bars: seed range)")
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def write_record(config, machine, software, command):
+    """Writes RECORD_DIR/NAME.md, .json and .png from every finished stage."""
+    from robustcl.training.callbacks import atomic_write_text
+
+    rows = collect(config)
+    summary = summarize(rows)
+    os.makedirs(config.record_dir, exist_ok=True)
+    base = os.path.join(config.record_dir, config.record_name)
+    _write_json(base + ".json", {"command": command, "machine": machine, "software": software,
+                                 "rows": rows,
+                                 "summary": {c: {m: list(v) for m, v in s.items()}
+                                             for c, s in summary.items()}})
+    plot(summary, base + ".png")
+    atomic_write_text(base + ".md", markdown(config, rows, summary, machine, software, command))
+    return rows, summary

@@ -1,0 +1,159 @@
+"""bench/reproduce.py: a real (tiny) grid through the real scripts, resumed, and its record."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from absl import flags
+
+from robustcl import reproduce
+from robustcl.cli import flags as cli_flags
+from robustcl.config import ConfigError, ReproCell, ReproduceConfig
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _flag_values(argv):
+    values = flags.FlagValues()
+    cli_flags.define_reproduce_flags(values)
+    values(["reproduce.py", *argv])
+    return values
+
+
+def _train_flagfile(tmp_path):
+    path = tmp_path / "train.flags"
+    path.write_text("--flagfile=configs/smoke.flags\n--precision=float32\n--projector_every_epochs=0\n"
+                    "--val_size=32\n--eval_batch_size=32\n")
+    return str(path)
+
+
+@pytest.mark.parametrize("argv, message", [
+    ([], "--cell: name at least one cell"),
+    (["--cell=pgd_at"], "--cell: expected 'NAME METHOD_FLAGFILE"),
+    (["--cell=a configs/pgd_at_cifar10.flags", "--cell=a configs/mart_cifar10.flags"], "names repeat"),
+    (["--cell=a configs/nothing.flags"], "a: no flagfile configs/nothing.flags"),
+    (["--cell=a/b configs/pgd_at_cifar10.flags"], "names a directory"),
+    (["--cell=a configs/pgd_at_cifar10.flags eps=1"], "must start with --"),
+    (["--cell=a configs/pgd_at_cifar10.flags", "--seeds=0,0"], "--seeds: give distinct seeds"),
+    (["--cell=a configs/pgd_at_cifar10.flags", "--eval_attacks=pgd,deepfool"], "unknown deepfool"),
+    (["--cell=a configs/pgd_at_cifar10.flags", "--eval_attacks=fgsm"], "must include pgd"),
+    (["--cell=a configs/pgd_at_cifar10.flags", "--data_dir=/nonexistent"], "--data_dir"),
+])
+def test_bad_grid_flags_are_named(argv, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    base = [f"--train_flagfile={_train_flagfile(tmp_path)}", f"--data_dir={tmp_path}",
+            f"--runs_dir={tmp_path / 'runs'}", "--record_name=r"]
+    with pytest.raises(ConfigError, match=message):
+        cli_flags.reproduce_config_from_flags(_flag_values(base + argv))
+
+
+@pytest.mark.parametrize("flagfile, examples", [("configs/repro_cifar10_cpu.flags", 1000),
+                                                ("configs/repro_cifar10_gpu.flags", 10000)])
+def test_the_repository_grid_flagfiles_parse(flagfile, examples, monkeypatch, tmp_path):
+    monkeypatch.chdir(REPO)
+    config = cli_flags.reproduce_config_from_flags(_flag_values(
+        [f"--flagfile={flagfile}", f"--data_dir={tmp_path}"]))
+    names = [c.name for c in config.cells]
+    assert names == ["standard", "pgd_at", "trades", "mart", "morel_mart", "morel_trades",
+                     "supcon_margin", "supcon_margin_m0", "anchor", "contrastive_at"]
+    assert config.seeds == (0, 1) and config.eval_examples == examples
+    # Every claim compares cells the grid has.
+    for claim in reproduce.CLAIMS:
+        for method, baseline, _ in claim["comparisons"]:
+            assert method in names and baseline in names
+
+
+def test_judge_by_the_seeds_spread():
+    summary = {"m": {"pgd": (0.40, 0.01, 2)}, "b": {"pgd": (0.30, 0.02, 2)},
+               "c": {"pgd": (0.31, 0.02, 2)}}
+    assert reproduce.judge(summary, "m", "b", "pgd")[0] == "held"
+    assert reproduce.judge(summary, "b", "m", "pgd")[0] == "reversed"
+    assert reproduce.judge(summary, "c", "b", "pgd")[0] == "not resolved"
+    assert reproduce.judge(summary, "m", "b", "fgsm")[0] == "pending"
+    assert "+10.0 points" in reproduce.judge(summary, "m", "b", "pgd")[1]
+
+
+@pytest.mark.slow
+def test_tiny_grid_runs_resumes_and_refuses_other_settings(synthetic_cifar10, tmp_path):
+    train_flags = _train_flagfile(tmp_path)
+    argv = [sys.executable, os.path.join(REPO, "bench", "reproduce.py"),
+            "--cell=pgd_at configs/pgd_at_cifar10.flags", "--seeds=3",
+            f"--train_flagfile={train_flags}", f"--data_dir={synthetic_cifar10}",
+            f"--runs_dir={tmp_path / 'runs'}", f"--record_dir={tmp_path / 'record'}",
+            "--record_name=tiny", "--eval_examples=24", "--eval_batch_size=24", "--pgd_steps=3",
+            "--apgd_iterations=3", "--square_queries=10"]
+    first = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-3000:]
+    run = tmp_path / "runs" / "pgd_at" / "seed3"
+    state = json.load(open(run / "repro_cell.json"))
+    assert {s: state["stages"][s]["status"] for s in reproduce.STAGES} == dict.fromkeys(
+        reproduce.STAGES, "done")
+    assert json.load(open(run / "config.json"))["run"]["seed"] == 3
+    best = json.load(open(run / "evaluation_best" / "report.json"))
+    assert best["num_points"] == 24
+    assert {"fgsm", "pgd", "cw", "apgd-ce", "square"} <= {a["attack"] for a in best["attacks"]}
+    last = json.load(open(run / "evaluation_last" / "report.json"))
+    assert [a["attack"] for a in last["attacks"]] == ["pgd"]
+
+    record = json.load(open(tmp_path / "record" / "tiny.json"))
+    (row,) = record["rows"]
+    assert row["clean"] == best["clean_accuracy"] and row["worst_case"] == best["worst_case_robust_accuracy"]
+    assert row["autoattack"] == [a for a in best["attacks"] if a["attack"] == "square"][0]["robust_accuracy"]
+    assert row["last_pgd"] == last["attacks"][0]["robust_accuracy"]
+    text = open(tmp_path / "record" / "tiny.md").read()
+    assert "Cells finished: 1 of 1." in text and "| pgd_at | 3 |" in text
+    assert os.path.getsize(tmp_path / "record" / "tiny.png") > 1000
+
+    # The same command again: nothing left to do, nothing rerun.
+    again = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "] train ..." not in again.stdout and "] eval_best ..." not in again.stdout
+    assert json.load(open(run / "repro_cell.json")) == state
+
+    # Other settings for the same run directory are refused, naming the difference.
+    other = subprocess.run([a if a != "--pgd_steps=3" else "--pgd_steps=4" for a in argv], cwd=REPO,
+                           capture_output=True, text=True, timeout=300)
+    assert other.returncode != 0
+    assert "was made with other settings" in other.stdout and "--pgd_steps=4" in other.stdout
+
+
+def test_settings_include_the_flagfiles_contents(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    train = tmp_path / "train.flags"
+    train.write_text("# comment\n--flagfile=configs/smoke.flags\n--epochs=3\n")
+    config = ReproduceConfig(cells=(ReproCell("pgd_at", "configs/pgd_at_cifar10.flags"),), seeds=(0,),
+                             train_flagfile=str(train), data_dir=str(tmp_path),
+                             runs_dir=str(tmp_path / "runs"), record_dir=str(tmp_path), record_name="r")
+    found = reproduce.settings(config, config.cells[0], 0)["flagfiles"]
+    assert "--model=tiny" in found[str(train)] and found[str(train)][-1] == "--epochs=3"
+    assert "--method=pgd_at" in found["configs/pgd_at_cifar10.flags"]
+    assert "--dataset=cifar10" in found["configs/pgd_at_cifar10.flags"]  # from the base it includes
+
+
+@pytest.mark.parametrize("grid", ["configs/repro_cifar10_cpu.flags", "configs/repro_cifar10_gpu.flags"])
+def test_every_cell_of_the_grids_is_a_valid_training_config(grid, monkeypatch, tmp_path):
+    """Each cell's training command (method flagfile, then the protocol, then the cell's flags)
+    gives a valid config with the protocol's network, schedule and threat model."""
+    monkeypatch.chdir(REPO)
+    config = cli_flags.reproduce_config_from_flags(_flag_values([f"--flagfile={grid}",
+                                                                 f"--data_dir={tmp_path}"]))
+    trained = []
+    for cell in config.cells:
+        argv = reproduce.commands(config, cell, 0)["train"][2:]
+        values = flags.FlagValues()
+        cli_flags.define_train_flags(values)
+        values(["train.py", *argv])
+        train_config = cli_flags.config_from_flags(values)
+        trained.append((train_config.model.name, train_config.optimizer.epochs,
+                        train_config.optimizer.learning_rate, train_config.data.batch_size,
+                        train_config.train_attack.eps, train_config.train_attack.steps))
+        if cell.name == "standard":
+            assert train_config.train_attack.name == "none"
+        if cell.name == "supcon_margin_m0":
+            assert train_config.method.params.margin == 0.0
+        if cell.name == "morel_trades":
+            assert train_config.method.params.accuracy_term == "trades"
+    assert len(set(trained)) == 1, trained  # one protocol for every method
+    assert trained[0][4] == pytest.approx(8 / 255)
