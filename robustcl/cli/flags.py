@@ -240,6 +240,15 @@ def config_from_flags(flag_values=FLAGS):
     return config.validate()
 
 
+def _define_attack_budget_flags(defaults, flag_values):
+    """The evaluation attacks' budgets, shared by evaluate.py and reproduce.py."""
+    flags.DEFINE_integer("pgd_steps", defaults.pgd_steps, "PGD and CW steps.", flag_values=flag_values)
+    flags.DEFINE_integer("apgd_iterations", defaults.apgd_iterations, "APGD iterations (AutoAttack: "
+                         "100).", flag_values=flag_values)
+    flags.DEFINE_integer("square_queries", defaults.square_queries, "Square queries (AutoAttack: "
+                         "5000).", flag_values=flag_values)
+
+
 def define_evaluate_flags(flag_values=FLAGS):
     e = cfg.EvaluationConfig()
     flags.DEFINE_string("model_dir", None, "Training run directory to evaluate.", flag_values=flag_values)
@@ -257,12 +266,8 @@ def define_evaluate_flags(flag_values=FLAGS):
                       flag_values=flag_values)
     flags.DEFINE_string("norm", None, "linf or l2 (default: the training run's).", flag_values=flag_values)
     _define_fraction("eps", None, "Budget, e.g. 8/255 (default: the training run's).", flag_values)
-    flags.DEFINE_integer("pgd_steps", e.pgd_steps, "PGD and CW steps.", flag_values=flag_values)
+    _define_attack_budget_flags(e, flag_values)
     flags.DEFINE_integer("pgd_restarts", e.pgd_restarts, "PGD and CW random restarts.",
-                         flag_values=flag_values)
-    flags.DEFINE_integer("apgd_iterations", e.apgd_iterations, "APGD iterations (AutoAttack: 100).",
-                         flag_values=flag_values)
-    flags.DEFINE_integer("square_queries", e.square_queries, "Square queries (AutoAttack: 5000).",
                          flag_values=flag_values)
     flags.DEFINE_bool("sweep", e.sweep, "Accuracy vs eps sweep.", flag_values=flag_values)
     flags.DEFINE_string("sweep_attack", e.sweep_attack, f"Attack of the sweep: "
@@ -390,11 +395,7 @@ def define_reproduce_flags(flag_values=FLAGS):
                          flag_values=flag_values)
     flags.DEFINE_list("eval_attacks", list(r.eval_attacks), "Attacks on the best checkpoint (the "
                       "last checkpoint gets clean and PGD).", flag_values=flag_values)
-    flags.DEFINE_integer("pgd_steps", r.pgd_steps, "PGD and CW steps.", flag_values=flag_values)
-    flags.DEFINE_integer("apgd_iterations", r.apgd_iterations, "APGD iterations (AutoAttack: 100).",
-                         flag_values=flag_values)
-    flags.DEFINE_integer("square_queries", r.square_queries, "Square queries (AutoAttack: 5000).",
-                         flag_values=flag_values)
+    _define_attack_budget_flags(r, flag_values)
     flags.DEFINE_integer("eval_batch_size", r.eval_batch_size, "Attack batch size.",
                          flag_values=flag_values)
     flags.DEFINE_integer("parallel", r.parallel, "Cells run at once (one process each).",
