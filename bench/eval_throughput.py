@@ -21,7 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from robustcl import models
+from robustcl import hardware, models
 from robustcl.evaluation.suite import Attacker, autoattack_cascade
 
 
@@ -36,6 +36,8 @@ def main():
                                                          "eval_throughput.json"))
     args = parser.parse_args()
     eps = args.eps if args.eps is not None else {"linf": 8 / 255, "l2": 0.5}[args.norm]
+    machine = hardware.detect()
+    print(f"cpu: {machine.describe()}", flush=True)
     results = []
     rng = np.random.default_rng(0)
     for model_name in args.models.split(","):
@@ -73,7 +75,9 @@ def main():
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     with open(args.output, "w") as f:
         json.dump({"benchmark": "eval_throughput", "tensorflow": tf.__version__,
-                   "machine": platform.machine(), "cpus": os.cpu_count(), "results": results}, f, indent=2)
+                   "machine": platform.machine(), "cpu_model": machine.cpu_model,
+                   "cpu_flags": list(machine.cpu_flags), "cpus": os.cpu_count(), "results": results},
+                  f, indent=2)
     print(f"wrote {args.output}")
 
 

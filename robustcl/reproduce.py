@@ -281,8 +281,17 @@ def markdown(config, rows, summary, machine, software, command):
              f"the TensorBoard run directories are written to `{config.runs_dir}/<cell>/seed<S>/` "
              "(not committed).", "",
              f"Machine: {machine}. Software: {software}.", ""]
-    done = sum(all(r["status"][s] in ("done", "hard_check_failed") for s in STAGES) for r in rows)
-    lines += [f"Cells finished: {done} of {len(rows)}.", ""]
+    finished = [r for r in rows if all(r["status"][s] in ("done", "hard_check_failed") for s in STAGES)]
+    lines += [f"Cells finished: {len(finished)} of {len(rows)}."]
+    if finished:
+        train = np.mean([r["train_seconds"] for r in finished]) / 60
+        evaluate = np.mean([r["eval_seconds"] for r in finished]) / 60
+        lines.append(f"Measured per finished cell: {train:.1f} min training + {evaluate:.1f} min "
+                     f"evaluation on average; with {config.parallel} cell(s) at a time "
+                     f"(--threads_per_cell={config.threads_per_cell}) the whole grid of {len(rows)} "
+                     f"takes about {len(rows) * (train + evaluate) / config.parallel / 60:.1f} h of "
+                     "wall time on this machine.")
+    lines.append("")
     lines += ["## Protocol", "",
               f"- Training: each cell's method flagfile, then `{config.train_flagfile}` (the same "
               "network, data subset, epochs, batch, optimizer, schedule and training threat model "
@@ -304,12 +313,12 @@ def markdown(config, rows, summary, machine, software, command):
               "training run's eps.", ""]
     lines += ["## Results (accuracy %, best checkpoint unless marked last)", "",
               "| cell | seed | clean | FGSM | PGD | CW | AA | worst case | last clean | last PGD "
-              "| best epoch | train time | warnings |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| best epoch | train time | eval time | warnings |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r.get("clean") is None and r["status"]["train"] != "done":
             status = r["status"]["train"]
-            lines.append(f"| {r['cell']} | {r['seed']} | {status} |  |  |  |  |  |  |  |  |  |  |")
+            lines.append(f"| {r['cell']} | {r['seed']} | {status} |" + "  |" * 11)
             continue
         train_time = "-" if r["train_seconds"] is None else f"{r['train_seconds'] / 60:.1f} min"
         if r["train_attempts"] > 1:
@@ -319,7 +328,8 @@ def markdown(config, rows, summary, machine, software, command):
             f"| {r['cell']} | {r['seed']} | {_fmt(r.get('clean'))} | {_fmt(r.get('fgsm'))} | "
             f"{_fmt(r.get('pgd'))} | {_fmt(r.get('cw'))} | {_fmt(r.get('autoattack'))} | "
             f"{_fmt(r.get('worst_case'))} | {_fmt(r.get('last_clean'))} | {_fmt(r.get('last_pgd'))} | "
-            f"{r['best_epoch'] or '-'}/{r['epochs']} | {train_time} | {warnings} |")
+            f"{r['best_epoch'] or '-'}/{r['epochs']} | {train_time} | {r['eval_seconds'] / 60:.1f} min | "
+            f"{warnings} |")
     lines += ["", "Mean +- spread over seeds (spread: half the range):", "",
               "| cell | seeds | clean | FGSM | PGD | CW | AA | worst case | last clean | last PGD |",
               "|---|---|---|---|---|---|---|---|---|---|"]
