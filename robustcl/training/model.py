@@ -52,6 +52,8 @@ class AdversarialModel(keras.Model):
         self.weight_decay = float(weight_decay)
         self.seed = int(seed)
         self._objective = method.objective if method.attack_objective else None
+        self._objective_exchanges = (method.objective_uses_global_batch
+                                     and method.contrastive_scope == "global")
         self._train_attack = (attack_from_config(train_attack, method.attack_start_sigma)
                               if self._objective else None)
         method.build(embedding_dim=int(network.output["embedding"].shape[-1]))
@@ -131,8 +133,7 @@ class AdversarialModel(keras.Model):
             seed = tf.stack([tf.constant(self.seed, tf.int64),
                              tf.cast(self.optimizer.iterations, tf.int64)])
             x_adv = self._attack(self._train_attack, self._objective, x, labels, reference, seed,
-                                 exchanges=(self.method.objective_uses_global_batch
-                                            and self.method.contrastive_scope == "global"))
+                                 exchanges=self._objective_exchanges)
 
         variables = self.trainable_variables
         with tf.GradientTape() as tape:
