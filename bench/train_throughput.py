@@ -10,8 +10,9 @@ figure, plus a JSON file.
 It first prints the CPU (model, bfloat16 flags) and what --precision=auto resolves to, then
 measures the peak of this machine in the same run: a 2048^3 matmul and a 3x3 convolution of 128
 channels on a 32x32 batch, in float32 and bfloat16. Each configuration then builds a fresh model,
-runs `--warmup` steps (tracing; reported as first_step_s) and times `--steps` steps (one `fit`,
-mean per step) of the real AdversarialModel.train_step on a fixed batch of random images (throughput does not depend on pixel
+runs `--warmup` steps (tracing; reported as first_step_s) and then `--steps` timed steps of the
+real AdversarialModel.train_step, all in one `fit` (each step timed by a callback; the median is
+reported) on a fixed batch of random images (throughput does not depend on pixel
 values). Its GFLOP/s is images/s x FLOPs per image of one step (Method.forward_passes_per_step x
 robustcl.models.forward_flops); the fraction is of the convolution peak in the same precision. "xla" compiles the attack with XLA (--jit_compile=true).
 With --replicas 2 the CPU is split into 2 logical devices and the step runs under MirroredStrategy,
@@ -24,12 +25,17 @@ import os
 import platform
 import time
 
+import keras
 import numpy as np
+import tensorflow as tf
+
+from robustcl import hardware, methods, models
+from robustcl.config import AttackConfig
+from robustcl.training.model import AdversarialModel
 
 
 def _split_cpu(replicas):
-    import tensorflow as tf
-
+    # Before TensorFlow starts its runtime (importing it does not).
     if replicas > 1:
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(
@@ -48,10 +54,22 @@ def _fastest(fn, repeats):
     return float(np.min(times))
 
 
+class StepTimer(keras.callbacks.Callback):
+    """Times each training step inside one fit (fit's own set-up excluded)."""
+
+    def __init__(self):
+        super().__init__()
+        self.times = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.times.append(time.perf_counter() - self.start)
+
+
 def measure_peaks(repeats=10):
     """GFLOP/s of a large matmul and a ResNet-like convolution, float32 and bfloat16."""
-    import tensorflow as tf
-
     peaks = {}
     for dtype in ("float32", "bfloat16"):
         a = tf.random.uniform([2048, 2048], dtype=tf.float32)
@@ -69,13 +87,6 @@ def measure_peaks(repeats=10):
 
 def measure(method_name, model_name, mode, precision, batch_size, attack_steps, steps, warmup,
             strategy, scope):
-    import keras
-    import tensorflow as tf
-
-    from robustcl import methods, models
-    from robustcl.config import AttackConfig
-    from robustcl.training.model import AdversarialModel
-
     keras.mixed_precision.set_global_policy(precision)
     keras.utils.set_random_seed(0)
     try:
@@ -96,12 +107,11 @@ def measure(method_name, model_name, mode, precision, batch_size, attack_steps, 
         # Two-view methods get their second augmentation, as the data pipeline provides it.
         inputs = (x, x[:, :, ::-1].copy()) if method.data_views == 2 else x
         dataset = tf.data.Dataset.from_tensors((inputs, y)).repeat()
-        start = time.perf_counter()
-        model.fit(dataset, steps_per_epoch=warmup, epochs=1, verbose=0)
-        first = time.perf_counter() - start
-        start = time.perf_counter()
-        history = model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0)
-        step = (time.perf_counter() - start) / steps
+        timer = StepTimer()
+        history = model.fit(dataset, steps_per_epoch=warmup + steps, epochs=1, verbose=0,
+                            callbacks=[timer])
+        first = sum(timer.times[:warmup])
+        step = float(np.median(timer.times[warmup:]))
         loss = history.history["loss"][-1]
         assert np.isfinite(loss), history.history
         flops = models.forward_flops(network) * method.forward_passes_per_step(attack_steps)
@@ -130,10 +140,6 @@ def main():
                                                          "train_throughput.json"))
     args = parser.parse_args()
     _split_cpu(args.replicas)
-    import keras
-    import tensorflow as tf
-
-    from robustcl import hardware, methods
 
     machine = hardware.detect()
     auto = hardware.auto_precision(machine)
