@@ -51,13 +51,20 @@ def main():
             epoch_flops = step_flops * args.train_images
             row = {"method": method_name, "model": model_name, "gflop_per_image_step": step_flops / 1e9,
                    "epoch_pflop": epoch_flops / 1e15}
-            # The fraction of peak: this method on this network if measured, else the same
-            # method on ResNet-18 (a WRN is at least as efficient per FLOP as a ResNet-18).
+            # The fraction of peak: this method on this network if measured, else the same method
+            # on ResNet-18 (a WRN is at least as efficient per FLOP), else the mean over the
+            # methods measured on ResNet-18 (the step is the same network's convolutions).
             source = fractions.get((method_name, model_name)) or fractions.get((method_name, "resnet18"))
-            if source is not None:
-                fraction = source["fraction_of_conv_peak"]
+            measured_resnet = [r["fraction_of_conv_peak"] for (_, m), r in fractions.items()
+                               if m == "resnet18"]
+            if source is not None or measured_resnet:
+                if source is not None:
+                    fraction = source["fraction_of_conv_peak"]
+                    row["fraction_from"] = f"{method_name} on {source['model']}"
+                else:
+                    fraction = sum(measured_resnet) / len(measured_resnet)
+                    row["fraction_from"] = f"mean of {len(measured_resnet)} methods on resnet18"
                 row["cpu_fraction_of_peak"] = fraction
-                row["fraction_from"] = f"{method_name} on {source['model']}"
                 cpu_rate = measured["peaks_gflop_s"]["conv_float32"] * fraction * 1e9
                 row["cpu_epoch_hours"] = epoch_flops / cpu_rate / 3600
                 row["gpu_epoch_seconds_estimate"] = {
@@ -65,7 +72,7 @@ def main():
             results.append(row)
             line = (f"{method_name} {model_name}: {row['gflop_per_image_step']:.1f} GFLOP/image/step, "
                     f"{row['epoch_pflop']:.2f} PFLOP/epoch")
-            if source is not None:
+            if "cpu_fraction_of_peak" in row:
                 line += (f"; CPU {row['cpu_epoch_hours']:.1f} h/epoch at {100 * fraction:.1f}% of peak "
                          f"({row['fraction_from']}); GPU estimate s/epoch: "
                          + ", ".join(f"{gpu} {s:.0f}" for gpu, s in row["gpu_epoch_seconds_estimate"].items()))

@@ -9,10 +9,13 @@ crash in one leaves the others and the grid alive), in RUNS_DIR/<cell>/seed<S>/:
   eval_best  the best checkpoint (by validation robust accuracy) under every --eval_attacks
   eval_last  the last checkpoint: clean and PGD (robust overfitting shows as the gap to best)
 `repro_cell.json` in each run directory says which stages finished, how long each took and with which
-command; a rerun skips finished stages and refuses a run directory made with another command.
+settings; a rerun skips finished stages and refuses a run directory made with other settings. The
+record (RECORD_DIR/NAME.json, committed) keeps every finished row with a key of its settings, so a
+grid resumed where the run directories are gone (another machine) does not redo those cells.
 """
 
 import concurrent.futures
+import hashlib
 import json
 import os
 import subprocess
@@ -86,12 +89,21 @@ def _flagfile_text(path):
     return lines
 
 
+_PATH_FLAGS = ("--model_dir=", "--data_dir=")
+
+
 def settings(config, cell, seed):
-    """What a run's results depend on: the commands and the flagfiles' contents."""
+    """What a run's results depend on: its commands (less where the data and the run live, which
+    may move between machines) and the flagfiles' contents."""
     cmds = commands(config, cell, seed)
-    return {"commands": {stage: argv[1:] for stage, argv in cmds.items()},
+    return {"commands": {stage: [a for a in argv[1:] if not a.startswith(_PATH_FLAGS)]
+                         for stage, argv in cmds.items()},
             "flagfiles": {path: _flagfile_text(path)
                           for path in (cell.method_flagfile, config.train_flagfile)}}
+
+
+def settings_key(settings_dict):
+    return hashlib.sha256(json.dumps(settings_dict, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _check_same_settings(state, current, directory):
@@ -104,6 +116,20 @@ def _check_same_settings(state, current, directory):
                 raise ReproError(
                     f"{directory} was made with other settings ({key} {name}: {old.get(name)} now "
                     f"{new.get(name)}); rerun with the settings it was made with, or delete it")
+
+
+def _finished(row):
+    return all(row["status"].get(s) in ("done", "hard_check_failed") for s in STAGES)
+
+
+def recorded_rows(config):
+    """{(cell, seed): row} of finished rows in the committed record made with today's settings: a
+    grid resumed on another machine (without the run directories) keeps them instead of rerunning."""
+    record = _read_json(os.path.join(config.record_dir, config.record_name + ".json"), {})
+    keys = {(c.name, seed): settings_key(settings(config, c, seed))
+            for c in config.cells for seed in config.seeds}
+    return {(r["cell"], r["seed"]): r for r in record.get("rows", [])
+            if _finished(r) and keys.get((r["cell"], r["seed"])) == r.get("settings_key")}
 
 
 def run_cell(config, cell, seed, log=print):
@@ -149,7 +175,14 @@ def run_cell(config, cell, seed, log=print):
 def run_grid(config, log=print, on_cell_done=None):
     """Runs every unfinished cell x seed (config.parallel at once), seed-major so that each seed's
     whole row of methods finishes before the next seed starts. Returns the failed (cell, seed)s."""
-    jobs = [(cell, seed) for seed in config.seeds for cell in config.cells]
+    recorded = recorded_rows(config)
+    jobs = []
+    for seed in config.seeds:
+        for cell in config.cells:
+            if (cell.name, seed) in recorded and not os.path.isdir(run_dir(config, cell, seed)):
+                log(f"[{cell.name} seed {seed}] finished in the record; its run directory is elsewhere")
+            else:
+                jobs.append((cell, seed))
     lock = threading.Lock()
     failed = []
 
@@ -184,16 +217,28 @@ def _row_accuracy(report, attack):
 
 def collect(config):
     """One row per cell x seed with whatever has finished (None where not yet)."""
+    recorded = recorded_rows(config)
     rows = []
     for cell in config.cells:
         for seed in config.seeds:
             directory = run_dir(config, cell, seed)
             state = load_state(directory)
+            current = settings(config, cell, seed)
+            if not state and (cell.name, seed) in recorded:
+                rows.append(recorded[(cell.name, seed)])
+                continue
+            if state and state["settings"] != current:  # refused by run_cell; not today's figures
+                rows.append({"cell": cell.name, "seed": seed, "settings_key": settings_key(current),
+                             "status": dict.fromkeys(STAGES, "made with other settings"),
+                             "train_seconds": None, "train_attempts": 0, "eval_seconds": 0.0,
+                             "best_epoch": None, "epochs": 0})
+                continue
             best = _read_json(os.path.join(directory, "evaluation_best", "report.json"))
             last = _read_json(os.path.join(directory, "evaluation_last", "report.json"))
             history = _read_json(os.path.join(directory, "history.json"), {})
             stages = state.get("stages", {})
             row = {"cell": cell.name, "seed": seed,
+                   "settings_key": settings_key(current),
                    "status": {s: stages.get(s, {}).get("status", "not run") for s in STAGES},
                    "train_seconds": stages.get("train", {}).get("seconds"),
                    "train_attempts": stages.get("train", {}).get("attempts", 0),
@@ -281,7 +326,7 @@ def markdown(config, rows, summary, machine, software, command):
              f"the TensorBoard run directories are written to `{config.runs_dir}/<cell>/seed<S>/` "
              "(not committed).", "",
              f"Machine: {machine}. Software: {software}.", ""]
-    finished = [r for r in rows if all(r["status"][s] in ("done", "hard_check_failed") for s in STAGES)]
+    finished = [r for r in rows if _finished(r)]
     lines += [f"Cells finished: {len(finished)} of {len(rows)}."]
     if finished:
         train = np.mean([r["train_seconds"] for r in finished]) / 60

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -117,6 +118,14 @@ def test_tiny_grid_runs_resumes_and_refuses_other_settings(synthetic_cifar10, tm
                            capture_output=True, text=True, timeout=300)
     assert other.returncode != 0
     assert "was made with other settings" in other.stdout and "--pgd_steps=4" in other.stdout
+
+    # On another machine (no run directories, the committed record): finished rows are kept.
+    shutil.rmtree(tmp_path / "runs")
+    moved = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert moved.returncode == 0, moved.stderr[-3000:]
+    assert "finished in the record" in moved.stdout and "] train ..." not in moved.stdout
+    assert json.load(open(tmp_path / "record" / "tiny.json"))["rows"] == record["rows"]
+    assert not (tmp_path / "runs" / "pgd_at" / "seed3").exists()
 
 
 def test_settings_include_the_flagfiles_contents(tmp_path, monkeypatch):
