@@ -44,6 +44,11 @@ def main(argv):
     def record():
         reproduce.write_record(config, machine, software, command)
 
+    try:
+        reproduce.check_settings(config)
+    except reproduce.ReproError as error:
+        sys.exit(f"error: {error}")
+
     record()
     failed = reproduce.run_grid(config, on_cell_done=record)
     record()

@@ -118,6 +118,23 @@ def _check_same_settings(state, current, directory):
                     f"{new.get(name)}); rerun with the settings it was made with, or delete it")
 
 
+def check_settings(config):
+    """Refuses, before anything is written, to mix results of other settings into this grid: a run
+    directory or a finished row of the record made with settings other than this command's."""
+    record_path = os.path.join(config.record_dir, config.record_name + ".json")
+    record_rows = {(r["cell"], r["seed"]): r for r in _read_json(record_path, {}).get("rows", [])}
+    for cell in config.cells:
+        for seed in config.seeds:
+            current = settings(config, cell, seed)
+            _check_same_settings(load_state(run_dir(config, cell, seed)), current,
+                                 run_dir(config, cell, seed))
+            row = record_rows.get((cell.name, seed))
+            if row and _finished(row) and row.get("settings_key") != settings_key(current):
+                raise ReproError(
+                    f"{record_path} holds results of {cell.name} seed {seed} made with other settings; "
+                    "rerun with the settings it was made with, or give another --record_name")
+
+
 def _finished(row):
     return all(row["status"].get(s) in ("done", "hard_check_failed") for s in STAGES)
 

@@ -117,7 +117,8 @@ def test_tiny_grid_runs_resumes_and_refuses_other_settings(synthetic_cifar10, tm
     other = subprocess.run([a if a != "--pgd_steps=3" else "--pgd_steps=4" for a in argv], cwd=REPO,
                            capture_output=True, text=True, timeout=300)
     assert other.returncode != 0
-    assert "was made with other settings" in other.stdout and "--pgd_steps=4" in other.stdout
+    assert "was made with other settings" in other.stderr and "--pgd_steps=4" in other.stderr
+    assert json.load(open(tmp_path / "record" / "tiny.json"))["rows"] == record["rows"]  # untouched
 
     # On another machine (no run directories, the committed record): finished rows are kept.
     shutil.rmtree(tmp_path / "runs")
@@ -166,3 +167,19 @@ def test_every_cell_of_the_grids_is_a_valid_training_config(grid, monkeypatch, t
             assert train_config.method.params.accuracy_term == "trades"
     assert len(set(trained)) == 1, trained  # one protocol for every method
     assert trained[0][4] == pytest.approx(8 / 255)
+
+
+def test_a_record_of_other_settings_is_refused_not_overwritten(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    config = ReproduceConfig(cells=(ReproCell("pgd_at", "configs/pgd_at_cifar10.flags"),), seeds=(0,),
+                             train_flagfile=_train_flagfile(tmp_path), data_dir=str(tmp_path),
+                             runs_dir=str(tmp_path / "runs"), record_dir=str(tmp_path), record_name="r")
+    row = {"cell": "pgd_at", "seed": 0, "settings_key": "made-elsewhere",
+           "status": dict.fromkeys(reproduce.STAGES, "done")}
+    (tmp_path / "r.json").write_text(json.dumps({"rows": [row]}))
+    with pytest.raises(reproduce.ReproError, match="holds results of pgd_at seed 0 made with other"):
+        reproduce.check_settings(config)
+    row["settings_key"] = reproduce.settings_key(reproduce.settings(config, config.cells[0], 0))
+    (tmp_path / "r.json").write_text(json.dumps({"rows": [row]}))
+    reproduce.check_settings(config)
+    assert reproduce.recorded_rows(config) == {("pgd_at", 0): row}
