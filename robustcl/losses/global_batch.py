@@ -4,11 +4,11 @@ A contrastive loss, a mining weight or an attention over a class compares every 
 other one. Under MirroredStrategy or MultiWorkerMirroredStrategy each replica holds only its part
 of the global batch, so computed per replica such a loss is another objective: each anchor sees
 1/N of its positives and negatives. `gather` concatenates every replica's part in replica order
-(the global batch as one device sees it; differentiable) and says where
-this replica's own samples lie in it. Each replica then scores its own samples as anchors against
-the whole global batch, so the replicas' losses add up to the one-device loss; all_gather's
-gradient sums the upstream gradients of all replicas before handing each replica its slice, so the
-gradient reaching each replica's embeddings is the gradient of that one-device loss.
+(the global batch as one device sees it; differentiable) and says where this replica's own samples
+lie in it. Each replica then scores its own samples as anchors against the whole global batch, so
+the replicas' losses add up to the one-device loss; the concatenation's gradient sums the upstream
+gradients of all replicas before handing each replica its rows, so the gradient reaching each
+replica's embeddings is the gradient of that one-device loss.
 
 Call it inside the replica step (train_step, an attack objective), never inside a tf.while_loop
 under MirroredStrategy: its cross-replica merge_call cannot run inside a graph loop there (attacks
