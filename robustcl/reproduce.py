@@ -420,7 +420,7 @@ def markdown(config, rows, summary, machine, software, command):
     return "\n".join(lines) + "\n"
 
 
-def plot(summary, path):
+def plot(summary, path, title=""):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -435,6 +435,7 @@ def plot(summary, path):
         axes.bar(index + offset, means, 0.4, yerr=spreads, capsize=3, label=label)
     axes.set_xticks(index, cells, rotation=30, ha="right")
     axes.set_ylabel("accuracy % (mean, bars: seed range)")
+    axes.set_title(title, fontsize=9)
     axes.legend()
     figure.tight_layout()
     figure.savefig(path)
@@ -453,6 +454,7 @@ def write_record(config, machine, software, command):
                                  "rows": rows,
                                  "summary": {c: {m: list(v) for m, v in s.items()}
                                              for c, s in summary.items()}})
-    plot(summary, base + ".png")
+    plot(summary, base + ".png", f"{config.record_name}: best checkpoint, first "
+                                 f"{config.eval_examples} test images")
     atomic_write_text(base + ".md", markdown(config, rows, summary, machine, software, command))
     return rows, summary
