@@ -28,6 +28,8 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAGES = ("train", "eval_best", "eval_last")
 STATE_FILE = "repro_cell.json"
+# A stage that needs no rerun: done, or evaluated with a hard check failing (recorded, not retried).
+FINISHED = ("done", "hard_check_failed")
 HARD_CHECK_EXIT = 3  # scripts/evaluate.py: an adversarial input left the threat set, or similar
 
 
@@ -121,7 +123,7 @@ def _check_same_settings(state, current, directory):
 def check_settings(config):
     """Refuses, before anything is written, to mix results of other settings into this grid: a run
     directory or a finished row of the record made with settings other than this command's."""
-    record_path = os.path.join(config.record_dir, config.record_name + ".json")
+    record_path = _record_path(config)
     record_rows = {(r["cell"], r["seed"]): r for r in _read_json(record_path, {}).get("rows", [])}
     for cell in config.cells:
         for seed in config.seeds:
@@ -136,13 +138,17 @@ def check_settings(config):
 
 
 def _finished(row):
-    return all(row["status"].get(s) in ("done", "hard_check_failed") for s in STAGES)
+    return all(row["status"].get(s) in FINISHED for s in STAGES)
+
+
+def _record_path(config):
+    return os.path.join(config.record_dir, config.record_name + ".json")
 
 
 def recorded_rows(config):
     """{(cell, seed): row} of finished rows in the committed record made with today's settings: a
     grid resumed on another machine (without the run directories) keeps them instead of rerunning."""
-    record = _read_json(os.path.join(config.record_dir, config.record_name + ".json"), {})
+    record = _read_json(_record_path(config), {})
     keys = {(c.name, seed): settings_key(settings(config, c, seed))
             for c in config.cells for seed in config.seeds}
     return {(r["cell"], r["seed"]): r for r in record.get("rows", [])
@@ -163,7 +169,7 @@ def run_cell(config, cell, seed, log=print):
         env["TF_NUM_INTEROP_THREADS"] = "1"
     for stage, argv in commands(config, cell, seed).items():
         record = state["stages"].get(stage, {})
-        if record.get("status") in ("done", "hard_check_failed"):
+        if record.get("status") in FINISHED:
             continue
         log(f"[{cell.name} seed {seed}] {stage} ...")
         record["attempts"] = record.get("attempts", 0) + 1
@@ -206,8 +212,7 @@ def run_grid(config, log=print, on_cell_done=None):
     def job(cell, seed):
         try:
             state = run_cell(config, cell, seed, log)
-            ok = all(state["stages"].get(s, {}).get("status") in ("done", "hard_check_failed")
-                     for s in STAGES)
+            ok = all(state["stages"].get(s, {}).get("status") in FINISHED for s in STAGES)
         except ReproError as error:
             log(f"[{cell.name} seed {seed}] {error}")
             ok = False
