@@ -24,9 +24,8 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from robustcl import data
+from robustcl import artifacts, data
 from robustcl.evaluation.suite import Attacker, autoattack_cascade
-from robustcl.training.run import load_network
 
 
 def torch_module(network):
@@ -102,11 +101,12 @@ def main():
     sys.path.insert(0, os.path.abspath(args.autoattack_dir))
     from autoattack import AutoAttack
 
-    config, network, _ = load_network(args.model_dir, args.checkpoint)
-    arrays = data.load_arrays(config.data.dataset, args.data_dir or config.data.data_dir)
-    n = min(args.num_examples, len(arrays.x_test))
-    x = arrays.x_test[:n].astype(np.float32) / 255.0
-    y = arrays.y_test[:n].astype(np.int32)
+    run = artifacts.load_run(args.model_dir, args.checkpoint)
+    config, network = run.config, run.network
+    x, y = data.first_test_images(
+        data.load_dataset(config.data.dataset, args.data_dir or config.data.data_dir,
+                          image_size=config.data.image_size), args.num_examples)
+    n = len(x)
     attacker = Attacker(network, args.batch_size, progress=False)
     clean = float(np.mean(attacker.predict(x) == y))
     print(f"clean accuracy: {clean:.4f} on {n} test images of {config.data.dataset}", flush=True)

@@ -86,7 +86,9 @@ def measure_peaks(repeats=10):
 
 
 def measure(method_name, model_name, mode, precision, batch_size, attack_steps, steps, warmup,
-            strategy, scope):
+            strategy, scope, image_size=32, dataset=None):
+    """One configuration's step time. `dataset` (batches of images and labels) replaces the fixed
+    random batch, to time the step fed by a real input pipeline."""
     keras.mixed_precision.set_global_policy(precision)
     keras.utils.set_random_seed(0)
     try:
@@ -94,19 +96,20 @@ def measure(method_name, model_name, mode, precision, batch_size, attack_steps, 
         with strategy.scope():
             method = method_class(contrastive_scope=scope)
             network = models.build(model_name, 10, (0.49, 0.48, 0.45), (0.25, 0.24, 0.26),
-                                   embedding_dim=method.embedding_dim,
+                                   (image_size, image_size, 3), embedding_dim=method.embedding_dim,
                                    embedding_head=method.embedding_head or "mlp",
                                    synchronized_bn=strategy.num_replicas_in_sync > 1)
             attack = AttackConfig(steps=attack_steps)
             model = AdversarialModel(network, method, attack, attack, weight_decay=5e-4,
                                      jit_compile_attack=(mode == "xla"))
             model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), jit_compile=False)
-        rng = np.random.default_rng(0)
-        x = rng.uniform(size=(batch_size, 32, 32, 3)).astype("float32")
-        y = rng.integers(0, 10, size=batch_size).astype("int32")
-        # Two-view methods get their second augmentation, as the data pipeline provides it.
-        inputs = (x, x[:, :, ::-1].copy()) if method.data_views == 2 else x
-        dataset = tf.data.Dataset.from_tensors((inputs, y)).repeat()
+        if dataset is None:
+            rng = np.random.default_rng(0)
+            x = rng.uniform(size=(batch_size, image_size, image_size, 3)).astype("float32")
+            y = rng.integers(0, 10, size=batch_size).astype("int32")
+            # Two-view methods get their second augmentation, as the data pipeline provides it.
+            inputs = (x, x[:, :, ::-1].copy()) if method.data_views == 2 else x
+            dataset = tf.data.Dataset.from_tensors((inputs, y)).repeat()
         timer = StepTimer()
         history = model.fit(dataset, steps_per_epoch=warmup + steps, epochs=1, verbose=0,
                             callbacks=[timer])
@@ -119,6 +122,7 @@ def measure(method_name, model_name, mode, precision, batch_size, attack_steps, 
         keras.mixed_precision.set_global_policy("float32")
     return {"method": method_name, "model": model_name, "mode": mode, "precision": precision,
             "replicas": strategy.num_replicas_in_sync, "contrastive_scope": scope,
+            "image_size": image_size,
             "batch_size": batch_size, "attack_steps": attack_steps, "steps_timed": steps,
             "step_s": step, "images_per_s": batch_size / step, "first_step_s": first,
             "gflop_per_image_step": flops / 1e9, "gflop_per_s": batch_size * flops / step / 1e9}

@@ -38,7 +38,8 @@ def _finite(value):
 class DataConfig:
     dataset: str = "cifar10"
     data_dir: Optional[str] = None
-    download: bool = False
+    download: bool = True  # when the data is not on disk and the download host answers
+    image_size: int = 0  # 0: the dataset's own (32 for CIFAR/SVHN, 64 Tiny-ImageNet, 224 otherwise)
     val_size: int = 1000
     train_examples: int = 0  # 0: the whole training split (minus validation); >0: a prefix, for smoke runs
     batch_size: int = 128
@@ -48,6 +49,7 @@ class DataConfig:
 
     def validate(self):
         _check(self.val_size >= 0, "val_size", f"must be >= 0, got {self.val_size}")
+        _check(0 <= self.image_size <= 4096, "image_size", f"must be in [0, 4096], got {self.image_size}")
         _check(self.train_examples >= 0, "train_examples", f"must be >= 0, got {self.train_examples}")
         _check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         _check(self.eval_batch_size >= 1, "eval_batch_size", f"must be >= 1, got {self.eval_batch_size}")
@@ -233,11 +235,21 @@ class EvaluationConfig:
     """scripts/evaluate.py: which model, which points, which attacks."""
 
     model_dir: str = ""  # a training run, or
-    saved_model: str = ""  # an export (EXPORT_DIR/<name>/<version>)
+    saved_model: str = ""  # a SavedModel: a robustcl export or any other, or
+    keras_model: str = ""  # a Keras model file (model.save("m.keras"))
     checkpoint: str = "best"
     output_dir: str = ""  # default: <model_dir>/evaluation_<checkpoint>
+    # The data and threat model when the model carries no robustcl config (else the config's).
+    dataset: str = ""
+    image_size: int = 0
     data_dir: Optional[str] = None
-    download: bool = False
+    download: bool = True
+    # How a model that is not robustcl's is called (robustcl.artifacts).
+    signature: str = ""
+    input_key: str = ""
+    output_key: str = ""
+    input_range: str = "0,1"
+    outputs: str = "logits"
     num_examples: int = 1000  # the first N test images
     attacks: Tuple[str, ...] = EVAL_ATTACKS
     norm: str = ""  # default: the training run's
@@ -253,10 +265,22 @@ class EvaluationConfig:
     projector_examples: int = 1000  # 0: write no projector data
 
     def validate(self):
-        _check(bool(self.model_dir) != bool(self.saved_model), "model_dir",
-               "give exactly one of --model_dir (a training run) and --saved_model (an export)")
-        _check(not self.saved_model or bool(self.output_dir), "output_dir",
-               "is required with --saved_model (the export directory is not written to)")
+        from robustcl.artifacts import INPUT_RANGES, OUTPUT_KINDS
+
+        given = [flag for flag in ("model_dir", "saved_model", "keras_model") if getattr(self, flag)]
+        _check(len(given) == 1, "model_dir",
+               "give exactly one of --model_dir (a training run), --saved_model (a SavedModel) and "
+               f"--keras_model (a Keras model file); got {', '.join('--' + g for g in given) or 'none'}")
+        _check(self.model_dir or bool(self.output_dir), "output_dir",
+               f"is required with --{given[0]} (the model's own directory is not written to)")
+        _check(self.input_range in INPUT_RANGES, "input_range",
+               f"must be {' or '.join(INPUT_RANGES)}, got {self.input_range!r}")
+        _check(self.outputs in OUTPUT_KINDS, "outputs",
+               f"must be {' or '.join(OUTPUT_KINDS)}, got {self.outputs!r}")
+        _check(not self.model_dir or (self.input_range, self.outputs, self.signature) == ("0,1", "logits", ""),
+               "input_range", "--input_range, --outputs and --signature describe models that are not "
+               "robustcl runs; a run directory's network is known")
+        _check(0 <= self.image_size <= 4096, "image_size", f"must be in [0, 4096], got {self.image_size}")
         _check(self.sweep_attack in SWEEP_ATTACKS, "sweep_attack",
                f"unknown {self.sweep_attack!r}; known: {', '.join(SWEEP_ATTACKS)}")
         _check(self.checkpoint in ("best", "last"), "checkpoint",

@@ -25,6 +25,8 @@ import time
 
 import numpy as np
 
+from robustcl import artifacts
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAGES = ("train", "eval_best", "eval_last")
 STATE_FILE = "repro_cell.json"
@@ -61,21 +63,12 @@ def commands(config, cell, seed):
     }
 
 
-def _read_json(path, default=None):
-    if not os.path.isfile(path):
-        return default
-    with open(path) as f:
-        return json.load(f)
-
-
 def _write_json(path, value):
-    from robustcl.training.callbacks import atomic_write_text
-
-    atomic_write_text(path, json.dumps(value, indent=2))
+    artifacts.atomic_write_text(path, json.dumps(value, indent=2))
 
 
 def load_state(directory):
-    return _read_json(os.path.join(directory, STATE_FILE), {})
+    return artifacts.read_json(os.path.join(directory, STATE_FILE), {})
 
 
 def _flagfile_text(path):
@@ -124,7 +117,7 @@ def check_settings(config):
     """Refuses, before anything is written, to mix results of other settings into this grid: a run
     directory or a finished row of the record made with settings other than this command's."""
     record_path = _record_path(config)
-    record_rows = {(r["cell"], r["seed"]): r for r in _read_json(record_path, {}).get("rows", [])}
+    record_rows = {(r["cell"], r["seed"]): r for r in artifacts.read_json(record_path, {}).get("rows", [])}
     for cell in config.cells:
         for seed in config.seeds:
             current = settings(config, cell, seed)
@@ -148,7 +141,7 @@ def _record_path(config):
 def recorded_rows(config):
     """{(cell, seed): row} of finished rows in the committed record made with today's settings: a
     grid resumed on another machine (without the run directories) keeps them instead of rerunning."""
-    record = _read_json(_record_path(config), {})
+    record = artifacts.read_json(_record_path(config), {})
     keys = {(c.name, seed): settings_key(settings(config, c, seed))
             for c in config.cells for seed in config.seeds}
     return {(r["cell"], r["seed"]): r for r in record.get("rows", [])
@@ -255,9 +248,9 @@ def collect(config):
                              "train_seconds": None, "train_attempts": 0, "eval_seconds": 0.0,
                              "best_epoch": None, "epochs": 0})
                 continue
-            best = _read_json(os.path.join(directory, "evaluation_best", "report.json"))
-            last = _read_json(os.path.join(directory, "evaluation_last", "report.json"))
-            history = _read_json(os.path.join(directory, "history.json"), {})
+            best = artifacts.read_json(os.path.join(artifacts.evaluation_dir(directory, "best"), artifacts.REPORT))
+            last = artifacts.read_json(os.path.join(artifacts.evaluation_dir(directory, "last"), artifacts.REPORT))
+            history = artifacts.read_json(os.path.join(directory, artifacts.HISTORY), {})
             stages = state.get("stages", {})
             row = {"cell": cell.name, "seed": seed,
                    "settings_key": settings_key(current),
@@ -449,7 +442,6 @@ def plot(summary, path, title=""):
 
 def write_record(config, machine, software, command):
     """Writes RECORD_DIR/NAME.md, .json and .png from every finished stage."""
-    from robustcl.training.callbacks import atomic_write_text
 
     rows = collect(config)
     summary = summarize(rows)
@@ -461,5 +453,5 @@ def write_record(config, machine, software, command):
                                              for c, s in summary.items()}})
     plot(summary, base + ".png", f"{config.record_name}: best checkpoint, first "
                                  f"{config.eval_examples} test images")
-    atomic_write_text(base + ".md", markdown(config, rows, summary, machine, software, command))
+    artifacts.atomic_write_text(base + ".md", markdown(config, rows, summary, machine, software, command))
     return rows, summary

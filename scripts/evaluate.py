@@ -3,6 +3,8 @@
 
     python scripts/evaluate.py --model_dir=runs/pgd_at_cifar10 [--checkpoint=best|last]
         [--num_examples=1000] [--output_dir=DIR] [--data_dir=DIR]
+    python scripts/evaluate.py --keras_model=model.keras --dataset=cifar10 --output_dir=DIR
+    python scripts/evaluate.py --saved_model=DIR [--signature=NAME] --dataset=cifar10 --output_dir=DIR
 
 Runs FGSM, PGD (and PGD with more steps and restarts), CW-Linf and the AutoAttack-style cascade on
 the first N test images; writes report.json, report.md, accuracy_vs_eps.png and
@@ -30,20 +32,23 @@ def main(argv):
         config = cli_flags.evaluation_config_from_flags()
     except ConfigError as error:
         sys.exit(f"error: {error}")
+    from robustcl.artifacts import ModelLoadError
     from robustcl.evaluation import EvaluationError
     from robustcl.evaluation.run import evaluate_run
 
     try:
         report, output_dir = evaluate_run(config)
-    except (DataNotFoundError, DataFormatError, FileNotFoundError) as error:
+    except (DataNotFoundError, DataFormatError, FileNotFoundError, ModelLoadError, ConfigError) as error:
         sys.exit(f"error: {error}")
     except EvaluationError as error:
         print(f"evaluation failed a hard check: {error}", file=sys.stderr)
         sys.exit(3)
     print(f"clean accuracy {report['clean_accuracy']:.4f}, worst-case robust accuracy "
           f"{report['worst_case_robust_accuracy']:.4f} over {report['num_points']} points")
+    for note in report["model_notes"]:
+        print(f"  note: {note}")
     for row in report["attacks"]:
-        print(f"  {row['attack']}: {row['robust_accuracy']:.4f} {row.get('note', '')}")
+        print(f"  {row['attack']}: {row['robust_accuracy']:.4f}")
     for warning in report["warnings"]:
         print(f"  WARNING: {warning}")
     print(f"report: {output_dir}/report.md")

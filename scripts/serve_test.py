@@ -11,7 +11,6 @@ alone. Results go to OUTPUT_DIR/results.jsonl as they finish (a rerun resumes), 
 serve_report.json and serve_report.md.
 """
 
-import json
 import os
 import sys
 
@@ -31,26 +30,24 @@ def main(argv):
         args = cli_flags.serve_test_args_from_flags()
     except ConfigError as error:
         sys.exit(f"error: {error}")
-    import numpy as np
-
-    from robustcl import data
+    from robustcl import artifacts, data
     from robustcl.serving import robustness
     from robustcl.serving.client import RestClient, SavedModelBackend, ServerError
 
     local = SavedModelBackend(args["saved_model"]) if args["saved_model"] else None
-    dataset = args["dataset"]
-    if dataset is None and local is not None:
-        with open(os.path.join(args["saved_model"], "assets.extra", "config.json")) as f:
-            dataset = json.load(f)["data"]["dataset"]
+    dataset, image_size = args["dataset"], 0
+    exported = (os.path.join(args["saved_model"], artifacts.EXPORT_ASSETS)
+                if args["saved_model"] else None)
+    if dataset is None and exported and os.path.isfile(os.path.join(exported, artifacts.CONFIG)):
+        config = artifacts.read_config(exported)
+        dataset, image_size = config.data.dataset, config.data.image_size
     if dataset is None:
-        sys.exit("error: --dataset: required without --saved_model")
+        sys.exit("error: --dataset: required without a robustcl export (--saved_model)")
     try:
-        arrays = data.load_arrays(dataset, args["data_dir"])
+        x, y = data.first_test_images(data.load_dataset(dataset, args["data_dir"], image_size=image_size),
+                                      args["num_examples"])
     except (data.DataNotFoundError, data.DataFormatError) as error:
         sys.exit(f"error: {error}")
-    n = min(args["num_examples"], len(arrays.x_test))
-    x = arrays.x_test[:n].astype(np.float32) / 255.0
-    y = arrays.y_test[:n]
     if args["server"]:
         target = RestClient(args["server"], args["model"], args["model_version"], args["timeout"],
                             args["max_retries"], max_batch=args["max_batch"])

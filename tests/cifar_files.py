@@ -6,7 +6,7 @@ import tarfile
 
 import numpy as np
 
-from robustcl.data import dataset_info
+from robustcl.data.formats import CIFAR10, CIFAR100
 
 
 def write_official(root, name="cifar10", per_file=20, seed=0, tar=False):
@@ -14,7 +14,7 @@ def write_official(root, name="cifar10", per_file=20, seed=0, tar=False):
 
     images/labels are the arrays in reading order: training files, then the test file.
     """
-    info = dataset_info(name)
+    info = {"cifar10": CIFAR10, "cifar100": CIFAR100}[name]
     rng = np.random.default_rng(seed)
     folder = os.path.join(root, info.folder)
     os.makedirs(folder, exist_ok=True)

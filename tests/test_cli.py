@@ -38,8 +38,22 @@ def _in_repo(monkeypatch):
 
 @pytest.mark.parametrize("flagfile", CONFIGS, ids=os.path.basename)
 def test_every_flagfile_parses(flagfile, tmp_path):
-    config = parse(f"--flagfile={flagfile}", f"--model_dir={tmp_path}")
-    assert config.data.dataset in ("cifar10", "cifar100")
+    from robustcl import data
+
+    # Dataset overlays (data_*.flags) go after a method flagfile.
+    base = ["--flagfile=configs/pgd_at_cifar10.flags"] if "/data_" in flagfile else []
+    config = parse(*base, f"--flagfile={flagfile}", f"--model_dir={tmp_path}")
+    assert config.data.dataset in data.DATASETS
+    if base:
+        assert os.path.basename(flagfile) == f"data_{config.data.dataset}.flags"
+        assert config.method.name == "pgd_at"
+
+
+def test_image_size_applies_to_datasets_of_any_size(tmp_path):
+    assert parse("--flagfile=configs/pgd_at_cifar10.flags", "--flagfile=configs/data_folder.flags",
+                 "--image_size=96", f"--model_dir={tmp_path}").data.image_size == 96
+    with pytest.raises(ConfigError, match=r"--image_size: cifar10 images are 32x32"):
+        parse("--flagfile=configs/pgd_at_cifar10.flags", "--image_size=64", f"--model_dir={tmp_path}")
 
 
 def test_flagfile_includes_base_and_overrides_it(tmp_path):

@@ -21,7 +21,7 @@ def _train(name, splits, **params):
     model = AdversarialModel(network, method_class(method_class.Params(**params)), TRAIN_ATTACK,
                              AttackConfig(steps=2), weight_decay=5e-4, seed=0)
     model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
-    train = data.train_dataset(*splits.train, 64, augment=False, seed=0)
+    train = data.train_dataset(splits.train, (32, 32, 3), 64, augment=False, seed=0)
     model.fit(train, epochs=1, steps_per_epoch=300, verbose=0, shuffle=False)
     return network
 
@@ -37,10 +37,10 @@ def _accuracies(network, x, y):
 
 @pytest.mark.slow
 def test_robust_methods_beat_standard_training_under_pgd(cifar10_dir):
-    arrays = data.load_arrays("cifar10", cifar10_dir)
-    splits = data.split(arrays, val_size=500, split_seed=0, train_examples=20000)
-    x_val = splits.val[0].astype("float32") / 255
-    y_val = splits.val[1]
+    splits = data.split(data.load_dataset("cifar10", cifar10_dir), val_size=500, split_seed=0,
+                        train_examples=20000)
+    x_val = splits.val.images.astype("float32") / 255
+    y_val = splits.val.labels
     results = {}
     for name, params in [("standard", {}), ("pgd_at", {}), ("morel", {"accuracy_term": "trades"})]:
         results[name] = _accuracies(_train(name, splits, **params), x_val, y_val)

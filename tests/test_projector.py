@@ -150,7 +150,8 @@ def test_export_script_and_evaluating_the_export(smoke_run, tmp_path):
     assert export.returncode == 0, export.stderr[-3000:]
     path = export.stdout.strip().splitlines()[-1]
     assert path.endswith(os.path.join("models", "smoke", "1"))
-    assert sorted(os.listdir(os.path.join(path, "assets.extra")))[:2] == ["class_names.json", "config.json"]
+    assets = set(os.listdir(os.path.join(path, "assets.extra")))
+    assert assets - {"report.json"} == {"class_names.json", "config.json", "dataset.json"}
     output_dir = tmp_path / "export_report"
     result = subprocess.run(
         [sys.executable, os.path.join(REPO, "scripts", "evaluate.py"), f"--saved_model={path}",
@@ -160,7 +161,8 @@ def test_export_script_and_evaluating_the_export(smoke_run, tmp_path):
         cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.load(open(output_dir / "report.json"))
-    assert report["model"] == path and report["sweep_attack"] == "fgsm"
+    assert report["model"] == f"{path} (signature logits, images -> logits)"
+    assert report["sweep_attack"] == "fgsm"
     assert [a["attack"] for a in report["attacks"]] == ["fgsm", "pgd", "apgd-ce", "apgd-t", "fab-t", "square"]
     for row in report["attacks"]:  # the whole L2 cascade ran, inside the L2 ball
         assert row["norm"] == "l2" and row["eps"] == 0.5, row

@@ -24,11 +24,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def exported(undefended, tmp_path_factory):
     network, x, y = undefended
     root = tmp_path_factory.mktemp("export")
-    names = root / "class_names.json"
-    names.write_text(json.dumps([f"class{i}" for i in range(10)]))
-    config = root / "config.json"
-    config.write_text(json.dumps({"data": {"dataset": "cifar10"}}))
-    path = export(network, (32, 32, 3), str(root / "models"), "tiny", asset_sources=[str(names), str(config)])
+    assets = {"class_names.json": json.dumps([f"class{i}" for i in range(10)]),
+              "config.json": json.dumps({"data": {"dataset": "cifar10"}})}
+    path = export(network, (32, 32, 3), str(root / "models"), "tiny", assets=assets)
     return network, x, y, path
 
 

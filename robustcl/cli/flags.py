@@ -48,14 +48,29 @@ def _method_param_flags():
             yield f"{method_name}_{field.name}", method_name, field
 
 
+def _define_data_flags(defaults, flag_values):
+    """Which data and where: shared by training and evaluation."""
+    from robustcl.data import DATASETS
+
+    flags.DEFINE_string("dataset", defaults.dataset or None, "; ".join(
+        f"{name}: {spec.about}" for name, spec in sorted(DATASETS.items())) + ".",
+        flag_values=flag_values)
+    flags.DEFINE_string("data_dir", None, "The dataset's official layout (CIFAR archive or its "
+                        "folder, tiny-imagenet-200/), an image folder tree (train/<class>/*, "
+                        "val/<class>/*), a directory holding one of them, or a tfds data directory.",
+                        flag_values=flag_values)
+    flags.DEFINE_bool("download", defaults.download, "Download the data when it is not on disk (tfds, "
+                      "or the official archive into the Keras cache) if the download host answers; "
+                      "--nodownload forbids it.", flag_values=flag_values)
+    flags.DEFINE_integer("image_size", defaults.image_size, "Side of the square images for datasets "
+                         "of any size (imagenette, folder; default 224): the shorter side is resized "
+                         "to it, then the center is cropped. 0: the dataset's own.",
+                         flag_values=flag_values)
+
+
 def define_train_flags(flag_values=FLAGS):
     d = cfg.DataConfig()
-    flags.DEFINE_string("dataset", d.dataset, "cifar10 or cifar100.", flag_values=flag_values)
-    flags.DEFINE_string("data_dir", None, "Official archive (cifar-10-python.tar.gz, "
-                        "cifar-100-python.tar.gz), its extracted folder, a directory holding either, "
-                        "or a tfds data directory.", flag_values=flag_values)
-    flags.DEFINE_bool("download", d.download, "Let tensorflow_datasets download the data when it is "
-                      "not found on disk (needs network access).", flag_values=flag_values)
+    _define_data_flags(d, flag_values)
     flags.DEFINE_integer("val_size", d.val_size, "Training images held out for validation/model "
                          "selection.", flag_values=flag_values)
     flags.DEFINE_integer("train_examples", d.train_examples, "Use only this many training images "
@@ -193,15 +208,25 @@ def _known(registry, flag_name, name):
         raise cfg.ConfigError(f"--{flag_name}: {registry.unknown_message(name)}")
 
 
+def _known_dataset(name):
+    from robustcl.data import DATASETS
+
+    if name not in DATASETS:
+        raise cfg.ConfigError(f"--dataset: unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
+
+
 def config_from_flags(flag_values=FLAGS):
     """Parsed flags -> validated ExperimentConfig. Raises ConfigError naming the offending flag."""
     from robustcl import methods, models
-    from robustcl.data import DATASETS
 
     f = flag_values
-    if f.dataset not in DATASETS:
-        raise cfg.ConfigError(f"--dataset: unknown dataset {f.dataset!r}; known: "
-                              f"{', '.join(sorted(DATASETS))}")
+    _known_dataset(f.dataset)
+    from robustcl import data
+
+    try:
+        data.image_size_of(data.dataset_spec(f.dataset), f.image_size)
+    except ValueError as error:
+        raise cfg.ConfigError(f"--image_size: {error}") from None
     if f.data_dir is not None and not os.path.exists(f.data_dir):
         raise cfg.ConfigError(f"--data_dir: {f.data_dir} does not exist")
     _known(models.BACKBONES, "model", f.model)
@@ -214,6 +239,7 @@ def config_from_flags(flag_values=FLAGS):
 
     config = cfg.ExperimentConfig(
         data=cfg.DataConfig(dataset=f.dataset, data_dir=f.data_dir, download=f.download,
+                            image_size=f.image_size,
                             val_size=f.val_size, train_examples=f.train_examples,
                             batch_size=f.batch_size, eval_batch_size=f.eval_batch_size,
                             augment=f.augment, split_seed=f.split_seed),
@@ -252,14 +278,25 @@ def _define_attack_budget_flags(defaults, flag_values):
 def define_evaluate_flags(flag_values=FLAGS):
     e = cfg.EvaluationConfig()
     flags.DEFINE_string("model_dir", None, "Training run directory to evaluate.", flag_values=flag_values)
-    flags.DEFINE_string("saved_model", None, "Or: an exported SavedModel (EXPORT_DIR/<name>/<version>), "
-                        "attacked through its logits signature.", flag_values=flag_values)
+    flags.DEFINE_string("saved_model", None, "Or: a SavedModel directory: a robustcl export "
+                        "(EXPORT_DIR/<name>/<version>, attacked through its logits signature) or any "
+                        "other (through --signature).", flag_values=flag_values)
+    flags.DEFINE_string("keras_model", None, "Or: a Keras model file (model.save('m.keras') or .h5).",
+                        flag_values=flag_values)
+    flags.DEFINE_string("signature", None, "SavedModel signature to attack (default: logits for a "
+                        "robustcl export, else serving_default).", flag_values=flag_values)
+    flags.DEFINE_string("input_key", None, "The signature's image input, when it has several.",
+                        flag_values=flag_values)
+    flags.DEFINE_string("output_key", None, "The class-score output, when the model has several "
+                        "(default: logits if there is one).", flag_values=flag_values)
+    flags.DEFINE_string("input_range", e.input_range, "Pixel range the model takes: 0,1 or 0,255 "
+                        "(eps stays in [0, 1] units).", flag_values=flag_values)
+    flags.DEFINE_string("outputs", e.outputs, "What the model outputs: logits or probabilities "
+                        "(attacked through their logarithm).", flag_values=flag_values)
     flags.DEFINE_string("checkpoint", e.checkpoint, "best or last.", flag_values=flag_values)
     flags.DEFINE_string("output_dir", None, "Where reports go (default <model_dir>/evaluation_<checkpoint>).",
                         flag_values=flag_values)
-    flags.DEFINE_string("data_dir", None, "As for training: official archive/folder or tfds directory.",
-                        flag_values=flag_values)
-    flags.DEFINE_bool("download", e.download, "Let tfds download the data.", flag_values=flag_values)
+    _define_data_flags(e, flag_values)
     flags.DEFINE_integer("num_examples", e.num_examples, "Evaluate the first N test images.",
                          flag_values=flag_values)
     flags.DEFINE_list("attacks", list(e.attacks), f"Attacks to run: {', '.join(cfg.EVAL_ATTACKS)}.",
@@ -285,12 +322,18 @@ def evaluation_config_from_flags(flag_values=FLAGS):
         raise cfg.ConfigError(f"--model_dir: {f.model_dir} is not a directory")
     if f.saved_model is not None and not os.path.isfile(os.path.join(f.saved_model, "saved_model.pb")):
         raise cfg.ConfigError(f"--saved_model: no saved_model.pb in {f.saved_model}")
+    if f.keras_model is not None and not os.path.isfile(f.keras_model):
+        raise cfg.ConfigError(f"--keras_model: {f.keras_model} is not a file")
     if f.data_dir is not None and not os.path.exists(f.data_dir):
         raise cfg.ConfigError(f"--data_dir: {f.data_dir} does not exist")
+    if f.dataset is not None:
+        _known_dataset(f.dataset)
     return cfg.EvaluationConfig(
-        model_dir=f.model_dir or "", saved_model=f.saved_model or "", checkpoint=f.checkpoint,
-        output_dir=f.output_dir or "",
-        data_dir=f.data_dir, download=f.download, num_examples=f.num_examples,
+        model_dir=f.model_dir or "", saved_model=f.saved_model or "",
+        keras_model=f.keras_model or "", checkpoint=f.checkpoint, output_dir=f.output_dir or "",
+        dataset=f.dataset or "", image_size=f.image_size, signature=f.signature or "",
+        input_key=f.input_key or "", output_key=f.output_key or "", input_range=f.input_range,
+        outputs=f.outputs, data_dir=f.data_dir, download=f.download, num_examples=f.num_examples,
         attacks=tuple(f.attacks), norm=f.norm or "", eps=-1.0 if f.eps is None else f.eps,
         pgd_steps=f.pgd_steps, pgd_restarts=f.pgd_restarts, apgd_iterations=f.apgd_iterations,
         square_queries=f.square_queries, sweep=f.sweep, sweep_attack=f.sweep_attack, seed=f.seed,

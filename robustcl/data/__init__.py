@@ -1,8 +1,13 @@
-"""Data: official CIFAR archives/folders and tfds -> uint8 arrays -> tf.data of [0, 1] floats."""
+"""Data: official layouts, image folders and tfds -> Examples (uint8 in memory, or image files) ->
+tf.data of [0, 1] floats."""
 
-from robustcl.data.datasets import (DATASETS, DataFormatError, DataNotFoundError, Splits,
-                                    dataset_info, load, load_arrays, read_official, split)
-from robustcl.data.pipeline import PadCropFlip, eval_dataset, train_dataset
+from robustcl.data.datasets import (DATASETS, Dataset, DatasetInfo, Splits, channel_statistics,
+                                    dataset_spec, first_test_images, image_size_of, in_memory, load,
+                                    load_dataset, network_reachable, split)
+from robustcl.data.formats import DataFormatError, DataNotFoundError, Examples
+from robustcl.data.pipeline import PadCropFlip, eval_dataset, read_images, train_dataset
 
-__all__ = ["DATASETS", "DataFormatError", "DataNotFoundError", "Splits", "dataset_info", "load",
-           "load_arrays", "read_official", "split", "PadCropFlip", "eval_dataset", "train_dataset"]
+__all__ = ["DATASETS", "Dataset", "DatasetInfo", "DataFormatError", "DataNotFoundError", "Examples",
+           "Splits", "channel_statistics", "dataset_spec", "first_test_images", "image_size_of",
+           "in_memory", "load", "load_dataset", "network_reachable", "split", "PadCropFlip",
+           "eval_dataset", "read_images", "train_dataset"]

@@ -1,6 +1,12 @@
-"""tf.data pipelines: float32 images in [0, 1], NHWC; augmentation with Keras preprocessing layers."""
+"""tf.data pipelines: float32 images in [0, 1], NHWC; augmentation with Keras preprocessing layers.
+
+Images in memory (uint8 arrays) are sliced; image files stream from disk: read, decoded and fitted
+to the run's image size in parallel, then augmented and prefetched like the arrays, so only the
+files' paths are held in memory.
+"""
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -13,9 +19,10 @@ class PadCropFlip:
     crop every image of the batch alike. Layers are float32 whatever the global precision policy.
     """
 
-    def __init__(self, image_shape, padding=4, seed=None):
+    def __init__(self, image_shape, padding=None, seed=None):
         height, width, _ = image_shape
-        self.padding = padding
+        # 4 pixels at CIFAR's 32, the same eighth of the side at larger sizes.
+        self.padding = max(4, height // 8) if padding is None else padding
         self.crop = keras.layers.RandomCrop(height, width, seed=seed, dtype="float32")
         self.flip = keras.layers.RandomFlip(
             "horizontal", seed=None if seed is None else seed + 1, dtype="float32")
@@ -26,24 +33,73 @@ class PadCropFlip:
         return self.flip(self.crop(image, training=True), training=True)
 
 
+def fit_to_size(image, size):
+    """uint8 [H, W, C] -> uint8 [size, size, 3]: the shorter side resized to `size` (bilinear,
+    antialiased), then the center square. An image already size x size passes unchanged."""
+    image = tf.convert_to_tensor(image)
+    # Grey -> RGB, RGBA -> RGB (tfds and decode_image give 3 channels; user arrays may not).
+    image = tf.cond(tf.equal(tf.shape(image)[-1], 1), lambda: tf.tile(image[..., :1], [1, 1, 3]),
+                    lambda: image[..., :3])
+    shape = tf.shape(image)
+    height, width = shape[0], shape[1]
+
+    def resize():
+        scale = tf.cast(size, tf.float32) / tf.cast(tf.minimum(height, width), tf.float32)
+        new_h = tf.maximum(size, tf.cast(tf.round(tf.cast(height, tf.float32) * scale), tf.int32))
+        new_w = tf.maximum(size, tf.cast(tf.round(tf.cast(width, tf.float32) * scale), tf.int32))
+        resized = tf.image.resize(image, [new_h, new_w], antialias=True)
+        top, left = (new_h - size) // 2, (new_w - size) // 2
+        cropped = resized[top:top + size, left:left + size]
+        return tf.cast(tf.clip_by_value(tf.round(cropped), 0, 255), tf.uint8)
+
+    same = tf.logical_and(tf.equal(height, size), tf.equal(width, size))
+    fitted = tf.cond(same, lambda: tf.cast(image, tf.uint8), resize)
+    return tf.ensure_shape(fitted, [size, size, 3])
+
+
+def decode_to_size(path, size):
+    """An image file (JPEG, PNG, BMP, GIF: first frame) -> uint8 [size, size, 3]."""
+    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    return fit_to_size(image, size)
+
+
+def _images_and_labels(examples, image_size, shuffle_seed=None):
+    """(uint8 image, int32 label) elements: sliced from memory or streamed from files. With a
+    shuffle seed, an endless reshuffled stream (shuffling file paths, not decoded images, so the
+    shuffle buffer holds the whole split at the cost of its paths)."""
+    source = examples.images if examples.in_memory else examples.files
+    ds = tf.data.Dataset.from_tensor_slices((source, examples.labels.astype(np.int32)))
+    if shuffle_seed is not None:
+        ds = ds.shuffle(len(examples), seed=shuffle_seed, reshuffle_each_iteration=True).repeat()
+    if not examples.in_memory:
+        ds = ds.map(lambda path, label: (decode_to_size(path, image_size), label),
+                    num_parallel_calls=AUTOTUNE, deterministic=shuffle_seed is None)
+    return ds
+
+
+def read_images(examples, image_size, batch_size=256):
+    """Yields the examples' images as uint8 numpy batches, in order."""
+    ds = _images_and_labels(examples, image_size).batch(batch_size).prefetch(AUTOTUNE)
+    for images, _ in ds.as_numpy_iterator():
+        yield images
+
+
 def _to_float(images, labels):
     return tf.cast(images, tf.float32) / 255.0, tf.cast(labels, tf.int32)
 
 
-def train_dataset(x, y, batch_size, augment=True, seed=0, views=1):
+def train_dataset(examples, image_shape, batch_size, augment=True, seed=0, views=1):
     """An endless, shuffled, augmented stream of full batches (Keras counts epochs by steps).
 
     views=2 yields ((view1, view2), labels): two independent augmentations of each image, for
-    methods that contrast augmented views. The uint8 arrays are already in memory, so the pipeline
-    caches nothing itself; decoding and augmentation run in parallel and the result is prefetched
-    so the step never waits.
+    methods that contrast augmented views. Decoding and augmentation run in parallel and the
+    result is prefetched so the step does not wait (bench/input_pipeline.py measures it).
     """
     if views not in (1, 2):
         raise ValueError(f"views must be 1 or 2, got {views}")
-    ds = tf.data.Dataset.from_tensor_slices((x, y))
-    ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True).repeat()
+    ds = _images_and_labels(examples, image_shape[0], shuffle_seed=seed)
     ds = ds.map(_to_float, num_parallel_calls=AUTOTUNE)
-    augmentation = PadCropFlip(x.shape[1:], seed=seed) if augment else (lambda image: image)
+    augmentation = PadCropFlip(image_shape, seed=seed) if augment else (lambda image: image)
     if views == 2:
         ds = ds.map(lambda image, label: ((augmentation(image), augmentation(image)), label),
                     num_parallel_calls=AUTOTUNE)
@@ -53,9 +109,10 @@ def train_dataset(x, y, batch_size, augment=True, seed=0, views=1):
 
 
 def _shard_by_element(ds):
-    # Under --strategy=multi_worker each worker keeps its part of every global batch. The arrays are
-    # in memory, so there are no files to divide among workers; saying so up front skips
-    # TensorFlow's failed attempt at file sharding (and its warning).
+    # Under --strategy=multi_worker each worker keeps its part of every global batch. The pipeline
+    # starts from arrays or a list of paths, not from a file-reading dataset, so there are no files
+    # for TensorFlow to divide among workers; saying so up front skips its failed attempt at file
+    # sharding (and its warning). (Each worker decodes every streamed file and keeps its share.)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return ds.with_options(options)

@@ -11,8 +11,12 @@ def markdown(report):
              f"{report['num_points']} points ({report['data']}), {report['norm']} eps "
              f"{report['eps']:.6g}, seed {report['seed']}. Clean accuracy "
              f"**{report['clean_accuracy']:.4f}**; per-example worst case over every attack: "
-             f"**{report['worst_case_robust_accuracy']:.4f}**.", "",
-             "| attack | robust accuracy | points | eps | steps | restarts | seconds | max perturbation "
+             f"**{report['worst_case_robust_accuracy']:.4f}**.", ""]
+    if report.get("threat_model_from"):
+        lines += [f"Norm and eps from {report['threat_model_from']}.", ""]
+    if report.get("model_notes"):
+        lines += [f"Note: {note}." for note in report["model_notes"]] + [""]
+    lines += ["| attack | robust accuracy | points | eps | steps | restarts | seconds | max perturbation "
              "| NaN | adv min | adv max |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for a in report["attacks"]:
         lines.append(f"| {a['attack']} | {a['robust_accuracy']:.4f} | {a['num_points']} | {a['eps']:.5g} "
@@ -73,7 +77,7 @@ def plot(report, output_dir):
 def write(report, output_dir, tensorboard_dir=None, step=0):
     """Writes report.md, the plots and, last and atomically, report.json: a report.json on disk
     means the whole evaluation finished (the reproduction grid resumes by it)."""
-    from robustcl.training.callbacks import atomic_write_text
+    from robustcl.artifacts import atomic_write_text
 
     os.makedirs(output_dir, exist_ok=True)
     atomic_write_text(os.path.join(output_dir, "report.md"), markdown(report))

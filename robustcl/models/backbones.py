@@ -1,4 +1,9 @@
-"""CIFAR backbones as Keras functional graphs: images (already normalized) -> pooled features.
+"""Backbones as Keras functional graphs: images (already normalized) -> pooled features.
+
+CIFAR-style networks (3x3 stem, no downsampling before the first stage) suit 32 and 64 px inputs
+(Tiny-ImageNet robust training uses them at 64 px); `resnet18_imagenet` and `resnet50` have the
+ImageNet stem (7x7 stride-2 convolution and 3x3 stride-2 max pooling) for 160-224 px inputs. Every
+backbone ends in global average pooling, so any input size works.
 
 Layer settings follow the PyTorch code the published robust-training results come from: BatchNorm
 momentum 0.9 (torch's 0.1) and epsilon 1e-5, He-normal (fan-out) convolution kernels, no conv bias.
@@ -59,13 +64,35 @@ def _preact_block(f, x, filters, strides, name):
     return layers.Add()([y, shortcut])
 
 
+def _bottleneck_block(f, x, filters, strides, name):
+    """ResNet v1.5 bottleneck (torchvision's ResNet-50): the stride sits on the 3x3 convolution."""
+    shortcut = x
+    y = layers.ReLU()(f.bn(f"{name}_bn1")(f.conv(filters, 1, name=f"{name}_conv1")(x)))
+    y = layers.ReLU()(f.bn(f"{name}_bn2")(f.conv(filters, 3, strides, name=f"{name}_conv2")(y)))
+    y = f.bn(f"{name}_bn3")(f.conv(4 * filters, 1, name=f"{name}_conv3")(y))
+    if strides != 1 or x.shape[-1] != 4 * filters:
+        shortcut = f.bn(f"{name}_shortcut_bn")(
+            f.conv(4 * filters, 1, strides, name=f"{name}_shortcut_conv")(x))
+    return layers.ReLU()(layers.Add()([y, shortcut]))
+
+
+def _imagenet_stem(x, f):
+    x = layers.ReLU()(f.bn("stem_bn")(f.conv(64, 7, 2, name="stem_conv")(x)))
+    return layers.MaxPooling2D(3, 2, padding="same", name="stem_pool")(x)
+
+
+def _resnet_stages(x, f, block, blocks_per_stage):
+    for stage, (filters, strides) in enumerate([(64, 1), (128, 2), (256, 2), (512, 2)]):
+        for i in range(blocks_per_stage[stage]):
+            x = block(f, x, filters, strides if i == 0 else 1, f"stage{stage + 1}_block{i + 1}")
+    return x
+
+
 def _resnet18(x, f, block, final_bn_relu):
     x = f.conv(64, name="stem_conv")(x)
     if not final_bn_relu:  # ResNet v1 normalizes the stem; the pre-activation net does it in blocks.
         x = layers.ReLU()(f.bn("stem_bn")(x))
-    for stage, (filters, strides) in enumerate([(64, 1), (128, 2), (256, 2), (512, 2)]):
-        for i in range(2):
-            x = block(f, x, filters, strides if i == 0 else 1, f"stage{stage + 1}_block{i + 1}")
+    x = _resnet_stages(x, f, block, (2, 2, 2, 2))
     if final_bn_relu:
         x = layers.ReLU()(f.bn("final_bn")(x))
     return layers.GlobalAveragePooling2D(name="pool")(x)
@@ -79,6 +106,20 @@ def resnet18(x, f):
 @BACKBONES.register("preact_resnet18")
 def preact_resnet18(x, f):
     return _resnet18(x, f, _preact_block, final_bn_relu=True)
+
+
+@BACKBONES.register("resnet18_imagenet")
+def resnet18_imagenet(x, f):
+    """ResNet-18 as for ImageNet (He et al. 2016; torchvision's resnet18)."""
+    x = _resnet_stages(_imagenet_stem(x, f), f, _basic_block, (2, 2, 2, 2))
+    return layers.GlobalAveragePooling2D(name="pool")(x)
+
+
+@BACKBONES.register("resnet50")
+def resnet50(x, f):
+    """ResNet-50 v1.5 as for ImageNet (torchvision's resnet50, the robust-ImageNet baseline)."""
+    x = _resnet_stages(_imagenet_stem(x, f), f, _bottleneck_block, (3, 4, 6, 3))
+    return layers.GlobalAveragePooling2D(name="pool")(x)
 
 
 def _wide_resnet(x, f, depth, widen):

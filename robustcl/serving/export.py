@@ -6,7 +6,8 @@ EXPORT_DIR/<model_name>/<version>/ holds only the inference path (no attack, no 
   logits           float32 images -> {"logits"}: the differentiable path for white-box attacks
 Inputs of the wrong rank or shape, with NaN/inf, or outside [0, 1] fail with an InvalidArgument
 error that says which; nothing is clipped. assets.extra/ (TF Serving's place for files that are not
-part of the graph) holds class_names.json, config.json and the evaluation report if there is one.
+part of the graph) holds config.json, dataset.json, class_names.json and the evaluation report if
+there is one (robustcl.artifacts names them).
 """
 
 import json
@@ -15,7 +16,7 @@ import shutil
 
 import tensorflow as tf
 
-ASSET_FILES = ("config.json", "class_names.json")
+from robustcl import artifacts
 
 
 def _check_images(images, image_shape, low, high):
@@ -97,7 +98,7 @@ def next_version(model_root):
     return max(versions, default=0) + 1
 
 
-def export(network, image_shape, export_dir, model_name, version=None, asset_sources=()):
+def export(network, image_shape, export_dir, model_name, version=None, assets=None):
     """Writes EXPORT_DIR/model_name/version atomically (a temporary directory renamed into place, so a
     server watching the directory never loads half an export). Returns the version directory."""
     model_root = os.path.join(export_dir, model_name)
@@ -113,29 +114,25 @@ def export(network, image_shape, export_dir, model_name, version=None, asset_sou
     shutil.rmtree(tmp, ignore_errors=True)
     module = InferenceModule(network, image_shape)
     tf.saved_model.save(module, tmp, signatures=module.signatures())
-    extra = os.path.join(tmp, "assets.extra")
+    extra = os.path.join(tmp, artifacts.EXPORT_ASSETS)
     os.makedirs(extra, exist_ok=True)
-    for source in asset_sources:
-        if source and os.path.isfile(source):
-            shutil.copy(source, os.path.join(extra, os.path.basename(source)))
+    for file_name, text in (assets or {}).items():
+        with open(os.path.join(extra, file_name), "w") as f:
+            f.write(text)
     os.replace(tmp, final)
     return final
 
 
 def export_run(model_dir, export_dir, model_name=None, version=None, checkpoint="best"):
-    """Exports a training run's checkpoint with its config, class names and evaluation report."""
-    from robustcl import data
-    from robustcl.training.run import load_network
-
-    config, network, _ = load_network(model_dir, checkpoint)
-    image_shape = data.dataset_info(config.data.dataset).image_shape
+    """Exports a training run's checkpoint with its config, dataset facts, class names and
+    evaluation report."""
+    classifier = artifacts.load_run(model_dir, checkpoint)
     name = model_name or os.path.basename(os.path.normpath(model_dir))
-    sources = [os.path.join(model_dir, f) for f in ASSET_FILES]
-    sources.append(os.path.join(model_dir, f"evaluation_{checkpoint}", "report.json"))
-    return export(network, image_shape, export_dir, name, version, sources)
-
-
-def read_class_names(saved_model_dir):
-    path = os.path.join(saved_model_dir, "assets.extra", "class_names.json")
-    with open(path) as f:
-        return json.load(f)
+    assets = {artifacts.CONFIG: classifier.config.to_json(),
+              artifacts.DATASET: classifier.info.to_json(),
+              artifacts.CLASS_NAMES: json.dumps(list(classifier.class_names))}
+    report = os.path.join(artifacts.evaluation_dir(model_dir, checkpoint), artifacts.REPORT)
+    if os.path.isfile(report):
+        with open(report) as f:
+            assets[artifacts.REPORT] = f.read()
+    return export(classifier.network, classifier.info.image_shape, export_dir, name, version, assets)

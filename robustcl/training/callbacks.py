@@ -6,21 +6,8 @@ import os
 
 import keras
 
-
-def atomic_write_text(path, text):
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_save_weights(model, path):
-    # Keras wants the ".weights.h5" suffix, so the temporary file keeps it.
-    tmp = path[: -len(".weights.h5")] + ".tmp.weights.h5"
-    model.save_weights(tmp, overwrite=True)
-    os.replace(tmp, path)
+from robustcl import artifacts
+from robustcl.artifacts import atomic_save_weights, atomic_write_text
 
 
 class RunCheckpoints(keras.callbacks.Callback):
@@ -36,9 +23,9 @@ class RunCheckpoints(keras.callbacks.Callback):
         self.network = network
         self.model_dir = model_dir
         self.monitor = monitor
-        self.history_path = os.path.join(model_dir, "history.json")
-        self.best_path = os.path.join(model_dir, "best.weights.h5")
-        self.last_path = os.path.join(model_dir, "last.weights.h5")
+        self.history_path = os.path.join(model_dir, artifacts.HISTORY)
+        self.best_path = artifacts.weights_path(model_dir, "best")
+        self.last_path = artifacts.weights_path(model_dir, "last")
         self.state = {"monitor": monitor, "best": None, "epochs": []}
 
     def on_train_begin(self, logs=None):

@@ -1,34 +1,18 @@
-"""One training run: config -> data, network, method, AdversarialModel.fit, files in model_dir.
+"""One training run: config -> data, network, method, AdversarialModel.fit, files in model_dir
+(the layout: robustcl.artifacts)."""
 
-model_dir after a run:
-  config.json          the resolved ExperimentConfig (flags.txt beside it when started from the CLI)
-  class_names.json     the dataset's class names, in label order
-  train/, validation/  TensorBoard event files (losses, accuracies, learning rate)
-  last.weights.h5      network weights after the last finished epoch
-  best.weights.h5      network weights with the best validation robust accuracy so far
-  history.json         per-epoch figures and which epoch is best
-  projector/           TensorBoard projector run: clean/adversarial embeddings per epoch, metadata,
-                       sprite, embedding-space scalars, 2-D projection PNGs
-  backup/              model + optimizer state for resuming (kept after the run)
-"""
-
-import json
 import os
 import shutil
 import tempfile
 
 import keras
 
-from robustcl import data, methods, models
+from robustcl import artifacts, data, methods, models
 from robustcl.training import schedules
 from robustcl.embeddings.projector import RUN_NAME as PROJECTOR_RUN
-from robustcl.training.callbacks import EmbeddingProjector, RunCheckpoints, atomic_write_text
+from robustcl.training.callbacks import EmbeddingProjector, RunCheckpoints
 from robustcl.training.distribute import is_chief, make_strategy, worker_backup
 from robustcl.training.model import AdversarialModel
-
-
-def set_precision(precision):
-    keras.mixed_precision.set_global_policy(precision)
 
 
 def build_model(config, num_classes, mean, std, image_shape, strategy):
@@ -80,22 +64,19 @@ def train(config, flags_text=None, verbose=1):
 
 def _train(config, strategy, output_dir, chief, flags_text, verbose):
     if chief:
-        os.makedirs(output_dir, exist_ok=True)
-        atomic_write_text(os.path.join(output_dir, "config.json"), config.to_json())
-        if flags_text is not None:
-            atomic_write_text(os.path.join(output_dir, "flags.txt"), flags_text)
+        artifacts.write_run_files(output_dir, config, flags_text)
     keras.utils.set_random_seed(config.run.seed)
-    set_precision(config.run.precision)
+    keras.mixed_precision.set_global_policy(config.run.precision)
 
     splits = data.load(config.data)
     if chief:
-        atomic_write_text(os.path.join(output_dir, "class_names.json"),
-                          json.dumps(list(splits.class_names)))
-    steps = steps_per_epoch(config, len(splits.train[0]))
-    train_ds = data.train_dataset(*splits.train, config.data.batch_size, config.data.augment,
-                                  seed=config.run.seed,
+        artifacts.write_dataset_files(output_dir, splits.info, splits.class_names)
+    steps = steps_per_epoch(config, len(splits.train))
+    train_ds = data.train_dataset(splits.train, splits.info.image_shape, config.data.batch_size,
+                                  config.data.augment, seed=config.run.seed,
                                   views=methods.get(config.method.name).data_views)
-    val_ds = data.eval_dataset(*splits.val, config.data.eval_batch_size) if len(splits.val[0]) else None
+    val_ds = (data.eval_dataset(splits.val.images, splits.val.labels, config.data.eval_batch_size)
+              if len(splits.val) else None)
 
     with strategy.scope():
         model = build_model(config, splits.info.num_classes, splits.info.mean, splits.info.std,
@@ -110,55 +91,18 @@ def _train(config, strategy, output_dir, chief, flags_text, verbose):
             RunCheckpoints(model.network, output_dir, monitor="val_robust_accuracy"),
             keras.callbacks.TensorBoard(log_dir=output_dir, update_freq="epoch", write_graph=False),
         ]
-        if config.projector.every_epochs and len(splits.val[0]):
+        if config.projector.every_epochs and len(splits.val):
             n = config.projector.examples
             callbacks.append(EmbeddingProjector(
-                model.network, os.path.join(output_dir, PROJECTOR_RUN), splits.val[0][:n] / 255.0,
-                splits.val[1][:n], splits.val_indices[:n], splits.class_names, config.val_attack,
+                model.network, os.path.join(output_dir, PROJECTOR_RUN), splits.val.images[:n] / 255.0,
+                splits.val.labels[:n], splits.val_indices[:n], splits.class_names, config.val_attack,
                 config.projector.every_epochs, config.optimizer.epochs, seed=config.run.seed))
-        backup_dir = os.path.join(output_dir, "backup")
+        backup_dir = os.path.join(output_dir, artifacts.BACKUP)
     else:
-        backup_dir = worker_backup(os.path.join(config.run.model_dir, "backup"), output_dir)
+        backup_dir = worker_backup(os.path.join(config.run.model_dir, artifacts.BACKUP), output_dir)
     callbacks.append(keras.callbacks.BackupAndRestore(
         backup_dir, double_checkpoint=True, delete_checkpoint=False))
     history = model.fit(train_ds, epochs=config.optimizer.epochs, steps_per_epoch=steps,
                         validation_data=val_ds, validation_freq=config.run.validation_freq,
                         callbacks=callbacks, verbose=verbose, shuffle=False)
     return model, history
-
-
-CHECKPOINTS = ("best", "last")
-
-
-def load_config(model_dir):
-    """The ExperimentConfig a run wrote, with its method's Params typed."""
-    from robustcl.config import ExperimentConfig
-
-    path = os.path.join(model_dir, "config.json")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} not found: is {model_dir} a robustcl run directory?")
-    with open(path) as f:
-        raw = json.load(f)
-    return ExperimentConfig.from_dict(raw, methods.get(raw["method"]["name"]).Params)
-
-
-def load_network(model_dir, checkpoint="best"):
-    """(config, network, class_names) of a trained run, weights from best or last.weights.h5.
-
-    The network is rebuilt in float32 on one device from the run's config, whatever precision and
-    strategy trained it (weights are stored in float32 either way)."""
-    if checkpoint not in CHECKPOINTS:
-        raise ValueError(f"checkpoint must be one of {', '.join(CHECKPOINTS)}, got {checkpoint!r}")
-    config = load_config(model_dir)
-    weights = os.path.join(model_dir, f"{checkpoint}.weights.h5")
-    if not os.path.isfile(weights):
-        raise FileNotFoundError(f"{weights} not found (has the run finished an epoch?)")
-    with open(os.path.join(model_dir, "class_names.json")) as f:
-        class_names = tuple(json.load(f))
-    info = data.dataset_info(config.data.dataset)
-    keras.mixed_precision.set_global_policy("float32")
-    network = models.build(config.model.name, info.num_classes, info.mean, info.std,
-                           info.image_shape, embedding_dim=config.model.embedding_dim,
-                           embedding_head=config.model.embedding_head)
-    network.load_weights(weights)
-    return config, network, class_names

@@ -1,0 +1,324 @@
+"""The files robustcl writes and reads: the run directory, the export, and the models users bring.
+Every file name of these layouts is written here once; training, evaluation, export, serving and
+the reproduction grid go through this module.
+
+A run directory (`--model_dir`):
+  config.json, flags.txt    the resolved ExperimentConfig and the flags that produced it
+  dataset.json              the dataset facts the network was built with (classes, image shape,
+                            normalization mean/std: computed ones included)
+  class_names.json          class names in label order
+  train/, validation/       TensorBoard event files;  projector/  the embedding projector run
+  best.weights.h5, last.weights.h5, history.json    checkpoints and per-epoch figures
+  backup/                   model + optimizer state for resuming
+  evaluation_<checkpoint>/  report.json, report.md, plots (scripts/evaluate.py)
+
+An export: EXPORT_DIR/<model_name>/<version>/ (saved_model.pb, variables/, and assets.extra/ with
+config.json, dataset.json, class_names.json and the evaluation's report.json when there is one).
+
+Files are replaced atomically (written beside, fsynced, renamed), so a crash leaves the old file or
+the new one, never half of one.
+"""
+
+import dataclasses
+import json
+import os
+from typing import Optional, Tuple
+
+CONFIG = "config.json"
+FLAGS = "flags.txt"
+DATASET = "dataset.json"
+CLASS_NAMES = "class_names.json"
+HISTORY = "history.json"
+BACKUP = "backup"
+REPORT = "report.json"
+EXPORT_ASSETS = "assets.extra"
+CHECKPOINTS = ("best", "last")
+# Run files an export carries in assets.extra/ (TF Serving's place for files outside the graph).
+EXPORTED_RUN_FILES = (CONFIG, DATASET, CLASS_NAMES)
+
+
+class ModelLoadError(ValueError):
+    """A model cannot be used as given; the message names the mismatch and the flag that fixes it."""
+
+
+def atomic_write_text(path, text):
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_save_weights(model, path):
+    # Keras wants the ".weights.h5" suffix, so the temporary file keeps it.
+    tmp = path[: -len(".weights.h5")] + ".tmp.weights.h5"
+    model.save_weights(tmp, overwrite=True)
+    os.replace(tmp, path)
+
+
+def weights_path(model_dir, checkpoint):
+    if checkpoint not in CHECKPOINTS:
+        raise ValueError(f"checkpoint must be one of {', '.join(CHECKPOINTS)}, got {checkpoint!r}")
+    return os.path.join(model_dir, f"{checkpoint}.weights.h5")
+
+
+def evaluation_dir(model_dir, checkpoint):
+    return os.path.join(model_dir, f"evaluation_{checkpoint}")
+
+
+def read_json(path, default=None):
+    if not os.path.isfile(path):
+        return default
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_run_files(model_dir, config, flags_text=None):
+    """The files a run writes before training: its resolved config and the flags behind it."""
+    os.makedirs(model_dir, exist_ok=True)
+    atomic_write_text(os.path.join(model_dir, CONFIG), config.to_json())
+    if flags_text is not None:
+        atomic_write_text(os.path.join(model_dir, FLAGS), flags_text)
+
+
+def write_dataset_files(directory, info, class_names):
+    atomic_write_text(os.path.join(directory, DATASET), info.to_json())
+    atomic_write_text(os.path.join(directory, CLASS_NAMES), json.dumps(list(class_names)))
+
+
+def read_config(directory):
+    """The ExperimentConfig in `directory` (a run directory or an export's assets.extra), with its
+    method's Params typed."""
+    from robustcl import methods
+    from robustcl.config import ExperimentConfig
+
+    path = os.path.join(directory, CONFIG)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} not found: is {directory} a robustcl run directory?")
+    with open(path) as f:
+        raw = json.load(f)
+    return ExperimentConfig.from_dict(raw, methods.get(raw["method"]["name"]).Params)
+
+
+def read_dataset(directory, config):
+    """(DatasetInfo, class names) a run's network was built with. Runs from before dataset.json
+    existed trained on a dataset of fixed statistics, which the dataset's spec gives."""
+    from robustcl import data
+
+    raw = read_json(os.path.join(directory, DATASET))
+    if raw is not None:
+        info = data.DatasetInfo.from_dict(raw)
+    else:
+        spec = data.dataset_spec(config.data.dataset)
+        size = data.image_size_of(spec, config.data.image_size)
+        info = data.DatasetInfo(spec.name, spec.num_classes, (size, size, 3), spec.mean, spec.std)
+    class_names = read_json(os.path.join(directory, CLASS_NAMES))
+    if class_names is None:
+        class_names = [str(i) for i in range(info.num_classes)]
+    return info, tuple(class_names)
+
+
+@dataclasses.dataclass
+class Classifier:
+    """A model as the attacks see it: `network(images in [0, 1]) -> {"logits": [B, classes]}`."""
+
+    network: object
+    name: str
+    image_shape: Optional[Tuple[int, ...]] = None  # what the model takes, when it says
+    config: object = None  # the robustcl ExperimentConfig, when there is one
+    info: object = None  # the DatasetInfo, when there is one
+    class_names: Optional[Tuple[str, ...]] = None
+    notes: Tuple[str, ...] = ()  # how the model's outputs or inputs were adapted, for the report
+    has_embedding: bool = False  # the projector needs an "embedding" output
+
+
+def load_run(model_dir, checkpoint="best"):
+    """A trained run's network, weights from best or last.weights.h5.
+
+    The network is rebuilt in float32 on one device from the run's config, whatever precision and
+    strategy trained it (weights are stored in float32 either way)."""
+    import keras
+
+    from robustcl import models
+
+    config = read_config(model_dir)
+    weights = weights_path(model_dir, checkpoint)
+    if not os.path.isfile(weights):
+        raise FileNotFoundError(f"{weights} not found (has the run finished an epoch?)")
+    info, class_names = read_dataset(model_dir, config)
+    keras.mixed_precision.set_global_policy("float32")
+    network = models.build(config.model.name, info.num_classes, info.mean, info.std,
+                           info.image_shape, embedding_dim=config.model.embedding_dim,
+                           embedding_head=config.model.embedding_head)
+    network.load_weights(weights)
+    return Classifier(network, f"{model_dir} ({checkpoint})", info.image_shape, config, info,
+                      class_names, has_embedding=True)
+
+
+class _SignatureNetwork:
+    """A SavedModel signature called like a network: images in [0, 1] -> {"logits"}."""
+
+    def __init__(self, loaded, signature, input_key, output_key, scale, log_probabilities):
+        # Keep the loaded object: its variables die with it, and the signature only refers to them.
+        self.loaded = loaded
+        self.signature = signature
+        self.input_key, self.output_key = input_key, output_key
+        self.scale, self.log_probabilities = scale, log_probabilities
+
+    def __call__(self, images, training=False):
+        import tensorflow as tf
+
+        del training  # a SavedModel signature holds one (inference) path
+        outputs = self.signature(**{self.input_key: tf.cast(images, tf.float32) * self.scale})
+        return {"logits": _as_logits(outputs[self.output_key], self.log_probabilities)}
+
+
+class _KerasNetwork:
+    def __init__(self, model, output_key, scale, log_probabilities):
+        self.model, self.output_key = model, output_key
+        self.scale, self.log_probabilities = scale, log_probabilities
+
+    def __call__(self, images, training=False):
+        import tensorflow as tf
+
+        outputs = self.model(tf.cast(images, tf.float32) * self.scale, training=training)
+        if isinstance(outputs, dict):
+            outputs = outputs[self.output_key]
+        return {"logits": _as_logits(outputs, self.log_probabilities)}
+
+
+def _as_logits(outputs, log_probabilities):
+    import tensorflow as tf
+
+    outputs = tf.cast(outputs, tf.float32)
+    if log_probabilities:
+        # log p: softmax(log p) = p, so cross-entropy and margins on these are the model's own.
+        return tf.math.log(tf.maximum(outputs, 1e-30))
+    return outputs
+
+
+INPUT_RANGES = {"0,1": 1.0, "0,255": 255.0}
+OUTPUT_KINDS = ("logits", "probabilities")
+
+
+def _adaptation_notes(input_range, outputs):
+    notes = []
+    if input_range == "0,255":
+        notes.append("the model takes pixels in [0, 255]: images in [0, 1] and eps are in [0, 1] "
+                     "units and multiplied by 255 on the way in")
+    if outputs == "probabilities":
+        notes.append("the model outputs probabilities: the attacks use their logarithm as logits "
+                     "(softmax of log-probabilities gives the same probabilities back)")
+    return tuple(notes)
+
+
+def _pick(keys, wanted, flag, what, prefer=None):
+    keys = sorted(keys)
+    if wanted:
+        if wanted not in keys:
+            raise ModelLoadError(f"--{flag}: {what} has no {wanted!r}; it has {', '.join(keys)}")
+        return wanted
+    if len(keys) == 1:
+        return keys[0]
+    if prefer in keys:
+        return prefer
+    raise ModelLoadError(f"--{flag}: {what} has {len(keys)} of them ({', '.join(keys)}); name the "
+                         "one to use")
+
+
+def load_saved_model(path, signature="", input_key="", output_key="", input_range="0,1",
+                     outputs="logits"):
+    """A robustcl export (through its differentiable `logits` signature, with the config it
+    carries) or any other SavedModel (through `signature`, default serving_default)."""
+    import tensorflow as tf
+
+    extra = os.path.join(path, EXPORT_ASSETS)
+    ours = os.path.isfile(os.path.join(extra, CONFIG))
+    try:
+        loaded = tf.saved_model.load(path)
+    except Exception as error:  # TF raises several types for unreadable SavedModels
+        raise ModelLoadError(f"--saved_model: cannot load {path}: {error}") from error
+    signatures = dict(loaded.signatures)
+    name = signature or ("logits" if ours else "serving_default")
+    if name not in signatures:
+        raise ModelLoadError(f"--signature: {path} has no signature {name!r}; it has "
+                             f"{', '.join(sorted(signatures)) or 'none'}")
+    function = signatures[name]
+    inputs = function.structured_input_signature[1]
+    in_key = _pick(inputs, input_key, "input_key", f"signature {name!r}'s inputs")
+    spec = inputs[in_key]
+    if not spec.dtype.is_floating:
+        raise ModelLoadError(f"--signature: {name!r} takes {spec.dtype.name} {in_key!r}: attacks need "
+                             "gradients with respect to a float input; choose a float signature")
+    out_key = _pick(function.structured_outputs, output_key, "output_key",
+                    f"signature {name!r}'s outputs", prefer="logits")
+    network = _SignatureNetwork(loaded, function, in_key, out_key, INPUT_RANGES[input_range],
+                                outputs == "probabilities")
+    shape = tuple(spec.shape[1:]) if spec.shape.rank else None
+    classifier = Classifier(network, f"{path} (signature {name}, {in_key} -> {out_key})", shape,
+                            notes=_adaptation_notes(input_range, outputs))
+    if ours:
+        classifier.config = read_config(extra)
+        classifier.info, classifier.class_names = read_dataset(extra, classifier.config)
+    return classifier
+
+
+def load_keras_model(path, output_key="", input_range="0,1", outputs="logits"):
+    """A model saved with `model.save("m.keras")` (or .h5): any Keras classifier of images."""
+    import keras
+
+    if not os.path.isfile(path):
+        raise ModelLoadError(f"--keras_model: {path} is not a file")
+    try:
+        model = keras.saving.load_model(path, compile=False)
+    except Exception as error:  # Keras raises many types (unknown layers, bad archives)
+        raise ModelLoadError(f"--keras_model: cannot load {path}: {error} (a model with custom "
+                             "layers needs them registered: keras.saving.register_keras_serializable)"
+                             ) from error
+    if len(model.inputs) != 1:
+        raise ModelLoadError(f"--keras_model: {path} takes {len(model.inputs)} inputs; robustcl "
+                             "attacks models of one image input")
+    key = None
+    if isinstance(model.output, dict):
+        key = _pick(model.output, output_key, "output_key", f"{path}'s outputs", prefer="logits")
+    elif output_key:
+        raise ModelLoadError(f"--output_key: {path} has one unnamed output")
+    network = _KerasNetwork(model, key, INPUT_RANGES[input_range], outputs == "probabilities")
+    return Classifier(network, f"{path} (Keras model {model.name})", tuple(model.inputs[0].shape[1:]),
+                      notes=_adaptation_notes(input_range, outputs))
+
+
+def check_against_data(classifier, image_shape, num_classes, x_probe, outputs="logits"):
+    """Fails naming the mismatch when the model's input shape differs from the data's, or its
+    outputs are not class scores of the dataset's classes."""
+    import numpy as np
+
+    expected = tuple(image_shape)
+    if classifier.image_shape and len(classifier.image_shape) == 3:
+        declared = tuple(classifier.image_shape)
+        if len(declared) != len(expected) or any(d is not None and d != e
+                                                 for d, e in zip(declared, expected)):
+            raise ModelLoadError(f"the model takes images of shape {list(declared)}; the data's are "
+                                 f"{list(expected)} (--dataset, --image_size)")
+    elif classifier.image_shape:
+        raise ModelLoadError(f"the model takes inputs of shape {list(classifier.image_shape)}; "
+                             f"expected images [batch, {', '.join(map(str, expected))}]")
+    try:
+        result = classifier.network(x_probe, training=False)["logits"]
+    except Exception as error:  # whatever the user's model raises on the data
+        raise ModelLoadError(f"the model fails on {list(x_probe.shape)} images of the dataset: "
+                             f"{error}") from error
+    shape = tuple(result.shape)
+    if len(shape) != 2 or shape[0] != len(x_probe) or shape[1] != num_classes:
+        raise ModelLoadError(f"the model's outputs have shape {list(shape)} for {len(x_probe)} "
+                             f"images; class scores of this dataset's {num_classes} classes are "
+                             f"[{len(x_probe)}, {num_classes}] (--output_key picks another output)")
+    values = np.asarray(result)
+    if not np.all(np.isfinite(values)):
+        raise ModelLoadError("the model's outputs contain NaN or inf on clean test images")
+    if outputs == "probabilities":
+        sums = np.exp(values).sum(-1)
+        if not np.allclose(sums, 1.0, atol=1e-3):
+            raise ModelLoadError(f"--outputs=probabilities: the outputs do not sum to 1 (sums "
+                                 f"{np.round(sums, 3).tolist()}); are they logits (--outputs=logits)?")
