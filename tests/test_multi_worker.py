@@ -93,8 +93,9 @@ def _assert_cluster_matches_mirrored(data_dir, tmp_path, run_flags):
     assert "Epoch 2/2" in chief_out and "Epoch 2/2" in worker_out
 
     # Only the chief wrote the run directory; the other worker's private backup is gone.
-    assert {"config.json", "flags.txt", "class_names.json", "history.json", "best.weights.h5",
-            "last.weights.h5", "backup", "train", "validation", "projector"} == set(os.listdir(cluster_dir))
+    assert {"config.json", "flags.txt", "dataset.json", "class_names.json", "history.json",
+            "best.weights.h5", "last.weights.h5", "backup", "train", "validation",
+            "projector"} == set(os.listdir(cluster_dir))
     assert os.listdir(tmp_path / "worker1_tmp") == []
     assert json.load(open(cluster_dir / "config.json"))["run"]["strategy"] == "multi_worker"
 

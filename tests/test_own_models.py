@@ -140,7 +140,7 @@ def test_64px_file_dataset_trains_evaluates_and_exports(tmp_path):
         [sys.executable, os.path.join(REPO, "scripts", "train.py"),
          "--flagfile=configs/pgd_at_cifar10.flags", "--flagfile=configs/data_tiny_imagenet.flags",
          "--flagfile=configs/smoke.flags", f"--data_dir={path}", f"--model_dir={run_dir}",
-         "--train_examples=0", "--val_size=24", "--projector_every_epochs=0", "--nodownload"],
+         "--train_examples=0", "--val_size=24", "--projector_examples=16", "--nodownload"],
         cwd=REPO, capture_output=True, text=True, timeout=900)
     assert train.returncode == 0, train.stderr[-3000:]
     facts = json.loads((run_dir / "dataset.json").read_text())

@@ -171,3 +171,14 @@ def test_export_script_and_evaluating_the_export(smoke_run, tmp_path):
         [sys.executable, os.path.join(REPO, "scripts", "evaluate.py"), f"--saved_model={path}"],
         cwd=REPO, capture_output=True, text=True, timeout=300)
     assert missing.returncode != 0 and "--output_dir: is required with --saved_model" in missing.stderr
+
+
+def test_thumbnails_keep_the_sprite_within_the_projector_limit():
+    from robustcl.embeddings.projector import SPRITE_MAX_SIDE, thumbnail_side, thumbnails_of
+
+    small = np.random.default_rng(0).uniform(size=(5, 32, 32, 3))
+    np.testing.assert_array_equal(thumbnails_of(small), np.round(small * 255).astype(np.uint8))
+    large = np.full((3, 224, 160, 3), 0.5)
+    assert thumbnails_of(large).shape == (3, 64, 46, 3)
+    assert thumbnail_side(1000) == 64  # 2000 thumbnails, 45 per row: 2880 px
+    assert thumbnail_side(9000) == 60 and 60 * 135 <= SPRITE_MAX_SIDE  # 18,000: 135 per row

@@ -17,6 +17,7 @@ import dataclasses
 import json
 import os
 import socket
+import threading
 import urllib.parse
 from typing import Callable, Optional, Tuple
 
@@ -84,7 +85,7 @@ def _cifar(name, layout, mean, std):
         find=lambda d: formats.find_cifar(layout, d), read=lambda p: formats.read_cifar(layout, p),
         keras_cache=(f"{layout.folder}-target", layout.folder, layout.archive),
         download_url=f"https://www.cs.toronto.edu/~kriz/{layout.archive}",
-        download_help=(f"the official {layout.archive} (https://www.cs.toronto.edu/~kriz/cifar.html) "
+        download_help=(f"download the official {layout.archive} (https://www.cs.toronto.edu/~kriz/cifar.html) "
                        "and pass --data_dir=<the archive, its extracted folder or their directory>"))
 
 
@@ -105,7 +106,7 @@ DATASETS = {
         keras_cache=(formats.TINY_IMAGENET_FOLDER, "tiny-imagenet-200-download"),
         keras_download="tiny-imagenet-200-download",
         download_url="http://cs231n.stanford.edu/tiny-imagenet-200.zip",
-        download_help="tiny-imagenet-200.zip (http://cs231n.stanford.edu/tiny-imagenet-200.zip), "
+        download_help="download tiny-imagenet-200.zip (http://cs231n.stanford.edu/tiny-imagenet-200.zip), "
                       "unzip it and pass --data_dir=<tiny-imagenet-200 or its directory>"),
     "imagenette": DatasetSpec(
         "imagenette", "Imagenette, 10 ImageNet classes (tfds imagenette)", 0, 224, 10,
@@ -146,18 +147,27 @@ def keras_cache_dir():
 
 def network_reachable(url, timeout=3.0):
     """Whether a TCP connection to the download host (or to the HTTPS/HTTP proxy, when one is set)
-    opens within `timeout` seconds."""
+    opens within `timeout` seconds, name lookup included (a socket timeout does not bound the
+    lookup, so the probe runs in a thread that is given up on)."""
     parsed = urllib.parse.urlparse(url)
     proxy = (os.environ.get("https_proxy") or os.environ.get("HTTPS_PROXY")
              if parsed.scheme == "https" else os.environ.get("http_proxy") or os.environ.get("HTTP_PROXY"))
     if proxy:
         parsed = urllib.parse.urlparse(proxy if "//" in proxy else "//" + proxy)
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    try:
-        with socket.create_connection((parsed.hostname, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
+    result = []
+
+    def connect():
+        try:
+            with socket.create_connection((parsed.hostname, port), timeout=timeout):
+                result.append(True)
+        except OSError:
+            pass
+
+    probe = threading.Thread(target=connect, daemon=True)
+    probe.start()
+    probe.join(timeout)
+    return bool(result)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -27,7 +27,6 @@ from tensorboard.plugins import projector
 from robustcl.attacks import OBJECTIVES, attack_from_config
 from robustcl.embeddings.space import embedding_space_stats
 
-RUN_NAME = "projector"
 METADATA_COLUMNS = ("class", "label", "view", "predicted", "correct", "index")
 
 
@@ -60,6 +59,28 @@ def metadata_rows(labels, indices, class_names, clean_pred, adversarial_pred):
             rows.append((class_names[label], str(label), view, class_names[predicted],
                          str(int(predicted == label)), str(index)))
     return rows
+
+
+SPRITE_MAX_SIDE = 8192  # the projector does not load a larger sprite image
+THUMBNAIL_MAX_SIDE = 64
+
+
+def thumbnail_side(n):
+    """The largest thumbnail side for n images (2n thumbnails in a square sprite)."""
+    return min(THUMBNAIL_MAX_SIDE, SPRITE_MAX_SIDE // math.ceil(math.sqrt(2 * n)))
+
+
+def thumbnails_of(x):
+    """Images in [0, 1] -> uint8 thumbnails no larger than 64 px, and small enough that the sprite
+    of both views (2N thumbnails) fits the projector's 8192 px limit."""
+    images = np.clip(np.round(np.asarray(x) * 255), 0, 255).astype(np.uint8)
+    n, height, width = images.shape[:3]
+    side = thumbnail_side(n)
+    if max(height, width) <= side:
+        return images
+    scale = side / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return np.stack([np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR)) for image in images])
 
 
 def write_sprite(path, images):
@@ -160,8 +181,7 @@ def write_projector_epoch(run_dir, tag, network, x, y, indices, class_names, att
     views = embed_clean_and_adversarial(network, x, y, attack_config, batch_size, seed)
     embeddings = np.concatenate([views["clean"], views["adversarial"]])
     rows = metadata_rows(y, indices, class_names, views["clean_pred"], views["adversarial_pred"])
-    thumbnails = np.clip(np.round(np.asarray(x) * 255), 0, 255).astype(np.uint8)
-    write_epoch(run_dir, tag, embeddings, rows, thumbnails)
+    write_epoch(run_dir, tag, embeddings, rows, thumbnails_of(x))
     stats = embedding_space_stats(views["clean"], views["adversarial"], y)
     stats["clean_accuracy"] = float(np.mean(views["clean_pred"] == y))
     stats["robust_accuracy"] = float(np.mean(views["adversarial_pred"] == y))

@@ -73,15 +73,16 @@ def evaluate_run(config, progress=True):
     result["threat_model_from"] = eps_source
     result["model_notes"] = list(classifier.notes)
     result["config"] = dataclasses.asdict(config)
-    tensorboard_dir = os.path.join(config.model_dir, "evaluation") if config.model_dir else None
+    tensorboard_dir = (os.path.join(config.model_dir, artifacts.EVALUATION_LOGS) if config.model_dir
+                       else None)
     report_io.write(result, output_dir, tensorboard_dir=tensorboard_dir)
     if config.projector_examples and classifier.has_embedding:
-        from robustcl.embeddings.projector import RUN_NAME, write_projector_epoch
+        from robustcl.embeddings.projector import write_projector_epoch
 
         k = min(config.projector_examples, n)
         attack = AttackConfig(name="pgd", norm=norm, eps=eps, step_size=2.5 * eps / config.pgd_steps,
                               steps=config.pgd_steps)
-        write_projector_epoch(os.path.join(config.model_dir, RUN_NAME), f"test_{config.checkpoint}",
+        write_projector_epoch(os.path.join(config.model_dir, artifacts.PROJECTOR), f"test_{config.checkpoint}",
                               classifier.network, x[:k], y[:k], np.arange(k), class_names, attack,
                               step=0, seed=config.seed)
     return result, output_dir

@@ -9,7 +9,6 @@ import keras
 
 from robustcl import artifacts, data, methods, models
 from robustcl.training import schedules
-from robustcl.embeddings.projector import RUN_NAME as PROJECTOR_RUN
 from robustcl.training.callbacks import EmbeddingProjector, RunCheckpoints
 from robustcl.training.distribute import is_chief, make_strategy, worker_backup
 from robustcl.training.model import AdversarialModel
@@ -94,7 +93,7 @@ def _train(config, strategy, output_dir, chief, flags_text, verbose):
         if config.projector.every_epochs and len(splits.val):
             n = config.projector.examples
             callbacks.append(EmbeddingProjector(
-                model.network, os.path.join(output_dir, PROJECTOR_RUN), splits.val.images[:n] / 255.0,
+                model.network, os.path.join(output_dir, artifacts.PROJECTOR), splits.val.images[:n] / 255.0,
                 splits.val.labels[:n], splits.val_indices[:n], splits.class_names, config.val_attack,
                 config.projector.every_epochs, config.optimizer.epochs, seed=config.run.seed))
         backup_dir = os.path.join(output_dir, artifacts.BACKUP)
