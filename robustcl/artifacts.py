@@ -59,6 +59,30 @@ def atomic_save_weights(model, path):
     os.replace(tmp, path)
 
 
+def fingerprint(*paths):
+    """A hash of the files at `paths` (files, or every file under directories): what an evaluation
+    records of the model it attacked, so results of another model are never mixed in."""
+    import hashlib
+
+    digest = hashlib.sha1()
+    for path in paths:
+        files = [path] if os.path.isfile(path) else sorted(
+            os.path.join(root, name) for root, _, names in os.walk(path) for name in names)
+        for file_path in files:
+            digest.update(os.path.relpath(file_path, path).encode())
+            with open(file_path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def settings_key(settings):
+    """A short hash of a settings dict (its canonical JSON)."""
+    import hashlib
+
+    return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def weights_path(model_dir, checkpoint):
     if checkpoint not in CHECKPOINTS:
         raise ValueError(f"checkpoint must be one of {', '.join(CHECKPOINTS)}, got {checkpoint!r}")
@@ -133,6 +157,7 @@ class Classifier:
     class_names: Optional[Tuple[str, ...]] = None
     notes: Tuple[str, ...] = ()  # how the model's outputs or inputs were adapted, for the report
     has_embedding: bool = False  # the projector needs an "embedding" output
+    files: Tuple[str, ...] = ()  # what the model was loaded from (fingerprinted by evaluations)
 
 
 def load_run(model_dir, checkpoint="best"):
@@ -155,7 +180,7 @@ def load_run(model_dir, checkpoint="best"):
                            embedding_head=config.model.embedding_head)
     network.load_weights(weights)
     return Classifier(network, f"{model_dir} ({checkpoint})", info.image_shape, config, info,
-                      class_names, has_embedding=True)
+                      class_names, has_embedding=True, files=(weights,))
 
 
 class _SignatureNetwork:
@@ -259,7 +284,7 @@ def load_saved_model(path, signature="", input_key="", output_key="", input_rang
                                 outputs == "probabilities")
     shape = tuple(spec.shape[1:]) if spec.shape.rank else None
     classifier = Classifier(network, f"{path} (signature {name}, {in_key} -> {out_key})", shape,
-                            notes=_adaptation_notes(input_range, outputs))
+                            notes=_adaptation_notes(input_range, outputs), files=(path,))
     if ours:
         classifier.config = read_config(extra)
         classifier.info, classifier.class_names = read_dataset(extra, classifier.config)
@@ -288,7 +313,7 @@ def load_keras_model(path, output_key="", input_range="0,1", outputs="logits"):
         raise ModelLoadError(f"--output_key: {path} has one unnamed output")
     network = _KerasNetwork(model, key, INPUT_RANGES[input_range], outputs == "probabilities")
     return Classifier(network, f"{path} (Keras model {model.name})", tuple(model.inputs[0].shape[1:]),
-                      notes=_adaptation_notes(input_range, outputs))
+                      notes=_adaptation_notes(input_range, outputs), files=(path,))
 
 
 def check_against_data(classifier, image_shape, num_classes, x_probe, outputs="logits"):

@@ -228,6 +228,7 @@ class ExperimentConfig:
 
 EVAL_ATTACKS = ("fgsm", "pgd", "pgd-strong", "cw", "autoattack")
 SWEEP_ATTACKS = ("pgd", "fgsm", "cw", "apgd-ce")
+EVAL_STRATEGIES = ("one_device", "mirrored")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -263,6 +264,13 @@ class EvaluationConfig:
     seed: int = 0
     batch_size: int = 256
     projector_examples: int = 1000  # 0: write no projector data
+    # Scale: points go in chunks (the unit of resuming; random draws are keyed by the chunk's first
+    # point); chunk k belongs to shard k % num_shards; shard_index -1 evaluates every chunk (one
+    # shard) or, with num_shards > 1, merges the shards' chunks into the report.
+    chunk_size: int = 500
+    num_shards: int = 1
+    shard_index: int = -1
+    strategy: str = "one_device"  # or mirrored: chunks spread over the machine's devices
 
     def validate(self):
         from robustcl.artifacts import INPUT_RANGES, OUTPUT_KINDS
@@ -296,6 +304,12 @@ class EvaluationConfig:
             _check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
         _check(self.projector_examples >= 0, "projector_examples",
                f"must be >= 0, got {self.projector_examples}")
+        _check(self.chunk_size >= 1, "chunk_size", f"must be >= 1, got {self.chunk_size}")
+        _check(self.num_shards >= 1, "num_shards", f"must be >= 1, got {self.num_shards}")
+        _check(self.shard_index == -1 or 0 <= self.shard_index < self.num_shards, "shard_index",
+               f"must be in [0, --num_shards={self.num_shards}), got {self.shard_index}")
+        _check(self.strategy in EVAL_STRATEGIES, "strategy",
+               f"unknown {self.strategy!r}; known: {', '.join(EVAL_STRATEGIES)}")
         return self
 
 

@@ -38,6 +38,11 @@ def main(argv):
 
     try:
         report, output_dir = evaluate_run(config)
+        if report is None:
+            print(f"shard {config.shard_index} of {config.num_shards} done: its chunks are in "
+                  f"{output_dir}/chunks; merge with the same command, --num_shards="
+                  f"{config.num_shards} and no --shard_index")
+            return
     except (DataNotFoundError, DataFormatError, FileNotFoundError, ModelLoadError, ConfigError) as error:
         sys.exit(f"error: {error}")
     except EvaluationError as error:

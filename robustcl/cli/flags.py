@@ -314,6 +314,17 @@ def define_evaluate_flags(flag_values=FLAGS):
     flags.DEFINE_integer("projector_examples", e.projector_examples, "Test images whose clean and "
                          "adversarial embeddings go to the TensorBoard projector (0: none).",
                          flag_values=flag_values)
+    flags.DEFINE_integer("chunk_size", e.chunk_size, "Points per chunk: the unit of resuming (each "
+                         "finished chunk is written to OUTPUT_DIR/chunks/) and of sharding; random "
+                         "draws are keyed by the chunk's first point.", flag_values=flag_values)
+    flags.DEFINE_integer("num_shards", e.num_shards, "Split the chunks over N shards (chunk k goes "
+                         "to shard k mod N); without --shard_index, merge the shards' results into "
+                         "the report.", flag_values=flag_values)
+    flags.DEFINE_integer("shard_index", None, "Evaluate only this shard's chunks (a job array "
+                         "entry); the merge is a separate run without it.", flag_values=flag_values)
+    flags.DEFINE_string("strategy", e.strategy, f"{' or '.join(cfg.EVAL_STRATEGIES)}: mirrored "
+                        "spreads the chunks over the machine's GPUs (or logical CPU devices).",
+                        flag_values=flag_values)
 
 
 def evaluation_config_from_flags(flag_values=FLAGS):
@@ -337,8 +348,9 @@ def evaluation_config_from_flags(flag_values=FLAGS):
         attacks=tuple(f.attacks), norm=f.norm or "", eps=-1.0 if f.eps is None else f.eps,
         pgd_steps=f.pgd_steps, pgd_restarts=f.pgd_restarts, apgd_iterations=f.apgd_iterations,
         square_queries=f.square_queries, sweep=f.sweep, sweep_attack=f.sweep_attack, seed=f.seed,
-        batch_size=f.batch_size,
-        projector_examples=f.projector_examples).validate()
+        batch_size=f.batch_size, projector_examples=f.projector_examples, chunk_size=f.chunk_size,
+        num_shards=f.num_shards, shard_index=-1 if f.shard_index is None else f.shard_index,
+        strategy=f.strategy).validate()
 
 
 def define_export_flags(flag_values=FLAGS):

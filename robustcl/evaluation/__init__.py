@@ -1,10 +1,12 @@
 """Evaluation users can trust: an attack suite, the AutoAttack-style cascade, per-example worst
 case, checks against gradient masking, and reports (JSON, Markdown, PNG, TensorBoard)."""
 
-import time
+import dataclasses
+from typing import Optional, Tuple
 
 import numpy as np
 
+from robustcl.attacks.threat import perturbation_norms
 from robustcl.config import EVAL_ATTACKS as ATTACKS
 from robustcl.evaluation import checks
 from robustcl.evaluation.checks import EvaluationError
@@ -21,83 +23,154 @@ DEVIATIONS = [
 ]
 
 
-def evaluate(network, x, y, class_names, norm="linf", eps=8 / 255, attacks=ATTACKS, pgd_steps=20,
-             pgd_step_size=None, pgd_restarts=1, apgd_iterations=100, square_queries=5000,
-             sweep=True, seed=0, batch_size=256, progress=True, model_name="model", data_name="",
-             sweep_attack="pgd"):
-    """Runs the attacks on (x in [0,1], y) and returns the report dict (see report.markdown).
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What every chunk of points goes through: the threat model, the attacks and their budgets."""
 
-    Raises EvaluationError when an adversarial input leaves the threat set or [0, 1], has NaN, or an
-    example counts robust while misclassified clean.
+    norm: str = "linf"
+    eps: float = 8 / 255
+    attacks: Tuple[str, ...] = ATTACKS
+    pgd_steps: int = 20
+    pgd_step_size: Optional[float] = None  # default 2.5 eps / steps
+    pgd_restarts: int = 1
+    apgd_iterations: int = 100
+    square_queries: int = 5000
+    sweep: bool = True
+    sweep_attack: str = "pgd"
+    seed: int = 0
+    batch_size: int = 256
+    chunk_size: int = 500  # points per unit of work: the unit of resuming, sharding and seeding
+
+    @property
+    def step_size(self):
+        return self.pgd_step_size or 2.5 * self.eps / self.pgd_steps
+
+    def sweep_eps(self):
+        multiples = [0.0, 0.25, 0.5, 1.0, 2.0, 4.0]
+        return sorted({round(m * self.eps, 8) for m in multiples}
+                      | ({LARGE_LINF_EPS} if self.norm == "linf" else set()))
+
+
+def chunk_seed(seed, start):
+    """The seed of the chunk starting at point `start`: random draws are keyed by the points'
+    indices, never by which process, shard or device evaluates them."""
+    return int(seed) * 1_000_003 + int(start)
+
+
+def _point_stats(prefix, x, x_adv, norm):
+    finite = np.isfinite(x_adv)
+    return {f"{prefix}/distance": perturbation_norms(x, x_adv, norm).astype(np.float64),
+            f"{prefix}/nan": (~finite).reshape(len(x), -1).sum(1),
+            f"{prefix}/adv_min": np.nanmin(x_adv.reshape(len(x), -1), 1) if len(x) else np.zeros(0),
+            f"{prefix}/adv_max": np.nanmax(x_adv.reshape(len(x), -1), 1) if len(x) else np.zeros(0)}
+
+
+def evaluate_chunk(attacker, x, y, start, plan, log=print, preflight=False):
+    """Runs the plan on one chunk of points (x, y = points start .. start + len(x) - 1).
+
+    Returns {"meta": {...}, name: array}: per point, the clean verdict and for every attack its
+    robust verdict and perturbation statistics; per attack, its seconds. Hard checks run here, so a
+    stored chunk has passed them. With `preflight`, the model checks that look at the first points
+    (probability outputs, nondeterminism, input gradients) run too and their warnings are kept.
     """
-    start_all = time.perf_counter()
-    log = print if progress else (lambda *a, **k: None)
     x = np.asarray(x, np.float32)
     y = np.asarray(y, np.int32)
-    attacker = Attacker(network, batch_size, progress)
+    seed = chunk_seed(plan.seed, start)
     logits = attacker.logits(x)
     clean_correct = np.argmax(logits, -1) == y
-    num_classes = logits.shape[-1]
-    step_size = pgd_step_size or (2.5 * eps / pgd_steps)
-    warnings = []
+    arrays = {"clean_correct": clean_correct}
+    meta = {"start": int(start), "count": int(len(x)), "num_classes": int(logits.shape[-1]),
+            "attacks": [], "sweep": [], "preflight_warnings": None}
+    if preflight:
+        warnings = []
+        message = checks.warn_probabilities(logits)
+        if message:
+            warnings.append(message)
+        warnings += checks.warn_nondeterministic(attacker, x)
+        warnings += checks.warn_gradients(attacker, x, y)
+        meta["preflight_warnings"] = warnings
 
-    message = checks.warn_probabilities(logits)
-    if message:
-        warnings.append(message)
-    warnings += checks.warn_nondeterministic(attacker, x)
-    warnings += checks.warn_gradients(attacker, x, y)
-
-    results = []
-    for name in attacks:
-        if name == "fgsm":
-            results.append(attacker.gradient_attack("fgsm", x, y, norm, eps, 1, eps, 1, "ce", seed,
-                                                    random_start=False, clean_correct=clean_correct))
-        elif name == "pgd":
-            results.append(attacker.gradient_attack("pgd", x, y, norm, eps, pgd_steps, step_size,
-                                                    pgd_restarts, "ce", seed,
-                                                    clean_correct=clean_correct))
-        elif name == "pgd-strong":  # more steps and restarts: accuracy must not rise
-            results.append(attacker.gradient_attack(
-                "pgd-strong", x, y, norm, eps, 2 * pgd_steps, step_size / 2, pgd_restarts + 2, "ce",
-                seed + 1, clean_correct=clean_correct))
-        elif name == "cw":
-            results.append(attacker.gradient_attack("cw", x, y, norm, eps, pgd_steps,
-                                                    step_size, pgd_restarts, "cw", seed,
-                                                    clean_correct=clean_correct))
-        elif name == "autoattack":
-            results += autoattack_cascade(attacker, x, y, norm, eps, seed, apgd_iterations,
-                                          square_queries=square_queries, log=log)
-        else:
-            raise ValueError(f"unknown attack {name!r}; known: {', '.join(ATTACKS)}")
-
-    passed = []
-    for result in results:
+    def record(result):
         checks.check_adversarial_inputs(result, x)
         checks.check_robust_not_above_clean(result, clean_correct)
-    passed.append("every adversarial input is inside the eps-ball and [0, 1], without NaN")
-    passed.append("no example is robust while misclassified clean")
+        arrays[f"{result.name}/robust"] = result.robust
+        arrays.update(_point_stats(result.name, x, result.x_adv, result.norm))
+        if result.queries is not None:
+            arrays[f"{result.name}/queries"] = np.asarray(result.queries)
+        meta["attacks"].append({"attack": result.name, "steps": result.steps, "restarts": result.restarts,
+                                "seconds": result.seconds, "has_queries": result.queries is not None})
 
+    norm, eps, steps, step = plan.norm, plan.eps, plan.pgd_steps, plan.step_size
+    for name in plan.attacks:
+        if name == "fgsm":
+            record(attacker.gradient_attack("fgsm", x, y, norm, eps, 1, eps, 1, "ce", seed,
+                                            random_start=False, clean_correct=clean_correct))
+        elif name == "pgd":
+            record(attacker.gradient_attack("pgd", x, y, norm, eps, steps, step, plan.pgd_restarts,
+                                            "ce", seed, clean_correct=clean_correct))
+        elif name == "pgd-strong":  # more steps and restarts: accuracy must not rise
+            record(attacker.gradient_attack("pgd-strong", x, y, norm, eps, 2 * steps, step / 2,
+                                            plan.pgd_restarts + 2, "ce", seed + 1,
+                                            clean_correct=clean_correct))
+        elif name == "cw":
+            record(attacker.gradient_attack("cw", x, y, norm, eps, steps, step, plan.pgd_restarts,
+                                            "cw", seed, clean_correct=clean_correct))
+        elif name == "autoattack":
+            for result in autoattack_cascade(attacker, x, y, norm, eps, seed, plan.apgd_iterations,
+                                             square_queries=plan.square_queries, log=log):
+                record(result)
+        else:
+            raise ValueError(f"unknown attack {name!r}; known: {', '.join(ATTACKS)}")
+    if plan.sweep:
+        for value in plan.sweep_eps():
+            robust = clean_correct if value == 0 else _sweep_point(
+                attacker, plan.sweep_attack, x, y, clean_correct, norm, value, steps,
+                plan.apgd_iterations, seed)
+            arrays[f"sweep/{value!r}"] = robust
+            meta["sweep"].append(value)
+    return {"meta": meta, **arrays}
+
+
+def merge(chunks, y, class_names, plan, model_name="model", data_name=""):
+    """The report of a whole evaluation from its chunks (in any order; they must cover the points
+    0 .. len(y) - 1 once each)."""
+    chunks = sorted(chunks, key=lambda c: c["meta"]["start"])
+    covered = np.concatenate([np.arange(c["meta"]["start"], c["meta"]["start"] + c["meta"]["count"])
+                              for c in chunks]) if chunks else np.zeros(0, int)
+    if not np.array_equal(covered, np.arange(len(y))):
+        raise ValueError(f"chunks cover {len(covered)} points, not each of the {len(y)} once")
+
+    def joined(key):
+        return np.concatenate([c[key] for c in chunks])
+
+    y = np.asarray(y, np.int32)
+    clean_correct = joined("clean_correct")
+    first = chunks[0]["meta"]
+    num_classes = first["num_classes"]
+    warnings = list(first["preflight_warnings"] or [])
+    results = []
+    for index, spec in enumerate(first["attacks"]):
+        name = spec["attack"]
+        seconds = sum(c["meta"]["attacks"][index]["seconds"] for c in chunks)
+        queries = joined(f"{name}/queries") if spec["has_queries"] else None
+        results.append(MergedResult(name, plan.norm, plan.eps, spec["steps"], spec["restarts"],
+                                    plan.seed, joined(f"{name}/robust"), seconds, queries,
+                                    {k: joined(f"{name}/{k}") for k in ("distance", "nan", "adv_min",
+                                                                         "adv_max")}))
     by_name = {r.name: r for r in results}
     white_box = [n for n in ("fgsm", "pgd", "pgd-strong", "cw", "apgd-ce", "apgd-t") if n in by_name]
     warnings += checks.warn_attack_ordering(by_name, white_box)
-
     worst = clean_correct.copy()
     for r in results:
         worst &= r.robust
     sweep_points = []
-    sweep_name = {"pgd": f"pgd-{pgd_steps}", "fgsm": "fgsm", "cw": f"cw-{pgd_steps}",
-                  "apgd-ce": f"apgd-ce-{apgd_iterations}"}[sweep_attack]
-    if sweep:
-        multiples = [0.0, 0.25, 0.5, 1.0, 2.0, 4.0]
-        eps_values = sorted({round(m * eps, 8) for m in multiples}
-                            | ({LARGE_LINF_EPS} if norm == "linf" else set()))
-        for value in eps_values:
-            robust = clean_correct if value == 0 else _sweep_point(
-                attacker, sweep_attack, x, y, clean_correct, norm, value, pgd_steps, apgd_iterations,
-                seed)
-            sweep_points.append({"eps": value, "robust_accuracy": float(robust.mean())})
-        warnings += checks.warn_sweep(sweep_points, num_classes, norm)
-
+    if first["sweep"]:
+        for value in first["sweep"]:
+            sweep_points.append({"eps": value,
+                                 "robust_accuracy": float(joined(f"sweep/{value!r}").mean())})
+        warnings += checks.warn_sweep(sweep_points, num_classes, plan.norm)
+    sweep_name = {"pgd": f"pgd-{plan.pgd_steps}", "fgsm": "fgsm", "cw": f"cw-{plan.pgd_steps}",
+                  "apgd-ce": f"apgd-ce-{plan.apgd_iterations}"}[plan.sweep_attack]
     per_class = []
     for label, class_name in enumerate(class_names):
         mask = y == label
@@ -106,16 +179,74 @@ def evaluate(network, x, y, class_names, norm="linf", eps=8 / 255, attacks=ATTAC
                               "clean_accuracy": float(clean_correct[mask].mean()),
                               "robust_accuracy": float(worst[mask].mean())})
     return {
-        "model": model_name, "data": data_name, "num_points": int(len(x)), "norm": norm,
-        "eps": float(eps), "seed": int(seed), "num_classes": int(num_classes),
+        "model": model_name, "data": data_name, "num_points": int(len(y)), "norm": plan.norm,
+        "eps": float(plan.eps), "seed": int(plan.seed), "num_classes": int(num_classes),
+        "chunk_size": int(plan.chunk_size),
         "clean_accuracy": float(clean_correct.mean()),
         "worst_case_robust_accuracy": float(worst.mean()),
-        "attacks": [r.summary(x, clean_correct) for r in results],
+        "attacks": [r.summary(clean_correct) for r in results],
         "eps_sweep": sweep_points, "sweep_attack": sweep_name, "per_class": per_class,
-        "warnings": warnings, "checks_passed": passed,
-        "deviations": [d for d in DEVIATIONS if "autoattack" in attacks],
-        "seconds": round(time.perf_counter() - start_all, 2),
+        "warnings": warnings,
+        "checks_passed": ["every adversarial input is inside the eps-ball and [0, 1], without NaN",
+                          "no example is robust while misclassified clean"],
+        "deviations": [d for d in DEVIATIONS if "autoattack" in plan.attacks],
+        "seconds": round(sum(sum(a["seconds"] for a in c["meta"]["attacks"]) for c in chunks), 2),
+        "per_point": {"clean_correct": clean_correct.tolist(), "worst_case_robust": worst.tolist()},
     }
+
+
+@dataclasses.dataclass
+class MergedResult:
+    """One attack over every point: the verdicts and statistics of its chunks put together."""
+
+    name: str
+    norm: str
+    eps: float
+    steps: int
+    restarts: int
+    seed: int
+    robust: np.ndarray
+    seconds: float
+    queries: Optional[np.ndarray]
+    stats: dict
+
+    def summary(self, clean_correct):
+        out = {"attack": self.name, "robust_accuracy": float(self.robust.mean()),
+               "num_points": int(len(self.robust)), "eps": self.eps, "norm": self.norm,
+               "steps": self.steps, "restarts": self.restarts, "seed": self.seed,
+               "seconds": round(self.seconds, 3),
+               "max_perturbation": float(np.nanmax(self.stats["distance"])) if len(self.robust) else 0.0,
+               "nan_count": int(self.stats["nan"].sum()),
+               "adv_min": float(np.nanmin(self.stats["adv_min"])),
+               "adv_max": float(np.nanmax(self.stats["adv_max"])),
+               "robust_above_clean": int(np.sum(self.robust & ~clean_correct))}
+        if self.queries is not None:
+            out["queries_mean"] = float(self.queries.mean())
+            out["queries_median"] = float(np.median(self.queries))
+        return out
+
+
+def chunk_starts(num_points, chunk_size):
+    return list(range(0, num_points, chunk_size))
+
+
+def evaluate(network, x, y, class_names, norm="linf", eps=8 / 255, attacks=ATTACKS, pgd_steps=20,
+             pgd_step_size=None, pgd_restarts=1, apgd_iterations=100, square_queries=5000,
+             sweep=True, seed=0, batch_size=256, progress=True, model_name="model", data_name="",
+             sweep_attack="pgd", chunk_size=500):
+    """Runs the attacks on (x in [0,1], y) in memory, chunk by chunk, and returns the report dict
+    (see report.markdown). robustcl.evaluation.run adds persistence, shards and devices.
+
+    Raises EvaluationError when an adversarial input leaves the threat set or [0, 1], has NaN, or an
+    example counts robust while misclassified clean.
+    """
+    plan = Plan(norm, eps, tuple(attacks), pgd_steps, pgd_step_size, pgd_restarts, apgd_iterations,
+                square_queries, sweep, sweep_attack, seed, batch_size, chunk_size)
+    log = print if progress else (lambda *a, **k: None)
+    attacker = Attacker(network, batch_size, progress)
+    chunks = [evaluate_chunk(attacker, x[s:s + chunk_size], y[s:s + chunk_size], s, plan, log,
+                             preflight=(s == 0)) for s in chunk_starts(len(x), chunk_size)]
+    return merge(chunks, y, class_names, plan, model_name, data_name)
 
 
 def _sweep_point(attacker, attack, x, y, clean_correct, norm, eps, steps, apgd_iterations, seed):
@@ -138,4 +269,4 @@ def _sweep_point(attacker, attack, x, y, clean_correct, norm, eps, steps, apgd_i
     return result.robust & clean_correct
 
 
-__all__ = ["ATTACKS", "EvaluationError", "evaluate"]
+__all__ = ["ATTACKS", "EvaluationError", "Plan", "chunk_starts", "evaluate", "evaluate_chunk", "merge"]

@@ -1,14 +1,25 @@
 """Evaluating a model on the test split: a training run's checkpoint, a SavedModel (a robustcl
-export or any other) or a Keras model file."""
+export or any other) or a Keras model file; in chunks that are persisted as they finish, split
+over shards (processes or machines) and over the devices of one machine.
 
+OUTPUT_DIR/chunks/ holds one file per finished chunk of points (`chunk_<first point>.npz`: every
+attack's per-point verdicts and perturbation statistics) and `settings.json`, what they were made
+with. A rerun skips finished chunks; a rerun with other settings is refused, naming them. The
+report is made from the chunks once all are there.
+"""
+
+import concurrent.futures
+import contextlib
 import dataclasses
+import json
 import os
 
 import numpy as np
 
 from robustcl import artifacts, data
 from robustcl.config import AttackConfig, ConfigError
-from robustcl.evaluation import evaluate, report as report_io
+from robustcl.evaluation import Plan, chunk_starts, evaluate_chunk, merge, report as report_io
+from robustcl.evaluation.suite import Attacker
 
 DEFAULT_NORM, DEFAULT_EPS = "linf", 8 / 255
 
@@ -49,8 +60,126 @@ def _dataset(config, classifier):
                              config.download, image_size)
 
 
+class ChunkStore:
+    """OUTPUT_DIR/chunks/: finished chunks and the settings they were made with."""
+
+    def __init__(self, output_dir, settings):
+        self.directory = os.path.join(output_dir, "chunks")
+        self.settings = json.loads(json.dumps(settings))  # as stored: tuples become lists
+        self.key = artifacts.settings_key(settings)
+
+    def check_settings(self):
+        """Refuses a directory whose chunks were made with other settings, naming them."""
+        path = os.path.join(self.directory, "settings.json")
+        stored = artifacts.read_json(path)
+        if stored is None:
+            os.makedirs(self.directory, exist_ok=True)
+            artifacts.atomic_write_text(path, json.dumps(self.settings, indent=2, sort_keys=True))
+            return
+        differ = sorted(k for k in set(stored) | set(self.settings) if stored.get(k) != self.settings.get(k))
+        if differ:
+            details = "; ".join(f"{k}: {stored.get(k)!r} there, {self.settings.get(k)!r} now" for k in differ)
+            raise ConfigError(f"--output_dir: {self.directory} holds results made with other settings "
+                              f"({details}); use another --output_dir or remove it")
+
+    def path(self, start):
+        return os.path.join(self.directory, f"chunk_{start:08d}.npz")
+
+    def has(self, start):
+        return os.path.isfile(self.path(start))
+
+    def write(self, chunk):
+        meta = dict(chunk["meta"], settings_key=self.key)
+        arrays = {k: v for k, v in chunk.items() if k != "meta"}
+        final = self.path(meta["start"])
+        tmp = final[:-len(".npz")] + ".tmp.npz"
+        with open(tmp, "wb") as f:
+            np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+
+    def read(self, start):
+        with np.load(self.path(start), allow_pickle=False) as f:
+            chunk = {k: f[k] for k in f.files if k != "meta"}
+            chunk["meta"] = json.loads(str(f["meta"]))
+        return chunk
+
+
+def _shard_starts(starts, num_shards, shard_index):
+    return [s for k, s in enumerate(starts) if k % num_shards == shard_index]
+
+
+def _settings(config, classifier, plan, data_name, num_points):
+    """What the chunks' results depend on: the model (its files' hash), the points, the plan."""
+    # Paths are left out, so shards on machines that mount the model or data elsewhere still match.
+    calling = {k: getattr(config, k) for k in ("checkpoint", "signature", "input_key", "output_key",
+                                                "input_range", "outputs")}
+    return {"model_fingerprint": artifacts.fingerprint(*classifier.files), **calling,
+            "data": data_name, "num_points": int(num_points), **dataclasses.asdict(plan)}
+
+
+def _devices(strategy):
+    import tensorflow as tf
+
+    if strategy == "one_device":
+        return [None]
+    devices = [d.name for d in tf.config.list_logical_devices("GPU")]
+    return devices or [d.name for d in tf.config.list_logical_devices("CPU")]
+
+
+def _evaluate_chunks(network, x, y, starts, plan, store, devices, progress):
+    """Evaluates the chunks at `starts`, spread over `devices` (one thread and attacker each),
+    writing each as it finishes."""
+    import tensorflow as tf
+
+    log = print if progress else (lambda *a, **k: None)
+
+    def worker(device, my_starts):
+        with tf.device(device) if device else contextlib.nullcontext():
+            attacker = Attacker(network, plan.batch_size, progress and len(devices) == 1)
+            for start in my_starts:
+                end = start + plan.chunk_size
+                log(f"chunk of points {start}..{min(end, len(x)) - 1}" + (f" on {device}" if device else ""))
+                store.write(evaluate_chunk(attacker, x[start:end], y[start:end], start, plan,
+                                           log if len(devices) == 1 else (lambda *a, **k: None),
+                                           preflight=(start == 0)))
+
+    assignments = [(device, starts[i::len(devices)]) for i, device in enumerate(devices)]
+    if len(devices) == 1:
+        worker(*assignments[0])
+        return
+    with concurrent.futures.ThreadPoolExecutor(len(devices)) as pool:
+        for future in [pool.submit(worker, *a) for a in assignments]:
+            future.result()
+
+
+def _read_all(store, starts, num_shards):
+    """Every chunk, or an error naming the shards with chunks missing or made otherwise."""
+    missing, other = {}, {}
+    chunks = []
+    for k, start in enumerate(starts):
+        shard = k % num_shards
+        if not store.has(start):
+            missing.setdefault(shard, []).append(start)
+            continue
+        chunk = store.read(start)
+        if chunk["meta"].get("settings_key") != store.key:
+            other.setdefault(shard, []).append(start)
+            continue
+        chunks.append(chunk)
+    problems = [f"shard {shard} of {num_shards}: {len(v)} chunk(s) missing (first point "
+                f"{v[0]}); run it with --shard_index={shard}" for shard, v in sorted(missing.items())]
+    problems += [f"shard {shard} of {num_shards}: {len(v)} chunk(s) made with other settings (first "
+                 f"point {v[0]})" for shard, v in sorted(other.items())]
+    if problems:
+        raise ConfigError(f"--num_shards: cannot merge {store.directory}: " + "; ".join(problems))
+    return chunks
+
+
 def evaluate_run(config, progress=True):
-    """EvaluationConfig -> (report dict, output directory)."""
+    """EvaluationConfig -> (report dict, output directory); the report is None when this process
+    evaluated one shard (--shard_index) and left the merge to another."""
     classifier = load_classifier(config)
     dataset = _dataset(config, classifier)
     if classifier.info is not None and classifier.info.num_classes != dataset.info.num_classes:
@@ -64,12 +193,25 @@ def evaluate_run(config, progress=True):
     output_dir = config.output_dir or artifacts.evaluation_dir(config.model_dir, config.checkpoint)
     n = len(x)
     class_names = classifier.class_names or dataset.class_names
-    result = evaluate(classifier.network, x, y, class_names, norm, eps, config.attacks,
-                      config.pgd_steps, None, config.pgd_restarts, config.apgd_iterations,
-                      config.square_queries, config.sweep, config.seed, config.batch_size, progress,
-                      model_name=classifier.name,
-                      data_name=f"{dataset.info.name} test[:{n}], {dataset.source}",
-                      sweep_attack=config.sweep_attack)
+    plan = Plan(norm, eps, tuple(config.attacks), config.pgd_steps, None, config.pgd_restarts,
+                config.apgd_iterations, config.square_queries, config.sweep, config.sweep_attack,
+                config.seed, config.batch_size, config.chunk_size)
+    data_name = f"{dataset.info.name} test[:{n}]"
+    store = ChunkStore(output_dir, _settings(config, classifier, plan, data_name, n))
+    store.check_settings()
+    starts = chunk_starts(n, plan.chunk_size)
+    if config.shard_index >= 0:
+        mine = _shard_starts(starts, config.num_shards, config.shard_index)
+    else:
+        mine = starts if config.num_shards == 1 else []  # several shards: merge only
+    todo = [s for s in mine if not store.has(s)]
+    if progress and len(todo) < len(mine):
+        print(f"{len(mine) - len(todo)} of {len(mine)} chunks already done in {store.directory}")
+    _evaluate_chunks(classifier.network, x, y, todo, plan, store, _devices(config.strategy), progress)
+    if config.shard_index >= 0:
+        return None, output_dir
+    result = merge(_read_all(store, starts, config.num_shards), y, class_names, plan,
+                   model_name=classifier.name, data_name=f"{data_name}, {dataset.source}")
     result["threat_model_from"] = eps_source
     result["model_notes"] = list(classifier.notes)
     result["config"] = dataclasses.asdict(config)

@@ -1,0 +1,159 @@
+"""Evaluation at scale: chunks persisted as they finish, shards merged, devices of one machine,
+resuming after a kill, refusing mixed settings; warnings that tell a difference from noise."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from robustcl import data
+from robustcl.config import ConfigError, EvaluationConfig
+from robustcl.evaluation import checks
+from robustcl.evaluation.run import evaluate_run
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+POINTS, CHUNK = 60, 20
+BUDGET = dict(attacks=("fgsm", "pgd", "autoattack"), pgd_steps=3, apgd_iterations=4,
+              square_queries=20, sweep=True, sweep_attack="fgsm", num_examples=POINTS,
+              chunk_size=CHUNK, batch_size=16, projector_examples=0, download=False,
+              dataset="cifar10")
+
+
+@pytest.fixture(scope="module")
+def fitted_model(synthetic_cifar10, tmp_path_factory):
+    """A plain Keras MLP fitted to the first test points (so most are correct clean and the
+    attacks have work to do), saved as a .keras file."""
+    x, y = data.first_test_images(data.load_dataset("cifar10", synthetic_cifar10, download=False), POINTS)
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((32, 32, 3))
+    hidden = keras.layers.Dense(64, activation="relu")(keras.layers.Flatten()(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(10)(hidden))
+    model.compile(keras.optimizers.Adam(1e-3),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, epochs=60, batch_size=20, verbose=0)
+    path = str(tmp_path_factory.mktemp("model") / "model.keras")
+    model.save(path)
+    return path
+
+
+def _config(model, data_dir, output_dir, **overrides):
+    return EvaluationConfig(keras_model=model, data_dir=data_dir, output_dir=str(output_dir),
+                            **dict(BUDGET, **overrides)).validate()
+
+
+def _comparable(report):
+    """The report without timings and paths: what must not depend on how the work was split."""
+    rows = [{k: v for k, v in row.items() if k != "seconds"} for row in report["attacks"]]
+    return {"attacks": rows, "per_point": report["per_point"], "eps_sweep": report["eps_sweep"],
+            "clean": report["clean_accuracy"], "worst": report["worst_case_robust_accuracy"],
+            "warnings": report["warnings"], "per_class": report["per_class"]}
+
+
+@pytest.fixture(scope="module")
+def single(fitted_model, synthetic_cifar10, tmp_path_factory):
+    report, _ = evaluate_run(_config(fitted_model, synthetic_cifar10,
+                                     tmp_path_factory.mktemp("single")), progress=False)
+    return report
+
+
+def test_single_process_report_is_made_of_chunks(single):
+    assert single["num_points"] == POINTS and single["chunk_size"] == CHUNK
+    assert 0.5 < single["clean_accuracy"] <= 1.0  # the model fits its points: the attacks have work
+    names = [row["attack"] for row in single["attacks"]]
+    assert names == ["fgsm", "pgd", "apgd-ce", "apgd-t", "fab-t", "square"]
+    worst = np.array(single["per_point"]["worst_case_robust"])
+    assert worst.mean() == pytest.approx(single["worst_case_robust_accuracy"])
+
+
+@pytest.mark.parametrize("num_shards", [2, 3])
+def test_shards_merge_to_the_single_process_report(num_shards, single, fitted_model,
+                                                   synthetic_cifar10, tmp_path):
+    for index in range(num_shards):
+        report, _ = evaluate_run(_config(fitted_model, synthetic_cifar10, tmp_path,
+                                         num_shards=num_shards, shard_index=index), progress=False)
+        assert report is None  # a shard leaves the merge to the merge command
+    merged, _ = evaluate_run(_config(fitted_model, synthetic_cifar10, tmp_path,
+                                     num_shards=num_shards), progress=False)
+    assert _comparable(merged) == _comparable(single)
+
+
+def test_a_missing_shard_is_named(fitted_model, synthetic_cifar10, tmp_path):
+    evaluate_run(_config(fitted_model, synthetic_cifar10, tmp_path, num_shards=3, shard_index=1),
+                 progress=False)
+    with pytest.raises(ConfigError, match=r"shard 0 of 3: 1 chunk\(s\) missing .*--shard_index=0; "
+                                          r"shard 2 of 3"):
+        evaluate_run(_config(fitted_model, synthetic_cifar10, tmp_path, num_shards=3), progress=False)
+
+
+def test_mirrored_over_two_devices_equals_one_device(single, fitted_model, synthetic_cifar10, tmp_path):
+    mirrored, _ = evaluate_run(_config(fitted_model, synthetic_cifar10, tmp_path, strategy="mirrored"),
+                               progress=False)
+    assert _comparable(mirrored) == _comparable(single)
+
+
+def test_other_settings_are_refused_naming_them(single, fitted_model, synthetic_cifar10, tmp_path):
+    evaluate_run(_config(fitted_model, synthetic_cifar10, tmp_path, attacks=("fgsm",), sweep=False),
+                 progress=False)
+    with pytest.raises(ConfigError, match=r"other settings \(eps: 0.0313.* there, 0.0156.* now\)"):
+        evaluate_run(_config(fitted_model, synthetic_cifar10, tmp_path, attacks=("fgsm",), sweep=False,
+                             eps=4 / 255), progress=False)
+
+
+@pytest.mark.slow
+def test_killed_during_the_cascade_resumes_to_the_uninterrupted_report(single, fitted_model,
+                                                                      synthetic_cifar10, tmp_path):
+    command = [sys.executable, os.path.join(REPO, "scripts", "evaluate.py"),
+               f"--keras_model={fitted_model}", "--dataset=cifar10", f"--data_dir={synthetic_cifar10}",
+               f"--output_dir={tmp_path}", "--attacks=fgsm,pgd,autoattack", "--pgd_steps=3",
+               "--apgd_iterations=4", "--square_queries=20", "--sweep_attack=fgsm",
+               f"--num_examples={POINTS}", f"--chunk_size={CHUNK}", "--batch_size=16",
+               "--nodownload"]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    chunks = tmp_path / "chunks"
+    # Kill once the second chunk (points 20..39) is inside the cascade: the first is on disk.
+    output, second_chunk = [], False
+    for line in process.stdout:
+        output.append(line)
+        second_chunk = second_chunk or line.startswith("chunk of points 20..39")
+        if second_chunk and "apgd-ce" in line and "points still robust" in line:
+            break
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "".join(output)[-2000:]
+    assert sorted(os.listdir(chunks)) == ["chunk_00000000.npz", "settings.json"]
+    assert not (tmp_path / "report.json").exists()
+    resumed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "1 of 3 chunks already done" in resumed.stdout
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert _comparable(report) == _comparable(single)
+
+
+class _Verdicts:
+    def __init__(self, robust):
+        self.robust = np.asarray(robust, bool)
+        self.seconds = 1.0
+
+
+def test_attack_ordering_warnings_need_more_than_noise():
+    base = np.ones(100, bool)
+    pgd = base.copy()
+    pgd[:40] = False
+    one_better = pgd.copy()
+    one_better[40] = False  # FGSM breaks 1 point PGD leaves robust, 1 point in 100
+    assert checks.warn_attack_ordering({"fgsm": _Verdicts(one_better), "pgd": _Verdicts(pgd)}, []) == []
+    much_better = pgd.copy()
+    much_better[40:48] = False  # 8 points to 0: p = 0.0039
+    [message] = checks.warn_attack_ordering({"fgsm": _Verdicts(much_better), "pgd": _Verdicts(pgd)}, [])
+    assert "FGSM breaks 8 points PGD leaves robust, PGD 0 the other way (sign test p = 0.0039)" in message
+    strong = pgd.copy()
+    strong[:5] = True  # the stronger PGD leaves 5 points robust that PGD broke: p = 0.031, noise
+    assert checks.warn_attack_ordering({"pgd": _Verdicts(pgd), "pgd-strong": _Verdicts(strong)}, []) == []
+    assert checks.one_sided_sign_test(7, 0) == pytest.approx(1 / 128)
+    assert checks.one_sided_sign_test(0, 0) == 1.0
