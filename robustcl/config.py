@@ -271,6 +271,8 @@ class EvaluationConfig:
     num_shards: int = 1
     shard_index: int = -1
     strategy: str = "one_device"  # or mirrored: chunks spread over the machine's devices
+    transfer_from: str = ""  # a surrogate (run, SavedModel, Keras file) for black-box transfer rows
+    transfer_in_worst_case: bool = False
 
     def validate(self):
         from robustcl.artifacts import INPUT_RANGES, OUTPUT_KINDS

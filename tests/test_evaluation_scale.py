@@ -157,3 +157,26 @@ def test_attack_ordering_warnings_need_more_than_noise():
     assert checks.warn_attack_ordering({"pgd": _Verdicts(pgd), "pgd-strong": _Verdicts(strong)}, []) == []
     assert checks.one_sided_sign_test(7, 0) == pytest.approx(1 / 128)
     assert checks.one_sided_sign_test(0, 0) == 1.0
+
+
+def test_transfer_rows_from_a_surrogate(single, fitted_model, synthetic_cifar10, tmp_path):
+    # The model as its own surrogate: transfer-PGD is the white-box PGD, draw for draw.
+    report, _ = evaluate_run(_config(fitted_model, synthetic_cifar10, tmp_path / "self",
+                                     transfer_from=fitted_model), progress=False)
+    rows = {row["attack"]: row for row in report["attacks"]}
+    assert rows["transfer-pgd"]["robust_accuracy"] == rows["pgd"]["robust_accuracy"]
+    assert "transfer-apgd-ce" in rows and report["transfer_from"].startswith(fitted_model)
+    # Not in the worst case unless asked: the worst case is the one without them.
+    assert report["per_point"] == single["per_point"]
+    assert "not counted in the worst case" in (tmp_path / "self" / "report.md").read_text()
+    # Another network as surrogate (an untrained one: its examples transfer poorly).
+    keras.utils.set_random_seed(5)
+    inputs = keras.Input((32, 32, 3))
+    other = keras.Model(inputs, keras.layers.Dense(10)(keras.layers.Flatten()(inputs)))
+    other.save(tmp_path / "other.keras")
+    counted, _ = evaluate_run(_config(fitted_model, synthetic_cifar10, tmp_path / "other",
+                                      transfer_from=str(tmp_path / "other.keras"),
+                                      transfer_in_worst_case=True), progress=False)
+    rows = {row["attack"]: row for row in counted["attacks"]}
+    assert rows["transfer-pgd"]["robust_accuracy"] >= rows["pgd"]["robust_accuracy"]
+    assert counted["worst_case_robust_accuracy"] <= single["worst_case_robust_accuracy"]

@@ -322,6 +322,12 @@ def define_evaluate_flags(flag_values=FLAGS):
                          "the report.", flag_values=flag_values)
     flags.DEFINE_integer("shard_index", None, "Evaluate only this shard's chunks (a job array "
                          "entry); the merge is a separate run without it.", flag_values=flag_values)
+    flags.DEFINE_string("transfer_from", None, "A surrogate network (a run directory, a SavedModel "
+                        "or a Keras model file): PGD and APGD-CE examples crafted on it are scored "
+                        "on the evaluated model, as transfer (black-box) rows of the report.",
+                        flag_values=flag_values)
+    flags.DEFINE_bool("transfer_in_worst_case", e.transfer_in_worst_case, "Count the transfer rows "
+                      "in the per-example worst case.", flag_values=flag_values)
     flags.DEFINE_string("strategy", e.strategy, f"{' or '.join(cfg.EVAL_STRATEGIES)}: mirrored "
                         "spreads the chunks over the machine's GPUs (or logical CPU devices).",
                         flag_values=flag_values)
@@ -333,6 +339,8 @@ def evaluation_config_from_flags(flag_values=FLAGS):
         raise cfg.ConfigError(f"--model_dir: {f.model_dir} is not a directory")
     if f.saved_model is not None and not os.path.isfile(os.path.join(f.saved_model, "saved_model.pb")):
         raise cfg.ConfigError(f"--saved_model: no saved_model.pb in {f.saved_model}")
+    if f.transfer_from is not None and not os.path.exists(f.transfer_from):
+        raise cfg.ConfigError(f"--transfer_from: {f.transfer_from} does not exist")
     if f.keras_model is not None and not os.path.isfile(f.keras_model):
         raise cfg.ConfigError(f"--keras_model: {f.keras_model} is not a file")
     if f.data_dir is not None and not os.path.exists(f.data_dir):
@@ -350,7 +358,8 @@ def evaluation_config_from_flags(flag_values=FLAGS):
         square_queries=f.square_queries, sweep=f.sweep, sweep_attack=f.sweep_attack, seed=f.seed,
         batch_size=f.batch_size, projector_examples=f.projector_examples, chunk_size=f.chunk_size,
         num_shards=f.num_shards, shard_index=-1 if f.shard_index is None else f.shard_index,
-        strategy=f.strategy).validate()
+        strategy=f.strategy, transfer_from=f.transfer_from or "",
+        transfer_in_worst_case=f.transfer_in_worst_case).validate()
 
 
 def define_export_flags(flag_values=FLAGS):

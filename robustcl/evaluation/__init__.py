@@ -2,6 +2,7 @@
 case, checks against gradient masking, and reports (JSON, Markdown, PNG, TensorBoard)."""
 
 import dataclasses
+import time
 from typing import Optional, Tuple
 
 import numpy as np
@@ -40,6 +41,9 @@ class Plan:
     seed: int = 0
     batch_size: int = 256
     chunk_size: int = 500  # points per unit of work: the unit of resuming, sharding and seeding
+    # Transfer (black-box) rows: examples crafted on a surrogate network, scored on the model.
+    transfer: bool = False
+    transfer_in_worst_case: bool = False
 
     @property
     def step_size(self):
@@ -65,13 +69,42 @@ def _point_stats(prefix, x, x_adv, norm):
             f"{prefix}/adv_max": np.nanmax(x_adv.reshape(len(x), -1), 1) if len(x) else np.zeros(0)}
 
 
-def evaluate_chunk(attacker, x, y, start, plan, log=print, preflight=False):
+TRANSFER_PREFIX = "transfer-"
+
+
+def transfer_results(attacker, surrogate, x, y, clean_correct, plan, seed):
+    """PGD (every point, the plan's steps and restarts, CE) and APGD-CE (AutoAttack's settings)
+    crafted on the surrogate; a point is robust if the model classifies it correctly clean and on
+    the surrogate's example."""
+    from robustcl.attacks.apgd import apgd
+    from robustcl.evaluation.suite import AttackResult
+
+    results = []
+    crafted = surrogate.gradient_attack("surrogate pgd", x, y, plan.norm, plan.eps, plan.pgd_steps,
+                                        plan.step_size, plan.pgd_restarts, "ce", seed)
+    results.append((f"{TRANSFER_PREFIX}pgd", plan.pgd_steps, plan.pgd_restarts, crafted.x_adv,
+                    crafted.seconds))
+    start_time = time.perf_counter()
+    parts = []
+    for i in range(0, len(x), plan.batch_size):
+        adv, _ = apgd(surrogate.logits_fn, x[i:i + plan.batch_size], y[i:i + plan.batch_size],
+                      plan.norm, plan.eps, plan.apgd_iterations, seed=seed)
+        parts.append(np.asarray(adv))
+    results.append((f"{TRANSFER_PREFIX}apgd-ce", plan.apgd_iterations, 1,
+                    np.concatenate(parts) if parts else x.copy(), time.perf_counter() - start_time))
+    return [AttackResult(name, plan.norm, plan.eps, steps, restarts, seed,
+                         clean_correct & (attacker.predict(x_adv) == y), x_adv, seconds)
+            for name, steps, restarts, x_adv, seconds in results]
+
+
+def evaluate_chunk(attacker, x, y, start, plan, log=print, preflight=False, surrogate=None):
     """Runs the plan on one chunk of points (x, y = points start .. start + len(x) - 1).
 
     Returns {"meta": {...}, name: array}: per point, the clean verdict and for every attack its
     robust verdict and perturbation statistics; per attack, its seconds. Hard checks run here, so a
     stored chunk has passed them. With `preflight`, the model checks that look at the first points
     (probability outputs, nondeterminism, input gradients) run too and their warnings are kept.
+    `surrogate` (an Attacker on another network) makes the transfer rows the plan asks for.
     """
     x = np.asarray(x, np.float32)
     y = np.asarray(y, np.int32)
@@ -121,6 +154,11 @@ def evaluate_chunk(attacker, x, y, start, plan, log=print, preflight=False):
                 record(result)
         else:
             raise ValueError(f"unknown attack {name!r}; known: {', '.join(ATTACKS)}")
+    if plan.transfer:
+        if surrogate is None:
+            raise ValueError("the plan has transfer rows: give the surrogate")
+        for result in transfer_results(attacker, surrogate, x, y, clean_correct, plan, seed):
+            record(result)
     if plan.sweep:
         for value in plan.sweep_eps():
             robust = clean_correct if value == 0 else _sweep_point(
@@ -162,7 +200,8 @@ def merge(chunks, y, class_names, plan, model_name="model", data_name=""):
     warnings += checks.warn_attack_ordering(by_name, white_box)
     worst = clean_correct.copy()
     for r in results:
-        worst &= r.robust
+        if plan.transfer_in_worst_case or not r.name.startswith(TRANSFER_PREFIX):
+            worst &= r.robust
     sweep_points = []
     if first["sweep"]:
         for value in first["sweep"]:

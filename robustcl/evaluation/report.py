@@ -14,6 +14,10 @@ def markdown(report):
              f"**{report['worst_case_robust_accuracy']:.4f}**.", ""]
     if report.get("threat_model_from"):
         lines += [f"Norm and eps from {report['threat_model_from']}.", ""]
+    if report.get("transfer_from"):
+        counted = "counted" if report.get("transfer_in_worst_case") else "not counted"
+        lines += [f"Rows `transfer-*`: examples crafted on the surrogate {report['transfer_from']} "
+                  f"and scored on this model (black-box transfer; {counted} in the worst case).", ""]
     if report.get("model_notes"):
         lines += [f"Note: {note}." for note in report["model_notes"]] + [""]
     lines += ["| attack | robust accuracy | points | eps | steps | restarts | seconds | max perturbation "

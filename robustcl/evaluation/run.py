@@ -35,6 +35,18 @@ def load_classifier(config):
                                       config.outputs)
 
 
+def load_surrogate(path):
+    """--transfer_from: a run directory (best checkpoint), a SavedModel or a Keras model file."""
+    if os.path.isfile(os.path.join(path, artifacts.CONFIG)):
+        return artifacts.load_run(path, "best")
+    if os.path.isfile(os.path.join(path, "saved_model.pb")):
+        return artifacts.load_saved_model(path)
+    if os.path.isfile(path):
+        return artifacts.load_keras_model(path)
+    raise artifacts.ModelLoadError(f"--transfer_from: {path} is not a run directory, a SavedModel "
+                                   "or a Keras model file")
+
+
 def _threat_model(config, classifier):
     """(norm, eps, where they came from): flags first, then the model's training config."""
     train = classifier.config.train_attack if classifier.config else None
@@ -110,12 +122,13 @@ def _shard_starts(starts, num_shards, shard_index):
     return [s for k, s in enumerate(starts) if k % num_shards == shard_index]
 
 
-def _settings(config, classifier, plan, data_name, num_points):
+def _settings(config, classifier, plan, data_name, num_points, surrogate=None):
     """What the chunks' results depend on: the model (its files' hash), the points, the plan."""
     # Paths are left out, so shards on machines that mount the model or data elsewhere still match.
     calling = {k: getattr(config, k) for k in ("checkpoint", "signature", "input_key", "output_key",
                                                 "input_range", "outputs")}
     return {"model_fingerprint": artifacts.fingerprint(*classifier.files), **calling,
+            "surrogate_fingerprint": artifacts.fingerprint(*surrogate.files) if surrogate else "",
             "data": data_name, "num_points": int(num_points), **dataclasses.asdict(plan)}
 
 
@@ -128,7 +141,7 @@ def _devices(strategy):
     return devices or [d.name for d in tf.config.list_logical_devices("CPU")]
 
 
-def _evaluate_chunks(network, x, y, starts, plan, store, devices, progress):
+def _evaluate_chunks(network, x, y, starts, plan, store, devices, progress, surrogate=None):
     """Evaluates the chunks at `starts`, spread over `devices` (one thread and attacker each),
     writing each as it finishes."""
     import tensorflow as tf
@@ -138,12 +151,14 @@ def _evaluate_chunks(network, x, y, starts, plan, store, devices, progress):
     def worker(device, my_starts):
         with tf.device(device) if device else contextlib.nullcontext():
             attacker = Attacker(network, plan.batch_size, progress and len(devices) == 1)
+            surrogate_attacker = (Attacker(surrogate, plan.batch_size, False)
+                                  if surrogate is not None else None)
             for start in my_starts:
                 end = start + plan.chunk_size
                 log(f"chunk of points {start}..{min(end, len(x)) - 1}" + (f" on {device}" if device else ""))
                 store.write(evaluate_chunk(attacker, x[start:end], y[start:end], start, plan,
                                            log if len(devices) == 1 else (lambda *a, **k: None),
-                                           preflight=(start == 0)))
+                                           preflight=(start == 0), surrogate=surrogate_attacker))
 
     assignments = [(device, starts[i::len(devices)]) for i, device in enumerate(devices)]
     if len(devices) == 1:
@@ -193,11 +208,15 @@ def evaluate_run(config, progress=True):
     output_dir = config.output_dir or artifacts.evaluation_dir(config.model_dir, config.checkpoint)
     n = len(x)
     class_names = classifier.class_names or dataset.class_names
+    surrogate = load_surrogate(config.transfer_from) if config.transfer_from else None
+    if surrogate is not None:
+        artifacts.check_against_data(surrogate, dataset.info.image_shape, dataset.info.num_classes, x[:2])
     plan = Plan(norm, eps, tuple(config.attacks), config.pgd_steps, None, config.pgd_restarts,
                 config.apgd_iterations, config.square_queries, config.sweep, config.sweep_attack,
-                config.seed, config.batch_size, config.chunk_size)
+                config.seed, config.batch_size, config.chunk_size, transfer=surrogate is not None,
+                transfer_in_worst_case=config.transfer_in_worst_case)
     data_name = f"{dataset.info.name} test[:{n}]"
-    store = ChunkStore(output_dir, _settings(config, classifier, plan, data_name, n))
+    store = ChunkStore(output_dir, _settings(config, classifier, plan, data_name, n, surrogate))
     store.check_settings()
     starts = chunk_starts(n, plan.chunk_size)
     if config.shard_index >= 0:
@@ -207,12 +226,16 @@ def evaluate_run(config, progress=True):
     todo = [s for s in mine if not store.has(s)]
     if progress and len(todo) < len(mine):
         print(f"{len(mine) - len(todo)} of {len(mine)} chunks already done in {store.directory}")
-    _evaluate_chunks(classifier.network, x, y, todo, plan, store, _devices(config.strategy), progress)
+    _evaluate_chunks(classifier.network, x, y, todo, plan, store, _devices(config.strategy), progress,
+                     surrogate.network if surrogate is not None else None)
     if config.shard_index >= 0:
         return None, output_dir
     result = merge(_read_all(store, starts, config.num_shards), y, class_names, plan,
                    model_name=classifier.name, data_name=f"{data_name}, {dataset.source}")
     result["threat_model_from"] = eps_source
+    if surrogate is not None:
+        result["transfer_from"] = surrogate.name
+        result["transfer_in_worst_case"] = config.transfer_in_worst_case
     result["model_notes"] = list(classifier.notes)
     result["config"] = dataclasses.asdict(config)
     tensorboard_dir = (os.path.join(config.model_dir, artifacts.EVALUATION_LOGS) if config.model_dir
