@@ -401,7 +401,8 @@ def define_serve_test_flags(flag_values=FLAGS):
                         flag_values=flag_values)
     flags.DEFINE_string("data_dir", None, "Official archive/folder or tfds directory.",
                         flag_values=flag_values)
-    flags.DEFINE_string("dataset", None, "cifar10 or cifar100 (default: the export's config).",
+    flags.DEFINE_string("dataset", None, "The test data, any --dataset of training (default: the "
+                        "export's config).",
                         flag_values=flag_values)
     flags.DEFINE_integer("num_examples", 200, "First N test images.", flag_values=flag_values)
     _define_fraction("eps", 8 / 255, "L-inf budget.", flag_values)
