@@ -46,7 +46,7 @@ def main(argv):
 
     try:
         reproduce.check_settings(config)
-    except reproduce.ReproError as error:
+    except (reproduce.ReproError, ConfigError) as error:
         sys.exit(f"error: {error}")
 
     record()

@@ -114,8 +114,12 @@ def _check_same_settings(state, current, directory):
 
 
 def check_settings(config):
-    """Refuses, before anything is written, to mix results of other settings into this grid: a run
-    directory or a finished row of the record made with settings other than this command's."""
+    """Refuses, before anything is written, attacks the evaluation does not know and results of
+    other settings mixed into this grid: a run directory or a finished row of the record made with
+    settings other than this command's. Raises ConfigError or ReproError."""
+    from robustcl.evaluation import attacks as eval_attacks
+
+    eval_attacks.check("eval_attacks", config.eval_attacks)
     record_path = _record_path(config)
     record_rows = {(r["cell"], r["seed"]): r for r in artifacts.read_json(record_path, {}).get("rows", [])}
     for cell in config.cells:

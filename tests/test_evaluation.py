@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from robustcl import attacks, models
+from robustcl.config import ConfigError
 from robustcl.attacks.apgd import apgd
 from robustcl.attacks.fab import fab_targeted, project_onto_hyperplane
 from robustcl.attacks.square import square
@@ -260,3 +261,27 @@ def test_square_breaks_the_undefended_model_from_scores_alone(undefended, norm, 
     assert queries.max() <= 301 and queries.min() >= 1
     with pytest.raises(ValueError, match="norms"):
         square(attacker.logits, x[:2], y[:2], "l1", eps)
+
+
+def test_a_new_attack_is_one_registration(undefended):
+    from robustcl.evaluation import attacks as eval_attacks
+    from robustcl.evaluation.suite import AttackResult
+
+    # A random-noise "attack" at the ball's corners, registered from outside the package.
+    @eval_attacks.register("zz-corner-noise", "uniform corners of the L-inf ball", norms=("linf",))
+    def corner_noise(attacker, x, y, clean_correct, plan, seed, log):
+        signs = np.random.default_rng(seed).choice([-1.0, 1.0], size=x.shape).astype(np.float32)
+        x_adv = np.clip(x + plan.eps * signs, 0, 1)
+        return [AttackResult("zz-corner-noise", plan.norm, plan.eps, 1, 1, seed,
+                             clean_correct & (attacker.predict(x_adv) == y), x_adv, 0.0)]
+
+    network, x, y = undefended
+    report = evaluate(network, x[:32], y[:32], [str(i) for i in range(10)], eps=8 / 255,
+                      attacks=("pgd", "zz-corner-noise"), pgd_steps=3, sweep=False, progress=False)
+    rows = {row["attack"]: row for row in report["attacks"]}
+    assert set(rows) == {"pgd", "zz-corner-noise"}
+    assert rows["zz-corner-noise"]["max_perturbation"] <= 8 / 255 + 1e-6
+    with pytest.raises(ConfigError, match="--attacks: zz-corner-noise supports linf, not l2"):
+        eval_attacks.check("attacks", ("zz-corner-noise",), "l2")
+    with pytest.raises(ConfigError, match=r"--attacks: unknown deepfool; known: autoattack, cw"):
+        eval_attacks.check("attacks", ("pgd", "deepfool"))

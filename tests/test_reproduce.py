@@ -38,7 +38,6 @@ def _train_flagfile(tmp_path):
     (["--cell=a/b configs/pgd_at_cifar10.flags"], "names a directory"),
     (["--cell=a configs/pgd_at_cifar10.flags eps=1"], "must start with --"),
     (["--cell=a configs/pgd_at_cifar10.flags", "--seeds=0,0"], "--seeds: give distinct seeds"),
-    (["--cell=a configs/pgd_at_cifar10.flags", "--eval_attacks=pgd,deepfool"], "unknown deepfool"),
     (["--cell=a configs/pgd_at_cifar10.flags", "--eval_attacks=fgsm"], "must include pgd"),
     (["--cell=a configs/pgd_at_cifar10.flags", "--data_dir=/nonexistent"], "--data_dir"),
 ])
@@ -48,6 +47,17 @@ def test_bad_grid_flags_are_named(argv, message, tmp_path, monkeypatch):
             f"--runs_dir={tmp_path / 'runs'}", "--record_name=r"]
     with pytest.raises(ConfigError, match=message):
         cli_flags.reproduce_config_from_flags(_flag_values(base + argv))
+
+
+def test_unknown_evaluation_attacks_are_refused_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    config = cli_flags.reproduce_config_from_flags(_flag_values(
+        [f"--train_flagfile={_train_flagfile(tmp_path)}", f"--data_dir={tmp_path}",
+         f"--runs_dir={tmp_path / 'runs'}", "--record_name=r", "--cell=a configs/pgd_at_cifar10.flags",
+         "--eval_attacks=pgd,deepfool"]))
+    with pytest.raises(ConfigError, match=r"--eval_attacks: unknown deepfool; known: autoattack, cw"):
+        reproduce.check_settings(config)
+    assert not os.path.exists(tmp_path / "runs")
 
 
 @pytest.mark.parametrize("flagfile, examples", [("configs/repro_cifar10_cpu.flags", 1000),

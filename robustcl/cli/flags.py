@@ -299,7 +299,8 @@ def define_evaluate_flags(flag_values=FLAGS):
     _define_data_flags(e, flag_values)
     flags.DEFINE_integer("num_examples", e.num_examples, "Evaluate the first N test images.",
                          flag_values=flag_values)
-    flags.DEFINE_list("attacks", list(e.attacks), f"Attacks to run: {', '.join(cfg.EVAL_ATTACKS)}.",
+    flags.DEFINE_list("attacks", list(e.attacks), "Attacks to run, by their registered names "
+                      "(robustcl.evaluation.attacks).",
                       flag_values=flag_values)
     flags.DEFINE_string("norm", None, "linf or l2 (default: the training run's).", flag_values=flag_values)
     _define_fraction("eps", None, "Budget, e.g. 8/255 (default: the training run's).", flag_values)

@@ -8,8 +8,9 @@ from typing import Optional, Tuple
 import numpy as np
 
 from robustcl.attacks.threat import perturbation_norms
-from robustcl.config import EVAL_ATTACKS as ATTACKS
+from robustcl.config import EVAL_ATTACKS as ATTACKS  # the default list; names: EVALUATION_ATTACKS
 from robustcl.evaluation import checks
+from robustcl.evaluation.attacks import EVALUATION_ATTACKS
 from robustcl.evaluation.checks import EvaluationError
 from robustcl.evaluation.suite import Attacker, autoattack_cascade
 
@@ -133,27 +134,9 @@ def evaluate_chunk(attacker, x, y, start, plan, log=print, preflight=False, surr
         meta["attacks"].append({"attack": result.name, "steps": result.steps, "restarts": result.restarts,
                                 "seconds": result.seconds, "has_queries": result.queries is not None})
 
-    norm, eps, steps, step = plan.norm, plan.eps, plan.pgd_steps, plan.step_size
     for name in plan.attacks:
-        if name == "fgsm":
-            record(attacker.gradient_attack("fgsm", x, y, norm, eps, 1, eps, 1, "ce", seed,
-                                            random_start=False, clean_correct=clean_correct))
-        elif name == "pgd":
-            record(attacker.gradient_attack("pgd", x, y, norm, eps, steps, step, plan.pgd_restarts,
-                                            "ce", seed, clean_correct=clean_correct))
-        elif name == "pgd-strong":  # more steps and restarts: accuracy must not rise
-            record(attacker.gradient_attack("pgd-strong", x, y, norm, eps, 2 * steps, step / 2,
-                                            plan.pgd_restarts + 2, "ce", seed + 1,
-                                            clean_correct=clean_correct))
-        elif name == "cw":
-            record(attacker.gradient_attack("cw", x, y, norm, eps, steps, step, plan.pgd_restarts,
-                                            "cw", seed, clean_correct=clean_correct))
-        elif name == "autoattack":
-            for result in autoattack_cascade(attacker, x, y, norm, eps, seed, plan.apgd_iterations,
-                                             square_queries=plan.square_queries, log=log):
-                record(result)
-        else:
-            raise ValueError(f"unknown attack {name!r}; known: {', '.join(ATTACKS)}")
+        for result in EVALUATION_ATTACKS.get(name).run(attacker, x, y, clean_correct, plan, seed, log):
+            record(result)
     if plan.transfer:
         if surrogate is None:
             raise ValueError("the plan has transfer rows: give the surrogate")
@@ -162,7 +145,7 @@ def evaluate_chunk(attacker, x, y, start, plan, log=print, preflight=False, surr
     if plan.sweep:
         for value in plan.sweep_eps():
             robust = clean_correct if value == 0 else _sweep_point(
-                attacker, plan.sweep_attack, x, y, clean_correct, norm, value, steps,
+                attacker, plan.sweep_attack, x, y, clean_correct, plan.norm, value, plan.pgd_steps,
                 plan.apgd_iterations, seed)
             arrays[f"sweep/{value!r}"] = robust
             meta["sweep"].append(value)

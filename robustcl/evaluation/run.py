@@ -18,7 +18,8 @@ import numpy as np
 
 from robustcl import artifacts, data
 from robustcl.config import AttackConfig, ConfigError
-from robustcl.evaluation import Plan, chunk_starts, evaluate_chunk, merge, report as report_io
+from robustcl.evaluation import Plan, attacks as eval_attacks, chunk_starts, evaluate_chunk, merge
+from robustcl.evaluation import report as report_io
 from robustcl.evaluation.suite import Attacker
 
 DEFAULT_NORM, DEFAULT_EPS = "linf", 8 / 255
@@ -195,6 +196,7 @@ def _read_all(store, starts, num_shards):
 def evaluate_run(config, progress=True):
     """EvaluationConfig -> (report dict, output directory); the report is None when this process
     evaluated one shard (--shard_index) and left the merge to another."""
+    eval_attacks.check("attacks", config.attacks)
     classifier = load_classifier(config)
     dataset = _dataset(config, classifier)
     if classifier.info is not None and classifier.info.num_classes != dataset.info.num_classes:
@@ -205,6 +207,7 @@ def evaluate_run(config, progress=True):
     artifacts.check_against_data(classifier, dataset.info.image_shape, dataset.info.num_classes,
                                  x[:2], config.outputs)
     norm, eps, eps_source = _threat_model(config, classifier)
+    eval_attacks.check("attacks", config.attacks, norm)
     output_dir = config.output_dir or artifacts.evaluation_dir(config.model_dir, config.checkpoint)
     n = len(x)
     class_names = classifier.class_names or dataset.class_names
