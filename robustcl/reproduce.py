@@ -301,7 +301,8 @@ CLAIMS = [
               "transfer attacks)",
      "comparisons": [("morel_mart", "mart", ("pgd", "autoattack", "worst_case")),
                      ("morel_trades", "trades", ("pgd", "autoattack", "worst_case"))],
-     "not_measured": "black-box transfer attacks (the evaluation has no transfer row yet)"},
+     "not_measured": "black-box transfer attacks (scripts/evaluate.py --transfer_from makes the "
+                     "transfer rows; the grid does not run them yet)"},
     {"paper": "Supervised contrastive learning with a margin",
      "claim": "the margin gains up to 2.5 points of FGSM accuracy (CIFAR-100, ResNet-18)",
      "comparisons": [("supcon_margin", "supcon_margin_m0", ("fgsm",))],
@@ -327,6 +328,8 @@ def judge(summary, method, baseline, metric):
     gain = 100 * (m - b)
     text = (f"{metric}: {100 * m:.1f} +- {100 * m_spread:.1f} vs {100 * b:.1f} +- {100 * b_spread:.1f} "
             f"({gain:+.1f} points; seeds {m_n}/{b_n})")
+    if min(m_n, b_n) < 2:  # one seed has no spread: any difference would pass for a result
+        return "not resolved", text + ", one seed on a side: no spread to judge by yet"
     if m - m_spread > b + b_spread:
         return "held", text
     if m + m_spread < b - b_spread:
@@ -410,7 +413,8 @@ def markdown(config, rows, summary, machine, software, command):
     lines += ["", f"![clean vs AutoAttack]({config.record_name}.png)", "", "## The claims", "",
               "A claim holds here when the method's range over seeds lies above the baseline's, is "
               "reversed when below, and is not resolved when the ranges overlap (2 seeds cannot tell "
-              "such a difference from noise).", ""]
+              "such a difference from noise) or a side has one seed so far (no spread to judge by).",
+              ""]
     for claim in CLAIMS:
         lines.append(f"- **{claim['paper']}**: {claim['claim']}.")
         for method, baseline, metrics in claim["comparisons"]:

@@ -84,6 +84,10 @@ def test_judge_by_the_seeds_spread():
     assert reproduce.judge(summary, "c", "b", "pgd")[0] == "not resolved"
     assert reproduce.judge(summary, "m", "b", "fgsm")[0] == "pending"
     assert "+10.0 points" in reproduce.judge(summary, "m", "b", "pgd")[1]
+    # One seed has no spread: a 10-point difference is not yet a result.
+    one_seed = {"m": {"pgd": (0.40, 0.0, 1)}, "b": {"pgd": (0.30, 0.02, 2)}}
+    verdict, text = reproduce.judge(one_seed, "m", "b", "pgd")
+    assert verdict == "not resolved" and "one seed on a side" in text
 
 
 @pytest.mark.slow
