@@ -38,7 +38,9 @@ def main(argv):
     machine = f"{hardware.detect().describe()}, {os.cpu_count()} cores"
     software = (f"Python {platform.python_version()}, TensorFlow {tf.__version__}, "
                 f"Keras {keras.__version__}")
-    command = "python bench/reproduce.py " + " ".join(argv_ for argv_ in sys.argv[1:])
+    # The command that makes the grid (--record_only only rewrites the record).
+    command = "python bench/reproduce.py " + " ".join(
+        a for a in sys.argv[1:] if a not in ("--record_only", "--record_only=true"))
     print(f"machine: {machine}\nsoftware: {software}", flush=True)
 
     def record():
@@ -50,6 +52,9 @@ def main(argv):
         sys.exit(f"error: {error}")
 
     record()
+    if config.record_only:
+        print(f"record: {os.path.join(config.record_dir, config.record_name)}.md")
+        return
     failed = reproduce.run_grid(config, on_cell_done=record)
     record()
     print(f"record: {os.path.join(config.record_dir, config.record_name)}.md")

@@ -346,6 +346,7 @@ class ReproduceConfig:
     eval_batch_size: int = 500
     parallel: int = 1
     threads_per_cell: int = 0  # 0: TensorFlow's default (every core)
+    record_only: bool = False  # write the record from the run directories; train and evaluate nothing
 
     def validate(self):
         _check(bool(self.cells), "cell", "name at least one cell (--cell=NAME METHOD_FLAGFILE [FLAGS])")

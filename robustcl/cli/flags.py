@@ -468,6 +468,8 @@ def define_reproduce_flags(flag_values=FLAGS):
                          flag_values=flag_values)
     flags.DEFINE_integer("threads_per_cell", r.threads_per_cell, "TensorFlow threads per cell's "
                          "process (0: TensorFlow's default).", flag_values=flag_values)
+    flags.DEFINE_bool("record_only", r.record_only, "Write the record from the finished stages in "
+                      "--runs_dir and stop: nothing is trained or evaluated.", flag_values=flag_values)
 
 
 def _repro_cell(spec):
@@ -486,4 +488,4 @@ def reproduce_config_from_flags(flag_values=FLAGS):
         eval_examples=f.eval_examples, eval_attacks=tuple(f.eval_attacks), pgd_steps=f.pgd_steps,
         apgd_iterations=f.apgd_iterations, square_queries=f.square_queries,
         eval_batch_size=f.eval_batch_size, parallel=f.parallel,
-        threads_per_cell=f.threads_per_cell).validate()
+        threads_per_cell=f.threads_per_cell, record_only=f.record_only).validate()
