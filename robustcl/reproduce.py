@@ -265,6 +265,8 @@ def collect(config):
                    "best_epoch": (history.get("best") or {}).get("epoch"),
                    "epochs": len(history.get("epochs", []))}
             if best:
+                # Evaluations from before the chunked evaluation drew their random starts per batch.
+                row["eval_draws"] = "per chunk" if "chunk_size" in best else "per batch"
                 row.update({"clean": best["clean_accuracy"], "fgsm": _row_accuracy(best, "fgsm"),
                             "pgd": _row_accuracy(best, "pgd"), "cw": _row_accuracy(best, "cw"),
                             "autoattack": _row_accuracy(best, "square"),
@@ -358,6 +360,13 @@ def markdown(config, rows, summary, machine, software, command):
                      f"(--threads_per_cell={config.threads_per_cell}) the whole grid of {len(rows)} "
                      f"takes about {len(rows) * (train + evaluate) / config.parallel / 60:.1f} h of "
                      "wall time on this machine.")
+    draws = {r.get("eval_draws") for r in finished} - {None}
+    if len(draws) > 1:
+        by_batch = ", ".join(f"{r['cell']} s{r['seed']}" for r in finished
+                             if r.get("eval_draws") == "per batch")
+        lines.append(f"Evaluation code changed during the grid: the best checkpoints of {by_batch} were "
+                     "evaluated with random starts drawn per batch, the others with draws keyed per "
+                     "chunk of points; the protocol (attacks, budgets, points, seed) is the same.")
     lines.append("")
     lines += ["## Protocol", "",
               f"- Training: each cell's method flagfile, then `{config.train_flagfile}` (the same "
