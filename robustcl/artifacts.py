@@ -77,10 +77,11 @@ def fingerprint(*paths):
 
 
 def settings_key(settings):
-    """A short hash of a settings dict (its canonical JSON)."""
+    """A short hash of a settings dict (its canonical JSON): how evaluation chunks and the
+    reproduction record's rows say what they were made with."""
     import hashlib
 
-    return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def weights_path(model_dir, checkpoint):

@@ -15,7 +15,6 @@ grid resumed where the run directories are gone (another machine) does not redo 
 """
 
 import concurrent.futures
-import hashlib
 import json
 import os
 import subprocess
@@ -97,10 +96,6 @@ def settings(config, cell, seed):
                           for path in (cell.method_flagfile, config.train_flagfile)}}
 
 
-def settings_key(settings_dict):
-    return hashlib.sha256(json.dumps(settings_dict, sort_keys=True).encode()).hexdigest()[:16]
-
-
 def _check_same_settings(state, current, directory):
     if not state:
         return
@@ -128,7 +123,7 @@ def check_settings(config):
             _check_same_settings(load_state(run_dir(config, cell, seed)), current,
                                  run_dir(config, cell, seed))
             row = record_rows.get((cell.name, seed))
-            if row and _finished(row) and row.get("settings_key") != settings_key(current):
+            if row and _finished(row) and row.get("settings_key") != artifacts.settings_key(current):
                 raise ReproError(
                     f"{record_path} holds results of {cell.name} seed {seed} made with other settings; "
                     "rerun with the settings it was made with, or give another --record_name")
@@ -146,7 +141,7 @@ def recorded_rows(config):
     """{(cell, seed): row} of finished rows in the committed record made with today's settings: a
     grid resumed on another machine (without the run directories) keeps them instead of rerunning."""
     record = artifacts.read_json(_record_path(config), {})
-    keys = {(c.name, seed): settings_key(settings(config, c, seed))
+    keys = {(c.name, seed): artifacts.settings_key(settings(config, c, seed))
             for c in config.cells for seed in config.seeds}
     return {(r["cell"], r["seed"]): r for r in record.get("rows", [])
             if _finished(r) and keys.get((r["cell"], r["seed"])) == r.get("settings_key")}
@@ -247,7 +242,7 @@ def collect(config):
                 rows.append(recorded[(cell.name, seed)])
                 continue
             if state and state["settings"] != current:  # refused by run_cell; not today's figures
-                rows.append({"cell": cell.name, "seed": seed, "settings_key": settings_key(current),
+                rows.append({"cell": cell.name, "seed": seed, "settings_key": artifacts.settings_key(current),
                              "status": dict.fromkeys(STAGES, "made with other settings"),
                              "train_seconds": None, "train_attempts": 0, "eval_seconds": 0.0,
                              "best_epoch": None, "epochs": 0})
@@ -257,7 +252,7 @@ def collect(config):
             history = artifacts.read_json(os.path.join(directory, artifacts.HISTORY), {})
             stages = state.get("stages", {})
             row = {"cell": cell.name, "seed": seed,
-                   "settings_key": settings_key(current),
+                   "settings_key": artifacts.settings_key(current),
                    "status": {s: stages.get(s, {}).get("status", "not run") for s in STAGES},
                    "train_seconds": stages.get("train", {}).get("seconds"),
                    "train_attempts": stages.get("train", {}).get("attempts", 0),

@@ -9,7 +9,7 @@ import sys
 import pytest
 from absl import flags
 
-from robustcl import reproduce
+from robustcl import artifacts, reproduce
 from robustcl.cli import flags as cli_flags
 from robustcl.config import ConfigError, ReproCell, ReproduceConfig
 
@@ -193,7 +193,7 @@ def test_a_record_of_other_settings_is_refused_not_overwritten(tmp_path, monkeyp
     (tmp_path / "r.json").write_text(json.dumps({"rows": [row]}))
     with pytest.raises(reproduce.ReproError, match="holds results of pgd_at seed 0 made with other"):
         reproduce.check_settings(config)
-    row["settings_key"] = reproduce.settings_key(reproduce.settings(config, config.cells[0], 0))
+    row["settings_key"] = artifacts.settings_key(reproduce.settings(config, config.cells[0], 0))
     (tmp_path / "r.json").write_text(json.dumps({"rows": [row]}))
     reproduce.check_settings(config)
     assert reproduce.recorded_rows(config) == {("pgd_at", 0): row}
