@@ -17,7 +17,6 @@ from robustcl.attacks import OBJECTIVES, pgd, threat_model
 from robustcl.attacks.apgd import apgd, make_loss_and_grad
 from robustcl.attacks.fab import fab_targeted, make_difference_and_grad
 from robustcl.attacks.square import square
-from robustcl.attacks.threat import perturbation_norms
 
 
 @dataclasses.dataclass
@@ -32,22 +31,6 @@ class AttackResult:
     x_adv: np.ndarray
     seconds: float
     queries: Optional[np.ndarray] = None
-
-    def summary(self, x, clean_correct):
-        distance = perturbation_norms(x, self.x_adv, self.norm)
-        finite = np.isfinite(self.x_adv)
-        out = {"attack": self.name, "robust_accuracy": float(self.robust.mean()),
-               "num_points": int(len(self.robust)), "eps": self.eps, "norm": self.norm,
-               "steps": self.steps, "restarts": self.restarts, "seed": self.seed,
-               "seconds": round(self.seconds, 3),
-               "max_perturbation": float(np.nanmax(distance)) if len(distance) else 0.0,
-               "nan_count": int((~finite).sum()),
-               "adv_min": float(np.nanmin(self.x_adv)), "adv_max": float(np.nanmax(self.x_adv)),
-               "robust_above_clean": int(np.sum(self.robust & ~clean_correct))}
-        if self.queries is not None:
-            out["queries_mean"] = float(self.queries.mean())
-            out["queries_median"] = float(np.median(self.queries))
-        return out
 
 
 class Attacker:
