@@ -55,7 +55,7 @@ def main(argv):
     if config.record_only:
         print(f"record: {os.path.join(config.record_dir, config.record_name)}.md")
         return
-    failed = reproduce.run_grid(config, on_cell_done=record)
+    failed = reproduce.run_grid(config, on_cell_done=record, machine=machine)
     record()
     print(f"record: {os.path.join(config.record_dir, config.record_name)}.md")
     if failed:

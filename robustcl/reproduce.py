@@ -139,16 +139,20 @@ def _record_path(config):
 
 def recorded_rows(config):
     """{(cell, seed): row} of finished rows in the committed record made with today's settings: a
-    grid resumed on another machine (without the run directories) keeps them instead of rerunning."""
+    grid resumed on another machine (without the run directories) keeps them instead of rerunning.
+    A row from before rows named their machine ran on the machine the record names."""
     record = artifacts.read_json(_record_path(config), {})
     keys = {(c.name, seed): artifacts.settings_key(settings(config, c, seed))
             for c in config.cells for seed in config.seeds}
-    return {(r["cell"], r["seed"]): r for r in record.get("rows", [])
+    earlier = {"machine": record["machine"]} if "machine" in record else {}
+    return {(r["cell"], r["seed"]): {**earlier, **r}
+            for r in record.get("rows", [])
             if _finished(r) and keys.get((r["cell"], r["seed"])) == r.get("settings_key")}
 
 
-def run_cell(config, cell, seed, log=print):
-    """Runs the stages of one cell x seed that have not finished. Returns its state dict."""
+def run_cell(config, cell, seed, log=print, machine=None):
+    """Runs the stages of one cell x seed that have not finished, noting each stage's machine (a grid
+    spans sessions on different CPUs, and its times only compare on one). Returns its state dict."""
     directory = run_dir(config, cell, seed)
     os.makedirs(directory, exist_ok=True)
     state = load_state(directory)
@@ -165,6 +169,8 @@ def run_cell(config, cell, seed, log=print):
             continue
         log(f"[{cell.name} seed {seed}] {stage} ...")
         record["attempts"] = record.get("attempts", 0) + 1
+        if machine:
+            record["machine"] = machine
         state["stages"][stage] = record
         _write_json(os.path.join(directory, STATE_FILE), state)
         start = time.perf_counter()
@@ -187,7 +193,7 @@ def run_cell(config, cell, seed, log=print):
     return state
 
 
-def run_grid(config, log=print, on_cell_done=None):
+def run_grid(config, log=print, on_cell_done=None, machine=None):
     """Runs every unfinished cell x seed (config.parallel at once), seed-major so that each seed's
     whole row of methods finishes before the next seed starts. Returns the failed (cell, seed)s."""
     recorded = recorded_rows(config)
@@ -203,7 +209,7 @@ def run_grid(config, log=print, on_cell_done=None):
 
     def job(cell, seed):
         try:
-            state = run_cell(config, cell, seed, log)
+            state = run_cell(config, cell, seed, log, machine)
             ok = all(state["stages"].get(s, {}).get("status") in FINISHED for s in STAGES)
         except ReproError as error:
             log(f"[{cell.name} seed {seed}] {error}")
@@ -259,6 +265,10 @@ def collect(config):
                    "eval_seconds": sum(stages.get(s, {}).get("seconds", 0.0) for s in STAGES[1:]),
                    "best_epoch": (history.get("best") or {}).get("epoch"),
                    "epochs": len(history.get("epochs", []))}
+            machines = list(dict.fromkeys(stages[s]["machine"] for s in STAGES
+                                          if stages.get(s, {}).get("machine")))
+            if machines:
+                row["machine"] = " + ".join(machines)
             if best:
                 # Evaluations from before the chunked evaluation drew their random starts per batch.
                 row["eval_draws"] = "per chunk" if "chunk_size" in best else "per batch"
@@ -344,8 +354,16 @@ def markdown(config, rows, summary, machine, software, command):
              "Rerunning the same command skips every finished cell and continues an interrupted one; "
              f"the TensorBoard run directories are written to `{config.runs_dir}/<cell>/seed<S>/` "
              "(not committed).", "",
-             f"Machine: {machine}. Software: {software}.", ""]
+             f"This command last ran on: {machine}. Software: {software}.", ""]
     finished = [r for r in rows if _finished(r)]
+    # A grid spans sessions, and sessions get different CPUs: times compare only on one machine.
+    machines = list(dict.fromkeys(r["machine"] for r in rows if r.get("machine")))
+    labels = {m: chr(ord("A") + i) for i, m in enumerate(machines)}
+    if machines:
+        lines += ["Machines the rows ran on (the results table's `machine` column; times compare "
+                  "only within one machine):", ""]
+        lines += [f"- {labels[m]}: {m}" for m in machines]
+        lines.append("")
     lines += [f"Cells finished: {len(finished)} of {len(rows)}."]
     if finished:
         train = np.mean([r["train_seconds"] for r in finished]) / 60
@@ -354,7 +372,7 @@ def markdown(config, rows, summary, machine, software, command):
                      f"evaluation on average; with {config.parallel} cell(s) at a time "
                      f"(--threads_per_cell={config.threads_per_cell}) the whole grid of {len(rows)} "
                      f"takes about {len(rows) * (train + evaluate) / config.parallel / 60:.1f} h of "
-                     "wall time on this machine.")
+                     "wall time at that rate (averaged over the rows' machines).")
     draws = {r.get("eval_draws") for r in finished} - {None}
     if len(draws) > 1:
         by_batch = ", ".join(f"{r['cell']} s{r['seed']}" for r in finished
@@ -384,12 +402,12 @@ def markdown(config, rows, summary, machine, software, command):
               "training run's eps.", ""]
     lines += ["## Results (accuracy %, best checkpoint unless marked last)", "",
               "| cell | seed | clean | FGSM | PGD | CW | AA | worst case | last clean | last PGD "
-              "| best epoch | train time | eval time | warnings |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| best epoch | train time | eval time | machine | warnings |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r.get("clean") is None and r["status"]["train"] != "done":
             status = r["status"]["train"]
-            lines.append(f"| {r['cell']} | {r['seed']} | {status} |" + "  |" * 11)
+            lines.append(f"| {r['cell']} | {r['seed']} | {status} |" + "  |" * 12)
             continue
         train_time = "-" if r["train_seconds"] is None else f"{r['train_seconds'] / 60:.1f} min"
         if r["train_attempts"] > 1:
@@ -400,7 +418,7 @@ def markdown(config, rows, summary, machine, software, command):
             f"{_fmt(r.get('pgd'))} | {_fmt(r.get('cw'))} | {_fmt(r.get('autoattack'))} | "
             f"{_fmt(r.get('worst_case'))} | {_fmt(r.get('last_clean'))} | {_fmt(r.get('last_pgd'))} | "
             f"{r['best_epoch'] or '-'}/{r['epochs']} | {train_time} | {r['eval_seconds'] / 60:.1f} min | "
-            f"{warnings} |")
+            f"{labels.get(r.get('machine'), '-')} | {warnings} |")
     lines += ["", "Mean +- spread over seeds (spread: half the range):", "",
               "| cell | seeds | clean | FGSM | PGD | CW | AA | worst case | last clean | last PGD |",
               "|---|---|---|---|---|---|---|---|---|---|"]

@@ -119,6 +119,9 @@ def test_tiny_grid_runs_resumes_and_refuses_other_settings(synthetic_cifar10, tm
     assert row["last_pgd"] == last["attacks"][0]["robust_accuracy"]
     text = open(tmp_path / "record" / "tiny.md").read()
     assert "Cells finished: 1 of 1." in text and "| pgd_at | 3 |" in text
+    # Each row names the machine it ran on (a grid spans sessions on different CPUs).
+    assert row["machine"] == record["machine"] and row["machine"].endswith(f"{os.cpu_count()} cores")
+    assert f"- A: {row['machine']}" in text and "| A |" in text
     assert os.path.getsize(tmp_path / "record" / "tiny.png") > 1000
 
     # The same command again: nothing left to do, nothing rerun.
@@ -197,3 +200,6 @@ def test_a_record_of_other_settings_is_refused_not_overwritten(tmp_path, monkeyp
     (tmp_path / "r.json").write_text(json.dumps({"rows": [row]}))
     reproduce.check_settings(config)
     assert reproduce.recorded_rows(config) == {("pgd_at", 0): row}
+    # A row from before rows named their machine ran on the one the record names.
+    (tmp_path / "r.json").write_text(json.dumps({"machine": "CPU X, 2 cores", "rows": [row]}))
+    assert reproduce.recorded_rows(config)[("pgd_at", 0)] == {**row, "machine": "CPU X, 2 cores"}
