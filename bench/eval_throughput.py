@@ -22,7 +22,8 @@ import numpy as np
 import tensorflow as tf
 
 from robustcl import hardware, models
-from robustcl.evaluation.suite import Attacker, autoattack_cascade
+from robustcl.evaluation import autoattack
+from robustcl.evaluation.suite import Attacker
 
 
 def main():
@@ -68,7 +69,8 @@ def main():
             print(f"{model_name} cascade {args.norm}: +{now - stage_start[0]:.1f} s, {message}", flush=True)
             stage_start[0] = now
 
-        stages = autoattack_cascade(attacker, x, y, args.norm, eps, log=log_stage)
+        stages = autoattack.run(attacker, x, y, args.norm, eps, autoattack.resolve("standard"),
+                                log=log_stage)
         record("autoattack-cascade", time.perf_counter() - start, stages[-1].robust.mean(),
                stages={s.name: {"seconds": round(s.seconds, 2), "robust_after": float(s.robust.mean())}
                        for s in stages})

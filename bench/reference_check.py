@@ -3,13 +3,14 @@
 
     python bench/reference_check.py --autoattack_dir=PATH/auto-attack --model_dir=RUN \
         [--checkpoint=best] [--data_dir=DIR] [--num_examples=200] [--norms=linf,l2] \
-        [--eps_linf=0.0313725] [--eps_l2=0.5] [--output=FILE]
+        [--eps_linf=0.0313725] [--eps_l2=0.5] [--version=standard|plus|rand] [--output=FILE]
 
 The reference is fra31/auto-attack (PyTorch), imported from a checkout the user supplies; it is not
 part of this project and needs `torch`. It attacks our TensorFlow network through a torch autograd
 function (forward: logits; backward: the vector-Jacobian product from tf.GradientTape), so both
-implementations attack exactly the same function. Both run the "standard" cascade (APGD-CE,
-APGD-T with 9 targets, FAB-T with 9 targets, Square with 5000 queries) with seed 0; random draws
+implementations attack exactly the same function. Both run the same AutoAttack version (standard:
+APGD-CE, APGD-T with 9 targets, FAB-T with 9 targets, Square with 5000 queries; plus; rand) with
+seed 0 and the reference's settings for it (robustcl.evaluation.autoattack); random draws
 differ (NumPy/TF against torch), so per-stage robust accuracies agree to sampling noise, not
 bit for bit. Prints one line per stage and implementation, and writes JSON.
 """
@@ -25,7 +26,8 @@ import numpy as np
 import tensorflow as tf
 
 from robustcl import artifacts, data
-from robustcl.evaluation.suite import Attacker, autoattack_cascade
+from robustcl.evaluation import autoattack
+from robustcl.evaluation.suite import Attacker
 
 
 def torch_module(network):
@@ -89,6 +91,7 @@ def main():
     parser.add_argument("--eps_linf", type=float, default=8 / 255)
     parser.add_argument("--eps_l2", type=float, default=0.5)
     parser.add_argument("--batch_size", type=int, default=200)
+    parser.add_argument("--version", default="standard", choices=["standard", "plus", "rand"])
     parser.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "results",
                                                          "reference_check.json"))
     args = parser.parse_args()
@@ -114,11 +117,12 @@ def main():
     for norm in args.norms.split(","):
         eps = {"linf": args.eps_linf, "l2": args.eps_l2}[norm]
         start = time.perf_counter()
-        ours = autoattack_cascade(attacker, x, y, norm, eps, seed=0, log=lambda *_: None)
+        ours = autoattack.run(attacker, x, y, norm, eps, autoattack.resolve(args.version), seed=0,
+                              log=lambda *_: None)
         ours_seconds = time.perf_counter() - start
 
         reference = AutoAttack(torch_module(network), norm={"linf": "Linf", "l2": "L2"}[norm], eps=eps,
-                               version="standard", device="cpu", seed=0, verbose=True)
+                               version=args.version, device="cpu", seed=0, verbose=True)
         stage_log = _StageLog()
         reference.logger = reference.apgd.logger = reference.apgd_targeted.logger = stage_log
         start = time.perf_counter()

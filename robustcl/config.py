@@ -261,6 +261,12 @@ class EvaluationConfig:
     pgd_restarts: int = 1
     apgd_iterations: int = 100
     square_queries: int = 5000
+    # AutoAttack's version (robustcl.evaluation.autoattack); a count of 0 is the version's own.
+    version: str = "standard"
+    apgd_restarts: int = 0
+    fab_restarts: int = 0
+    eot_iterations: int = 0
+    square_restarts: int = 0
     sweep: bool = True
     sweep_attack: str = "pgd"
     seed: int = 0
@@ -304,6 +310,9 @@ class EvaluationConfig:
                f"must be >= 0, got {self.eps}")
         for name in ("pgd_steps", "pgd_restarts", "apgd_iterations", "square_queries", "batch_size"):
             _check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+        for name in ("apgd_restarts", "fab_restarts", "eot_iterations", "square_restarts"):
+            _check(getattr(self, name) >= 0, name,
+                   f"must be >= 1 (or 0: the --version's own), got {getattr(self, name)}")
         _check(self.projector_examples >= 0, "projector_examples",
                f"must be >= 0, got {self.projector_examples}")
         _check(self.chunk_size >= 1, "chunk_size", f"must be >= 1, got {self.chunk_size}")

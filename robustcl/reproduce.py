@@ -274,7 +274,8 @@ def collect(config):
                 row["eval_draws"] = "per chunk" if "chunk_size" in best else "per batch"
                 row.update({"clean": best["clean_accuracy"], "fgsm": _row_accuracy(best, "fgsm"),
                             "pgd": _row_accuracy(best, "pgd"), "cw": _row_accuracy(best, "cw"),
-                            "autoattack": _row_accuracy(best, "square"),
+                            "autoattack": (best.get("autoattack") or {}).get(
+                                "robust_accuracy", _row_accuracy(best, "square")),
                             "worst_case": best["worst_case_robust_accuracy"],
                             "num_points": best["num_points"], "warnings": best["warnings"]})
             if last:

@@ -6,8 +6,8 @@
     python scripts/evaluate.py --keras_model=model.keras --dataset=cifar10 --output_dir=DIR
     python scripts/evaluate.py --saved_model=DIR [--signature=NAME] --dataset=cifar10 --output_dir=DIR
 
-Runs FGSM, PGD (and PGD with more steps and restarts), CW-Linf and the AutoAttack-style cascade on
-the first N test images; writes report.json, report.md, accuracy_vs_eps.png and
+Runs FGSM, PGD (and PGD with more steps and restarts), CW-Linf and AutoAttack's cascade
+(--version=standard|plus|rand|custom) on the first N test images; writes report.json, report.md, accuracy_vs_eps.png and
 per_class_accuracy.png, TensorBoard scalars (<model_dir>/evaluation) and projector embeddings.
 Fails (exit 3) if an adversarial input leaves the threat set or an example counts robust while
 misclassified clean.

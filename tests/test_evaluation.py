@@ -1,6 +1,8 @@
 """Evaluation: attack properties for every attack, independent cross-checks, masking detection,
 reproducible reports."""
 
+import types
+
 import keras
 import numpy as np
 import pytest
@@ -9,10 +11,11 @@ import tensorflow as tf
 from robustcl import attacks, models
 from robustcl.config import ConfigError
 from robustcl.attacks.apgd import apgd
-from robustcl.attacks.fab import fab_targeted, project_onto_hyperplane
+from robustcl.attacks.fab import fab, project_onto_hyperplane
 from robustcl.attacks.square import square
+from robustcl.attacks.threat import threat_model
 from robustcl.evaluation import evaluate
-from robustcl.evaluation.suite import Attacker, autoattack_cascade
+from robustcl.evaluation.suite import Attacker
 
 EPS = 1 / 255
 
@@ -28,19 +31,23 @@ def _accuracy(network, x, y):
 def _all_attacks(network, x, y, eps, norm="linf"):
     """name -> x_adv for every attack of the suite, small budgets."""
     attacker = Attacker(network, batch_size=64, progress=False)
+    threat = threat_model(norm, eps)
     out = {
         "fgsm": attacker.gradient_attack("fgsm", x, y, norm, eps, 1, eps, 1, "ce", 0, False).x_adv,
         "pgd": attacker.gradient_attack("pgd", x, y, norm, eps, 5, eps / 2, 2, "ce", 0).x_adv,
         "cw": attacker.gradient_attack("cw", x, y, norm, eps, 5, eps / 2, 1, "cw", 0).x_adv,
-        "apgd-ce": np.asarray(apgd(_logits_fn(network), x, y, norm, eps, 10)[0]),
-        "apgd-dlr": np.asarray(apgd(_logits_fn(network), x, y, norm, eps, 10, loss="dlr")[0]),
-        "apgd-t": np.asarray(apgd(_logits_fn(network), x, y, norm, eps, 10, loss="dlr-targeted",
+        "apgd-ce": np.asarray(apgd(_logits_fn(network), x, y, threat, 10)[0]),
+        "apgd-dlr": np.asarray(apgd(_logits_fn(network), x, y, threat, 10, loss="dlr")[0]),
+        "apgd-t": np.asarray(apgd(_logits_fn(network), x, y, threat, 10, loss="dlr-targeted",
                                   targets=(y + 1) % 10)[0]),
+        "apgd-ce-eot": np.asarray(apgd(_logits_fn(network), x, y, threat, 5, eot_iterations=3)[0]),
     }
-    out["square"] = square(attacker.logits, x, y, norm, eps, n_queries=50)[0]
+    out["square"] = square(attacker.logits, x, y, threat, n_queries=50)[0]
     order = np.argsort(attacker.logits(x), -1)
-    out["fab-t"] = fab_targeted(attacker.logits_fn, attacker.predict, x, y, norm, eps,
-                                [order[:, -2]], n_iter=10)[0]
+    out["fab-t"] = fab(attacker.logits_fn, attacker.predict, x, y, threat, 10,
+                       targets_by_rank=[order[:, -2]])[0]
+    # Two restarts: the second starts from a random point.
+    out["fab"] = fab(attacker.logits_fn, attacker.predict, x, y, threat, 10, n_restarts=2)[0]
     return out
 
 
@@ -75,7 +82,7 @@ def test_apgd_ce_at_least_as_strong_as_pgd_with_the_same_budget(undefended):
     network, x, y = undefended
     attacker = Attacker(network, progress=False)
     pgd = attacker.gradient_attack("pgd", x, y, "linf", EPS, 50, EPS / 4, 1, "ce", 0)
-    _, apgd_correct = apgd(_logits_fn(network), x, y, "linf", EPS, n_iter=50)
+    _, apgd_correct = apgd(_logits_fn(network), x, y, threat_model("linf", EPS), n_iter=50)
     assert apgd_correct.mean() <= pgd.robust.mean() + 1e-9, (apgd_correct.mean(), pgd.robust.mean())
 
 
@@ -194,13 +201,17 @@ def test_projection_is_feasible_and_no_feasible_point_is_closer(norm):
             assert sizes.min() >= size[i] - 1e-9
 
 
-@pytest.mark.parametrize("norm,eps", [("linf", 2 / 255), ("l2", 0.2)])
-def test_fab_t_finds_close_adversarials_inside_the_ball(undefended, norm, eps):
+@pytest.mark.parametrize("norm,eps,targeted", [("linf", 2 / 255, True), ("l2", 0.2, True),
+                                               ("linf", 2 / 255, False), ("l2", 0.2, False)])
+def test_fab_finds_close_adversarials_inside_the_ball(undefended, norm, eps, targeted):
     network, x, y = undefended
+    # Untargeted FAB linearizes every class each step: fewer points keep the test fast.
+    x, y = (x, y) if targeted else (x[:32], y[:32])
     attacker = Attacker(network, progress=False)
     order = np.argsort(attacker.logits(x), -1)
-    x_adv, robust = fab_targeted(attacker.logits_fn, attacker.predict, x, y, norm, eps,
-                                 [order[:, -rank] for rank in range(2, 5)], n_iter=20)
+    targets = [order[:, -rank] for rank in range(2, 5)] if targeted else None
+    x_adv, robust = fab(attacker.logits_fn, attacker.predict, x, y, threat_model(norm, eps), 20,
+                        targets_by_rank=targets)
     broken = ~robust
     assert broken.mean() > 0.5
     delta = (x_adv - x).reshape(len(x), -1)
@@ -255,12 +266,12 @@ def test_square_l2_proposals_keep_norm_eps_and_touch_only_two_windows():
 def test_square_breaks_the_undefended_model_from_scores_alone(undefended, norm, eps):
     network, x, y = undefended
     attacker = Attacker(network, progress=False)
-    x_adv, still, queries = square(attacker.logits, x[:64], y[:64], norm, eps, n_queries=300)
+    x_adv, still, queries = square(attacker.logits, x[:64], y[:64], threat_model(norm, eps), n_queries=300)
     assert still.mean() < 0.2, still.mean()
     assert np.all(attacker.predict(x_adv[~still]) != y[:64][~still])
     assert queries.max() <= 301 and queries.min() >= 1
     with pytest.raises(ValueError, match="norms"):
-        square(attacker.logits, x[:2], y[:2], "l1", eps)
+        square(attacker.logits, x[:2], y[:2], types.SimpleNamespace(norm="l1", eps=eps))
 
 
 def test_a_new_attack_is_one_registration(undefended):

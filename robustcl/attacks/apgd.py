@@ -2,6 +2,8 @@
 
 Follows the reference implementation (fra31/auto-attack, autopgd_base.py):
   - start: x + eps * t / ||t|| (t uniform in [-1, 1]^d for L-inf, Gaussian for L2), clipped to [0, 1];
+    the threat model (robustcl.attacks.threat) supplies t, the norm, the ascent direction and the
+    projection, as it does for PGD;
   - step size 2 * eps per example; momentum 0.75 after the first step:
       z = P(x_k + eta * dir(grad)),  x_{k+1} = P(x_k + 0.75 (z - x_k) + 0.25 (x_k - x_{k-1}));
   - checkpoints: the first after max(0.22 n, 1) iterations, each next interval shorter by
@@ -10,6 +12,8 @@ Follows the reference implementation (fra31/auto-attack, autopgd_base.py):
     if the step was not halved last time and the best loss has not improved;
   - the returned point of an example is one that is misclassified if any iterate was, else the
     start; restarts run on the examples not yet misclassified.
+  - EOT (for randomized models, AutoAttack's version "rand"): each gradient is the mean over
+    `eot_iterations` forward/backward passes, the logits and loss those of the last pass.
 The model is only queried through `logits_fn` (inference mode, logits out).
 """
 
@@ -24,23 +28,6 @@ LOSSES = ("ce", "dlr", "dlr-targeted")
 
 def _expand(v, x):
     return tf.reshape(v, [-1] + [1] * (len(x.shape) - 1))
-
-
-def _normalize(t, norm):
-    flat = tf.reshape(t, [tf.shape(t)[0], -1])
-    if norm == "linf":
-        scale = tf.reduce_max(tf.abs(flat), axis=1)
-    else:
-        scale = tf.sqrt(tf.reduce_sum(tf.square(flat), axis=1))
-    return t / _expand(scale + 1e-12, t)
-
-
-def _project(x, x_adv, norm, eps):
-    if norm == "linf":
-        return tf.clip_by_value(tf.clip_by_value(x_adv, x - eps, x + eps), 0.0, 1.0)
-    delta = x_adv - x
-    length = tf.sqrt(tf.reduce_sum(tf.square(tf.reshape(delta, [tf.shape(delta)[0], -1])), axis=1))
-    return tf.clip_by_value(x + _normalize(delta, "l2") * _expand(tf.minimum(eps, length), delta), 0.0, 1.0)
 
 
 def make_loss_and_grad(logits_fn, loss):
@@ -66,17 +53,31 @@ def make_loss_and_grad(logits_fn, loss):
     return loss_and_grad
 
 
-def apgd_single_run(loss_and_grad, x, y, norm, eps, n_iter=100, rho=0.75, target=None, seed=(0, 0)):
-    """One APGD run. Returns (x_best_adv, still_correct [B] bool, best loss [B])."""
+def expectation_over_transformation(loss_and_grad, eot_iterations):
+    """loss_and_grad with its gradient averaged over `eot_iterations` calls (each call draws the
+    model's randomness anew); logits and loss are the last call's, as in the reference."""
+    if eot_iterations == 1:
+        return loss_and_grad
+
+    def averaged(x, y, target):
+        total = None
+        for _ in range(eot_iterations):
+            logits, values, grad = loss_and_grad(x, y, target)
+            total = grad if total is None else total + grad
+        return logits, values, total / float(eot_iterations)
+
+    return averaged
+
+
+def apgd_single_run(loss_and_grad, x, y, threat, n_iter=100, rho=0.75, target=None, seed=(0, 0)):
+    """One APGD run in `threat` (a threat model). Returns (x_best_adv, still_correct [B] bool, best
+    loss [B])."""
     x = tf.convert_to_tensor(x, tf.float32)
     y = tf.convert_to_tensor(y, tf.int32)
     target = y if target is None else tf.convert_to_tensor(target, tf.int32)
     batch = int(x.shape[0])
-    if norm == "linf":
-        t = tf.random.stateless_uniform(tf.shape(x), seed, -1.0, 1.0)
-    else:
-        t = tf.random.stateless_normal(tf.shape(x), seed)
-    x_adv = tf.clip_by_value(x + eps * _normalize(t, norm), 0.0, 1.0)
+    eps = threat.eps
+    x_adv = tf.clip_by_value(x + eps * threat.unit(threat.noise(tf.shape(x), seed)), 0.0, 1.0)
     x_best, x_best_adv = x_adv, x_adv
 
     check_first = max(int(0.22 * n_iter), 1)
@@ -99,9 +100,8 @@ def apgd_single_run(loss_and_grad, x, y, norm, eps, n_iter=100, rho=0.75, target
         step_t = _expand(tf.constant(step), x)
         previous_move = x_adv - x_adv_old
         x_adv_old = x_adv
-        direction = tf.sign(grad) if norm == "linf" else _normalize(grad, "l2")
-        z = _project(x, x_adv + step_t * direction, norm, eps)
-        x_adv = _project(x, x_adv + (z - x_adv) * momentum + previous_move * (1 - momentum), norm, eps)
+        z = threat.project(x, x_adv + step_t * threat.ascent_direction(grad))
+        x_adv = threat.project(x, x_adv + (z - x_adv) * momentum + previous_move * (1 - momentum))
 
         logits, loss_values, grad = loss_and_grad(x_adv, y, target)
         predicted_correct = np.asarray(tf.argmax(logits, -1, output_type=tf.int32) == y)
@@ -136,13 +136,15 @@ def apgd_single_run(loss_and_grad, x, y, norm, eps, n_iter=100, rho=0.75, target
     return x_best_adv, correct, loss_best
 
 
-def apgd(logits_fn, x, y, norm, eps, n_iter=100, n_restarts=1, loss="ce", targets=None, seed=0,
-         loss_and_grad=None):
-    """APGD with restarts on the examples still classified correctly.
+def apgd(logits_fn, x, y, threat, n_iter=100, n_restarts=1, loss="ce", targets=None, seed=0,
+         loss_and_grad=None, eot_iterations=1):
+    """APGD in `threat` with restarts on the examples still classified correctly (restart r draws
+    its start from seed (seed, r)).
 
     Returns (x_adv, correct [B] bool): x_adv misclassified where `correct` is False.
     """
-    loss_and_grad = loss_and_grad or make_loss_and_grad(logits_fn, loss)
+    loss_and_grad = expectation_over_transformation(
+        loss_and_grad or make_loss_and_grad(logits_fn, loss), eot_iterations)
     x = tf.convert_to_tensor(x, tf.float32)
     y = np.asarray(y, np.int32)
     logits = logits_fn(x)
@@ -153,7 +155,7 @@ def apgd(logits_fn, x, y, norm, eps, n_iter=100, n_restarts=1, loss="ce", target
         if not len(idx):
             break
         run_targets = None if targets is None else np.asarray(targets)[idx]
-        adv, still, _ = apgd_single_run(loss_and_grad, tf.gather(x, idx), y[idx], norm, eps, n_iter,
+        adv, still, _ = apgd_single_run(loss_and_grad, tf.gather(x, idx), y[idx], threat, n_iter,
                                         target=run_targets, seed=(seed, restart))
         fooled = idx[~still]
         if len(fooled):

@@ -1,12 +1,16 @@
-"""FAB, targeted (Croce & Hein, ICML 2020), L-inf and L2, as AutoAttack runs it ("fab-t").
+"""FAB (Croce & Hein, ICML 2020), L-inf and L2, untargeted ("fab") and targeted ("fab-t") as
+AutoAttack runs them.
 
-Follows fra31/auto-attack (fab_base.py, targeted branch) for one restart without random start:
-for target t, each iteration linearizes f_t - f_y at the current point x1, projects both x1 and the
+Follows fra31/auto-attack (fab_base.py). Each iteration linearizes f_t - f_y at the current point
+x1 (targeted: t is the given target; untargeted: the class whose linearized boundary is closest,
+min_k |f_k - f_y| / ||grad(f_k - f_y)||_dual), projects both x1 and the
 original x0 onto that hyperplane intersected with [0, 1]^d (the step of minimal norm), and moves to
     x1 = clip((x1 + eta d1)(1 - alpha) + (x0 + eta d2) alpha),  alpha = min(max(a1/(a1+a2), 0), alpha_max)
 with a1, a2 the norms of d1, d2. Whenever x1 is misclassified, it is kept if closer to x0 than the
 best so far, and x1 is pulled back towards x0 by beta. A point counts as broken if the closest
 adversarial found is within eps. Defaults: 100 iterations, eta 1.05, beta 0.9, alpha_max 0.1.
+The first restart starts at x; each further one at x + eps / 2 * unit(noise) (the threat model's
+noise and unit, as APGD's start), clipped to [0, 1].
 
 The projection: min ||d|| subject to w.(p + d) = b and 0 <= p + d <= 1. For both norms the minimizer
 moves each coordinate in the direction s_i that brings w.(p + d) towards b, by
@@ -61,6 +65,8 @@ def project_onto_hyperplane(points, w, b, norm):
 
 
 def make_difference_and_grad(logits_fn):
+    """tf.function (x, y, target) -> (logits, f_target - f_y, its gradient): FAB-T's linearization."""
+
     @tf.function(reduce_retracing=True)
     def difference_and_grad(x, y, target):
         with tf.GradientTape() as tape:
@@ -77,20 +83,65 @@ def make_difference_and_grad(logits_fn):
     return difference_and_grad
 
 
-def fab_targeted_single_run(difference_and_grad, predict, x, y, target, norm, n_iter=100, eta=1.05,
-                            beta=0.9, alpha_max=0.1):
-    """Returns (closest adversarial found [N, ...], its distance in `norm` [N]; 1e10 where none)."""
+def make_differences_and_grads(logits_fn):
+    """tf.function x -> (logits [N, C], d logits / dx [N, C, ...]): untargeted FAB's linearization
+    of every class (one backward pass per class; the examples are independent in inference mode)."""
+
+    @tf.function(reduce_retracing=True)
+    def differences_and_grads(x):
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(x)
+            logits = tf.cast(logits_fn(x), tf.float32)
+            per_class = [tf.reduce_sum(logits[:, k]) for k in range(logits.shape[-1])]
+        grads = [tape.gradient(total, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+                 for total in per_class]
+        del tape
+        return logits, tf.stack(grads, axis=1)
+
+    return differences_and_grads
+
+
+def _untargeted_linearization(differences_and_grads, threat):
+    """(x1, y, target) -> (diff, w) of the class with the closest linearized boundary."""
+
+    def linearize(x1, y, _):
+        logits, grads = differences_and_grads(x1)
+        logits, grads = logits.numpy().astype(np.float64), grads.numpy()
+        n, classes = logits.shape
+        grads = grads.reshape(n, classes, -1).astype(np.float64)
+        rows = np.arange(n)
+        df = logits - logits[rows, y][:, None]
+        dg = grads - grads[rows, y][:, None]
+        df[rows, y] = 1e10  # never the true class
+        chosen = np.argmin(np.abs(df) / (threat.dual_norm(dg) + 1e-12), axis=1)
+        return df[rows, chosen], dg[rows, chosen]
+
+    return linearize
+
+
+def _targeted_linearization(difference_and_grad):
+    def linearize(x1, y, target):
+        _, diff, grad = difference_and_grad(tf.constant(x1, tf.float32), tf.constant(y, tf.int32),
+                                            tf.constant(target, tf.int32))
+        return diff.numpy().astype(np.float64), grad.numpy().reshape(len(y), -1).astype(np.float64)
+
+    return linearize
+
+
+def fab_single_run(linearize, predict, x, y, threat, n_iter=100, target=None, start=None, eta=1.05,
+                   beta=0.9, alpha_max=0.1):
+    """One FAB run from `start` (default x). Returns (closest adversarial found [N, ...], its
+    distance in the threat model's norm [N]; 1e10 where none)."""
     shape = x.shape
     n = len(x)
+    norm = threat.norm
     x0 = x.reshape(n, -1).astype(np.float64)
-    x1 = x0.copy()
+    x1 = x0.copy() if start is None else np.asarray(start, np.float64).reshape(n, -1)
     best = x.copy()
     closest = np.full(n, 1e10)
-    y_t, target_t = tf.constant(y, tf.int32), tf.constant(np.asarray(target, np.int32))
     for _ in range(n_iter):
-        _, diff, grad = difference_and_grad(tf.constant(x1.reshape(shape), tf.float32), y_t, target_t)
-        w = grad.numpy().reshape(n, -1).astype(np.float64)
-        b = -diff.numpy().astype(np.float64) + np.sum(w * x1, axis=1)
+        diff, w = linearize(x1.reshape(shape).astype(np.float32), y, target)
+        b = -diff + np.sum(w * x1, axis=1)
         steps = project_onto_hyperplane(np.concatenate([x1, x0]), np.concatenate([w, w]),
                                         np.concatenate([b, b]), norm)
         sizes = np.maximum(perturbation_norms(np.zeros_like(steps), steps, norm), 1e-8)[:, None]
@@ -107,23 +158,37 @@ def fab_targeted_single_run(difference_and_grad, predict, x, y, target, norm, n_
     return best, closest
 
 
-def fab_targeted(logits_fn, predict, x, y, norm, eps, targets_by_rank, n_iter=100,
-                 difference_and_grad=None):
-    """FAB-T over the given target lists (one array of targets per target rank), each on the points
-    still robust. Returns (x_adv, robust [N] bool); x_adv is within eps where robust is False."""
-    difference_and_grad = difference_and_grad or make_difference_and_grad(logits_fn)
+def fab(logits_fn, predict, x, y, threat, n_iter=100, n_restarts=1, targets_by_rank=None, seed=0,
+        linearization=None):
+    """FAB in `threat`: untargeted, or FAB-T over `targets_by_rank` (one array of targets per target
+    rank, each rank tried in turn), every run on the points still robust; restart r > 0 starts
+    from a random point (seed (seed, r)). Returns (x_adv, robust [N] bool); x_adv is within eps
+    where robust is False. `linearization`: a compiled make_difference_and_grad (targeted) or
+    make_differences_and_grads (untargeted) to reuse across calls."""
+    if threat.norm not in NORMS:
+        raise ValueError(f"FAB supports norms {NORMS}, got {threat.norm!r}")
+    targeted = targets_by_rank is not None
+    if targeted:
+        linearize = _targeted_linearization(linearization or make_difference_and_grad(logits_fn))
+    else:
+        linearize = _untargeted_linearization(linearization or make_differences_and_grads(logits_fn), threat)
     x = np.asarray(x, np.float32)
     y = np.asarray(y, np.int32)
     robust = predict(x) == y
     x_adv = x.copy()
-    for targets in targets_by_rank:
-        idx = np.flatnonzero(robust)
-        if not len(idx):
-            break
-        adv, _ = fab_targeted_single_run(difference_and_grad, predict, x[idx], y[idx],
-                                         np.asarray(targets)[idx], norm, n_iter)
-        # The reference's test: misclassified and within eps (float32 rounding of the stored point).
-        broken = (predict(adv) != y[idx]) & (perturbation_norms(x[idx], adv, norm) <= eps)
-        x_adv[idx[broken]] = adv[broken]
-        robust[idx[broken]] = False
+    for targets in (targets_by_rank if targeted else [None]):
+        for restart in range(n_restarts):
+            idx = np.flatnonzero(robust)
+            if not len(idx):
+                break
+            start = None
+            if restart > 0:
+                noise = threat.unit(threat.noise(x[idx].shape, (seed, restart))).numpy()
+                start = np.clip(x[idx] + 0.5 * threat.eps * noise, 0.0, 1.0)
+            adv, _ = fab_single_run(linearize, predict, x[idx], y[idx], threat, n_iter,
+                                    None if targets is None else np.asarray(targets)[idx], start)
+            # The reference's test: misclassified and within eps (float32 rounding of the stored point).
+            broken = (predict(adv) != y[idx]) & (perturbation_norms(x[idx], adv, threat.norm) <= threat.eps)
+            x_adv[idx[broken]] = adv[broken]
+            robust[idx[broken]] = False
     return x_adv, robust

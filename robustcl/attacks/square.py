@@ -155,9 +155,11 @@ class _L2Proposals:
         return self._scaled(x, delta)
 
 
-def square(logits_fn, x, y, norm, eps, n_queries=5000, p_init=0.8, seed=0, rescale_schedule=False):
-    """Returns (x_adv, correct [B] bool, queries [B]): queries counts model evaluations per image,
-    the first (the start) included."""
+def square(logits_fn, x, y, threat, n_queries=5000, p_init=0.8, seed=0, rescale_schedule=False):
+    """Square in `threat` (a threat model of robustcl.attacks.threat; its proposals are the
+    norm's own). Returns (x_adv, correct [B] bool, queries [B]): queries counts model evaluations
+    per image, the first (the start) included."""
+    norm, eps = threat.norm, threat.eps
     if norm not in NORMS:
         raise ValueError(f"Square supports norms {NORMS}, got {norm!r}")
     rng = np.random.default_rng(seed)

@@ -1,7 +1,9 @@
 """Threat models: the set an adversary may move an input in, kept apart from the attack loop.
 
 A threat model knows how to draw a random start inside its set, which direction is steepest ascent
-under its norm, and how to project back onto {x' : ||x' - x|| <= eps} intersected with [0, 1]^d.
+under its norm, how to project back onto {x' : ||x' - x|| <= eps} intersected with [0, 1]^d, its
+norm and dual norm (FAB's distance to a linearized boundary is |f| / ||grad||_dual), and the noise
+AutoAttack's attacks start from (a draw scaled to the sphere of radius 1: `unit(noise(...))`).
 Everything is computed in float32 whatever the model's compute dtype.
 """
 
@@ -40,6 +42,19 @@ class LinfBall:
     def distance(self, x, x_adv):
         return tf.reduce_max(tf.abs(x_adv - x), axis=list(range(1, len(x.shape))))
 
+    def noise(self, shape, seed):
+        """Uniform in [-1, 1]^d (APGD's and FAB's start direction for L-inf)."""
+        return tf.random.stateless_uniform(shape, seed, -1.0, 1.0)
+
+    def unit(self, t):
+        """t scaled per example to L-inf norm 1."""
+        return t / _expand_like(tf.reduce_max(tf.abs(t), axis=list(range(1, len(t.shape)))) + _TINY, t)
+
+    @staticmethod
+    def dual_norm(g):
+        """Per-row L1 norm of g [..., d] (NumPy), the dual of L-inf."""
+        return np.abs(g).sum(-1)
+
 
 class L2Ball:
     norm = "l2"
@@ -70,6 +85,19 @@ class L2Ball:
 
     def distance(self, x, x_adv):
         return _per_example_l2(x_adv - x)
+
+    def noise(self, shape, seed):
+        """Standard Gaussian (APGD's and FAB's start direction for L2)."""
+        return tf.random.stateless_normal(shape, seed)
+
+    def unit(self, t):
+        """t scaled per example to L2 norm 1."""
+        return t / _expand_like(_per_example_l2(t) + _TINY, t)
+
+    @staticmethod
+    def dual_norm(g):
+        """Per-row L2 norm of g [..., d] (NumPy), its own dual."""
+        return np.sqrt(np.square(g).sum(-1))
 
 
 THREATS = {"linf": LinfBall, "l2": L2Ball}

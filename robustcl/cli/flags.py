@@ -276,6 +276,8 @@ def _define_attack_budget_flags(defaults, flag_values):
 
 
 def define_evaluate_flags(flag_values=FLAGS):
+    from robustcl.evaluation import autoattack
+
     e = cfg.EvaluationConfig()
     flags.DEFINE_string("model_dir", None, "Training run directory to evaluate.", flag_values=flag_values)
     flags.DEFINE_string("saved_model", None, "Or: a SavedModel directory: a robustcl export "
@@ -307,6 +309,19 @@ def define_evaluate_flags(flag_values=FLAGS):
     _define_attack_budget_flags(e, flag_values)
     flags.DEFINE_integer("pgd_restarts", e.pgd_restarts, "PGD and CW random restarts.",
                          flag_values=flag_values)
+    flags.DEFINE_enum("version", e.version, list(autoattack.VERSIONS), "AutoAttack's version, "
+                      "with the reference's settings: the cascade the 'autoattack' entry of "
+                      "--attacks runs (standard: APGD-CE, APGD-T, FAB-T, Square; plus: APGD-CE and "
+                      "APGD-DLR 5 restarts, FAB 5 restarts, Square, APGD-T, FAB-T; rand: APGD-CE and "
+                      "APGD-DLR with EOT over 20 draws, for randomized models); custom: the stages "
+                      f"listed in --attacks ({', '.join(autoattack.STAGES)}), in that order.",
+                      flag_values=flag_values)
+    for name, what in (("apgd_restarts", "APGD-CE and APGD-DLR restarts"),
+                       ("fab_restarts", "untargeted FAB restarts"),
+                       ("eot_iterations", "gradient draws averaged per APGD-CE/DLR step (EOT)"),
+                       ("square_restarts", "Square restarts")):
+        flags.DEFINE_integer(name, getattr(e, name), f"AutoAttack: {what}; 0: the --version's own.",
+                             flag_values=flag_values)
     flags.DEFINE_bool("sweep", e.sweep, "Accuracy vs eps sweep.", flag_values=flag_values)
     flags.DEFINE_string("sweep_attack", e.sweep_attack, f"Attack of the sweep: "
                         f"{', '.join(cfg.SWEEP_ATTACKS)}.", flag_values=flag_values)
@@ -356,7 +371,9 @@ def evaluation_config_from_flags(flag_values=FLAGS):
         outputs=f.outputs, data_dir=f.data_dir, download=f.download, num_examples=f.num_examples,
         attacks=tuple(f.attacks), norm=f.norm or "", eps=-1.0 if f.eps is None else f.eps,
         pgd_steps=f.pgd_steps, pgd_restarts=f.pgd_restarts, apgd_iterations=f.apgd_iterations,
-        square_queries=f.square_queries, sweep=f.sweep, sweep_attack=f.sweep_attack, seed=f.seed,
+        square_queries=f.square_queries, version=f.version, apgd_restarts=f.apgd_restarts,
+        fab_restarts=f.fab_restarts, eot_iterations=f.eot_iterations,
+        square_restarts=f.square_restarts, sweep=f.sweep, sweep_attack=f.sweep_attack, seed=f.seed,
         batch_size=f.batch_size, projector_examples=f.projector_examples, chunk_size=f.chunk_size,
         num_shards=f.num_shards, shard_index=-1 if f.shard_index is None else f.shard_index,
         strategy=f.strategy, transfer_from=f.transfer_from or "",
@@ -391,9 +408,72 @@ def export_args_from_flags(flag_values=FLAGS):
             "version": f.version, "checkpoint": f.checkpoint}
 
 
+def define_model_server_flags(flag_values=FLAGS):
+    """tensorflow_model_server's flags (model_servers/main.cc) that the stand-in implements, with
+    their defaults, and the stand-in's own failure-injection flags for tests."""
+    flags.DEFINE_integer("port", 8500, "Port for gRPC (0: no gRPC).", flag_values=flag_values)
+    flags.DEFINE_integer("rest_api_port", 0, "Port for the HTTP/REST API (0: no REST).",
+                         flag_values=flag_values)
+    flags.DEFINE_string("model_name", "default", "Name of the model (with --model_base_path).",
+                        flag_values=flag_values)
+    flags.DEFINE_string("model_base_path", "", "Path holding the model's numeric version "
+                        "directories.", flag_values=flag_values)
+    flags.DEFINE_string("model_config_file", "", "A ModelServerConfig text proto: the models, their "
+                        "base paths, version policies and labels (instead of --model_name/"
+                        "--model_base_path).", flag_values=flag_values)
+    flags.DEFINE_integer("file_system_poll_wait_seconds", 1, "Seconds between polls of the base "
+                         "paths for new (and removed) versions; 0 polls once, < 0 never.",
+                         flag_values=flag_values)
+    flags.DEFINE_string("host", "0.0.0.0", "Address to listen on (tensorflow_model_server listens "
+                        "on every interface).", flag_values=flag_values)
+    flags.DEFINE_float("delay_s", 0.0, "Stand-in only, for failure tests: sleep before every "
+                       "predict.", flag_values=flag_values)
+    flags.DEFINE_integer("fail_first", 0, "Stand-in only, for failure tests: answer the first N "
+                         "predicts as unavailable (REST 503, gRPC UNAVAILABLE).", flag_values=flag_values)
+    flags.DEFINE_integer("die_after", 0, "Stand-in only, for failure tests: exit abruptly at predict "
+                         "N+1.", flag_values=flag_values)
+
+
+def model_server_args_from_flags(flag_values=FLAGS):
+    """The server's settings, checked: the models as servables.ModelConfig entries."""
+    from robustcl.serving.servables import ModelConfig, parse_model_config_file
+
+    f = flag_values
+    if f.model_config_file:
+        if f.model_base_path:
+            raise cfg.ConfigError("--model_config_file and --model_base_path: give one (the config "
+                                  "file names every model's base path)")
+        try:
+            models = parse_model_config_file(f.model_config_file)
+        except ValueError as error:
+            raise cfg.ConfigError(str(error)) from None
+    elif f.model_base_path:
+        models = [ModelConfig(f.model_name, f.model_base_path)]
+    else:
+        raise cfg.ConfigError("--model_base_path (with --model_name) or --model_config_file: give one")
+    for model in models:
+        if not os.path.isdir(model.base_path):
+            raise cfg.ConfigError(f"model {model.name}: base path {model.base_path} is not a directory")
+    for name in ("port", "rest_api_port"):
+        if not 0 <= f[name].value <= 65535:
+            raise cfg.ConfigError(f"--{name}: must be a port in [0, 65535], got {f[name].value}")
+    if not f.port and not f.rest_api_port:
+        raise cfg.ConfigError("--port and --rest_api_port are both 0: nothing would be served")
+    if f.port and f.port == f.rest_api_port:
+        raise cfg.ConfigError(f"--port and --rest_api_port: both {f.port}; gRPC and REST need two ports")
+    for name in ("fail_first", "die_after"):
+        if f[name].value < 0:
+            raise cfg.ConfigError(f"--{name}: must be >= 0, got {f[name].value}")
+    return {"models": models, "grpc_port": f.port, "rest_port": f.rest_api_port, "host": f.host,
+            "poll_wait_seconds": f.file_system_poll_wait_seconds, "delay_s": max(f.delay_s, 0.0),
+            "fail_first": f.fail_first, "die_after": f.die_after}
+
+
 def define_serve_test_flags(flag_values=FLAGS):
     flags.DEFINE_string("server", None, "TF Serving REST address, e.g. http://127.0.0.1:8501.",
                         flag_values=flag_values)
+    flags.DEFINE_string("grpc", None, "Or TF Serving's gRPC address, HOST:PORT (e.g. "
+                        "127.0.0.1:8500): images go as TensorProtos.", flag_values=flag_values)
     flags.DEFINE_string("model", None, "Model name on the server.", flag_values=flag_values)
     flags.DEFINE_integer("model_version", None, "Version on the server (default: its latest).",
                          flag_values=flag_values)
@@ -420,10 +500,14 @@ def define_serve_test_flags(flag_values=FLAGS):
 
 def serve_test_args_from_flags(flag_values=FLAGS):
     f = flag_values
-    if not f.server and not f.saved_model:
-        raise cfg.ConfigError("--server or --saved_model: give at least one")
-    if f.server and not f.model:
-        raise cfg.ConfigError("--model: required with --server")
+    if f.server and f.grpc:
+        raise cfg.ConfigError("--server and --grpc: give one (REST or gRPC)")
+    if not f.server and not f.grpc and not f.saved_model:
+        raise cfg.ConfigError("--server, --grpc or --saved_model: give at least one")
+    if (f.server or f.grpc) and not f.model:
+        raise cfg.ConfigError(f"--model: required with --{'server' if f.server else 'grpc'}")
+    if f.grpc and (f.grpc.startswith(("http://", "https://")) or ":" not in f.grpc):
+        raise cfg.ConfigError(f"--grpc: expected HOST:PORT, got {f.grpc!r}")
     if f.server and not f.server.startswith(("http://", "https://")):
         raise cfg.ConfigError(f"--server: expected http://HOST:PORT, got {f.server!r}")
     if f.saved_model and not os.path.isfile(os.path.join(f.saved_model, "saved_model.pb")):
@@ -435,7 +519,7 @@ def serve_test_args_from_flags(flag_values=FLAGS):
             raise cfg.ConfigError(f"--{name}: must be >= 1, got {f[name].value}")
     if not 0 <= f.eps <= 1:
         raise cfg.ConfigError(f"--eps: must be in [0, 1], got {f.eps}")
-    return {k: f[k].value for k in ("server", "model", "model_version", "saved_model", "data_dir",
+    return {k: f[k].value for k in ("server", "grpc", "model", "model_version", "saved_model", "data_dir",
                                     "dataset", "num_examples", "eps", "pgd_steps", "square_queries",
                                     "chunk", "output_dir", "timeout", "max_retries", "max_batch", "seed")}
 

@@ -7,12 +7,12 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from robustcl.attacks.threat import perturbation_norms
+from robustcl.attacks.threat import perturbation_norms, threat_model
 from robustcl.config import EVAL_ATTACKS as ATTACKS  # the default list; names: EVALUATION_ATTACKS
-from robustcl.evaluation import checks
+from robustcl.evaluation import autoattack, checks
 from robustcl.evaluation.attacks import EVALUATION_ATTACKS
 from robustcl.evaluation.checks import EvaluationError
-from robustcl.evaluation.suite import Attacker, autoattack_cascade
+from robustcl.evaluation.suite import Attacker
 
 LARGE_LINF_EPS = 0.5
 
@@ -25,7 +25,7 @@ DEVIATIONS = [
 ]
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Plan:
     """What every chunk of points goes through: the threat model, the attacks and their budgets."""
 
@@ -37,6 +37,12 @@ class Plan:
     pgd_restarts: int = 1
     apgd_iterations: int = 100
     square_queries: int = 5000
+    # AutoAttack's version (evaluation.autoattack); a count of 0 is the version's own.
+    version: str = "standard"
+    apgd_restarts: int = 0
+    fab_restarts: int = 0
+    eot_iterations: int = 0
+    square_restarts: int = 0
     sweep: bool = True
     sweep_attack: str = "pgd"
     seed: int = 0
@@ -45,6 +51,23 @@ class Plan:
     # Transfer (black-box) rows: examples crafted on a surrogate network, scored on the model.
     transfer: bool = False
     transfer_in_worst_case: bool = False
+
+    def cascade(self):
+        """The AutoAttack cascade this plan runs (no stages when it runs none)."""
+        return autoattack.resolve(self.version, self.attacks, self.apgd_iterations, self.square_queries,
+                                  self.apgd_restarts, self.fab_restarts, self.eot_iterations,
+                                  self.square_restarts)
+
+    def runs(self):
+        """The registered attacks to run, in order: with --version=custom the listed stages are
+        one cascade, run where the first of them is listed."""
+        out = []
+        for name in self.attacks:
+            if name in autoattack.STAGES:
+                name = "autoattack"
+            if name not in out:
+                out.append(name)
+        return out
 
     @property
     def step_size(self):
@@ -89,7 +112,7 @@ def transfer_results(attacker, surrogate, x, y, clean_correct, plan, seed):
     parts = []
     for i in range(0, len(x), plan.batch_size):
         adv, _ = apgd(surrogate.logits_fn, x[i:i + plan.batch_size], y[i:i + plan.batch_size],
-                      plan.norm, plan.eps, plan.apgd_iterations, seed=seed)
+                      threat_model(plan.norm, plan.eps), plan.apgd_iterations, seed=seed)
         parts.append(np.asarray(adv))
     results.append((f"{TRANSFER_PREFIX}apgd-ce", plan.apgd_iterations, 1,
                     np.concatenate(parts) if parts else x.copy(), time.perf_counter() - start_time))
@@ -120,7 +143,7 @@ def evaluate_chunk(attacker, x, y, start, plan, log=print, preflight=False, surr
         message = checks.warn_probabilities(logits)
         if message:
             warnings.append(message)
-        warnings += checks.warn_nondeterministic(attacker, x)
+        warnings += checks.warn_nondeterministic(attacker, x, y, eot=plan.version == "rand")
         warnings += checks.warn_gradients(attacker, x, y)
         meta["preflight_warnings"] = warnings
 
@@ -134,7 +157,7 @@ def evaluate_chunk(attacker, x, y, start, plan, log=print, preflight=False, surr
         meta["attacks"].append({"attack": result.name, "steps": result.steps, "restarts": result.restarts,
                                 "seconds": result.seconds, "has_queries": result.queries is not None})
 
-    for name in plan.attacks:
+    for name in plan.runs():
         for result in EVALUATION_ATTACKS.get(name).run(attacker, x, y, clean_correct, plan, seed, log):
             record(result)
     if plan.transfer:
@@ -179,7 +202,8 @@ def merge(chunks, y, class_names, plan, model_name="model", data_name=""):
                                     {k: joined(f"{name}/{k}") for k in ("distance", "nan", "adv_min",
                                                                          "adv_max")}))
     by_name = {r.name: r for r in results}
-    white_box = [n for n in ("fgsm", "pgd", "pgd-strong", "cw", "apgd-ce", "apgd-t") if n in by_name]
+    white_box = [n for n in ("fgsm", "pgd", "pgd-strong", "cw", "apgd-ce", "apgd-dlr", "apgd-t")
+                 if n in by_name]
     warnings += checks.warn_attack_ordering(by_name, white_box)
     worst = clean_correct.copy()
     for r in results:
@@ -211,10 +235,22 @@ def merge(chunks, y, class_names, plan, model_name="model", data_name=""):
         "warnings": warnings,
         "checks_passed": ["every adversarial input is inside the eps-ball and [0, 1], without NaN",
                           "no example is robust while misclassified clean"],
-        "deviations": [d for d in DEVIATIONS if "autoattack" in plan.attacks],
+        "deviations": DEVIATIONS if "autoattack" in plan.runs() else [],
         "seconds": round(sum(sum(a["seconds"] for a in c["meta"]["attacks"]) for c in chunks), 2),
         "per_point": {"clean_correct": clean_correct.tolist(), "worst_case_robust": worst.tolist()},
+        **_autoattack_summary(plan, by_name),
     }
+
+
+def _autoattack_summary(plan, by_name):
+    """The cascade's settings and robust accuracy (after its last stage), when the plan ran one."""
+    if "autoattack" not in plan.runs():
+        return {}
+    cascade = plan.cascade()
+    last = by_name[cascade.stages[-1]]
+    return {"autoattack": {"version": cascade.version, "stages": list(cascade.stages),
+                           "settings": cascade.describe(),
+                           "robust_accuracy": float(last.robust.mean())}}
 
 
 @dataclasses.dataclass
@@ -242,7 +278,7 @@ class MergedResult:
                "adv_min": float(np.nanmin(self.stats["adv_min"])),
                "adv_max": float(np.nanmax(self.stats["adv_max"])),
                "robust_above_clean": int(np.sum(self.robust & ~clean_correct))}
-        if self.queries is not None:
+        if self.queries is not None and len(self.queries):  # none when no point was left to attack
             out["queries_mean"] = float(self.queries.mean())
             out["queries_median"] = float(np.median(self.queries))
         return out
@@ -255,15 +291,21 @@ def chunk_starts(num_points, chunk_size):
 def evaluate(network, x, y, class_names, norm="linf", eps=8 / 255, attacks=ATTACKS, pgd_steps=20,
              pgd_step_size=None, pgd_restarts=1, apgd_iterations=100, square_queries=5000,
              sweep=True, seed=0, batch_size=256, progress=True, model_name="model", data_name="",
-             sweep_attack="pgd", chunk_size=500):
+             sweep_attack="pgd", chunk_size=500, version="standard", apgd_restarts=0,
+             fab_restarts=0, eot_iterations=0, square_restarts=0):
     """Runs the attacks on (x in [0,1], y) in memory, chunk by chunk, and returns the report dict
     (see report.markdown). robustcl.evaluation.run adds persistence, shards and devices.
 
     Raises EvaluationError when an adversarial input leaves the threat set or [0, 1], has NaN, or an
     example counts robust while misclassified clean.
     """
-    plan = Plan(norm, eps, tuple(attacks), pgd_steps, pgd_step_size, pgd_restarts, apgd_iterations,
-                square_queries, sweep, sweep_attack, seed, batch_size, chunk_size)
+    autoattack.check(version, attacks)
+    plan = Plan(norm=norm, eps=eps, attacks=tuple(attacks), pgd_steps=pgd_steps,
+                pgd_step_size=pgd_step_size, pgd_restarts=pgd_restarts,
+                apgd_iterations=apgd_iterations, square_queries=square_queries, version=version,
+                apgd_restarts=apgd_restarts, fab_restarts=fab_restarts,
+                eot_iterations=eot_iterations, square_restarts=square_restarts, sweep=sweep,
+                sweep_attack=sweep_attack, seed=seed, batch_size=batch_size, chunk_size=chunk_size)
     log = print if progress else (lambda *a, **k: None)
     attacker = Attacker(network, batch_size, progress)
     chunks = [evaluate_chunk(attacker, x[s:s + chunk_size], y[s:s + chunk_size], s, plan, log,
@@ -277,7 +319,7 @@ def _sweep_point(attacker, attack, x, y, clean_correct, norm, eps, steps, apgd_i
     from robustcl.evaluation.suite import AttackResult
 
     if attack == "apgd-ce":
-        x_adv, correct = apgd(attacker.logits_fn, x, y, norm, eps, apgd_iterations, seed=seed)
+        x_adv, correct = apgd(attacker.logits_fn, x, y, threat_model(norm, eps), apgd_iterations, seed=seed)
         result = AttackResult(f"sweep apgd-ce eps {eps:.4g}", norm, eps, apgd_iterations, 1, seed,
                               correct, np.asarray(x_adv), 0.0)
     elif attack == "fgsm":

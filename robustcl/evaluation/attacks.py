@@ -22,24 +22,29 @@ class EvaluationAttack:
     about: str
     run: Callable
     norms: Tuple[str, ...] = NORMS
-    rows: Tuple[str, ...] = ()  # report rows, when not just its name (the cascade's stages)
 
 
-def register(name, about, norms=NORMS, rows=()):
+def register(name, about, norms=NORMS):
     def decorator(run):
-        EVALUATION_ATTACKS.register(name)(EvaluationAttack(name, about, run, tuple(norms), tuple(rows)))
+        EVALUATION_ATTACKS.register(name)(EvaluationAttack(name, about, run, tuple(norms)))
         return run
 
     return decorator
 
 
-def check(flag, names, norm=None):
-    """ConfigError naming --flag when a name is unknown, the list is empty, or an attack does not
-    support the norm."""
-    unknown = [n for n in names if n not in EVALUATION_ATTACKS]
+def check(flag, names, norm=None, version="standard"):
+    """ConfigError naming --flag when a name is unknown, the list is empty, an attack does not
+    support the norm, or the names do not fit AutoAttack's --version (stage names are for
+    --version=custom)."""
+    from robustcl.evaluation import autoattack
+
+    unknown = [n for n in names if n not in EVALUATION_ATTACKS and n not in autoattack.STAGES]
     if unknown or not names:
         raise ConfigError(f"--{flag}: unknown {', '.join(unknown) or 'empty list'}; known: "
-                          f"{', '.join(EVALUATION_ATTACKS.names())}")
+                          f"{', '.join(EVALUATION_ATTACKS.names())} (and, with --version=custom, "
+                          f"the AutoAttack stages {', '.join(autoattack.STAGES)})")
+    autoattack.check(version, names, flag)
+    names = ["autoattack" if n in autoattack.STAGES else n for n in names]
     if norm is not None:
         for name in names:
             attack = EVALUATION_ATTACKS.get(name)
@@ -74,11 +79,9 @@ def _cw(attacker, x, y, clean_correct, plan, seed, log):
                                      plan.pgd_restarts, "cw", seed, clean_correct=clean_correct)]
 
 
-@register("autoattack", "the AutoAttack standard cascade: APGD-CE, APGD-T (9 targets), FAB-T "
-                        "(9 targets), Square, each on the points still robust",
-          rows=("apgd-ce", "apgd-t", "fab-t", "square"))
+@register("autoattack", "AutoAttack's cascade of --version (standard: APGD-CE, APGD-T, FAB-T, "
+                        "Square; plus; rand), each stage on the points still robust")
 def _autoattack(attacker, x, y, clean_correct, plan, seed, log):
-    from robustcl.evaluation.suite import autoattack_cascade
+    from robustcl.evaluation import autoattack
 
-    return autoattack_cascade(attacker, x, y, plan.norm, plan.eps, seed, plan.apgd_iterations,
-                              square_queries=plan.square_queries, log=log)
+    return autoattack.run(attacker, x, y, plan.norm, plan.eps, plan.cascade(), seed, log)

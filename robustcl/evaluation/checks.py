@@ -51,9 +51,20 @@ def warn_probabilities(logits):
     return None
 
 
-def warn_nondeterministic(attacker, x, max_examples=32):
-    """Logits that change across repeated calls or batch sizes (randomness hides gradients)."""
-    x = x[:max_examples]
+def _input_gradient(attacker, x, y):
+    x = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        loss = tf.reduce_sum(cross_entropy_per_example(y, attacker.logits_fn(x)))
+    return tape.gradient(loss, x, unconnected_gradients=tf.UnconnectedGradients.ZERO).numpy()
+
+
+def warn_nondeterministic(attacker, x, y, max_examples=32, eot=False):
+    """Logits or input gradients that change across repeated calls, logits that change with the
+    batch size (randomness hides gradients; a model may even keep its outputs exact and randomize
+    only its gradients). With `eot` (AutoAttack's rand version, which averages gradients over
+    draws) repeated calls may differ, as the reference skips its check_randomized then."""
+    x, y = x[:max_examples], y[:max_examples]
     first = attacker.logits(x)
     second = attacker.logits(x)
     one_by_one = np.concatenate([attacker._logits(tf.constant(x[i:i + 1])).numpy() for i in range(len(x))])
@@ -61,10 +72,18 @@ def warn_nondeterministic(attacker, x, max_examples=32):
     batch_diff = float(np.abs(first - one_by_one).max())
     scale = max(float(np.abs(first).max()), 1.0)
     messages = []
-    if repeat_diff > 1e-4 * scale:
+    if repeat_diff > 1e-4 * scale and not eot:
         messages.append(f"logits change across repeated calls (max difference {repeat_diff:.3g}): "
-                        "a randomized model needs EOT attacks")
-    if batch_diff > 1e-3 * scale:
+                        "a randomized model needs EOT attacks: evaluate it with --version=rand")
+    elif not eot:
+        grads = [_input_gradient(attacker, x, y) for _ in range(2)]
+        grad_diff = float(np.abs(grads[0] - grads[1]).max())
+        if grad_diff > 1e-4 * max(float(np.abs(grads[0]).max()), 1e-12):
+            messages.append(f"input gradients change across repeated calls (max difference "
+                            f"{grad_diff:.3g}) while the logits do not: randomized gradients need "
+                            "EOT attacks: evaluate it with --version=rand")
+    # A randomized model differs between any two calls: the batch-size comparison says nothing then.
+    if batch_diff > 1e-3 * scale and repeat_diff <= 1e-4 * scale:
         messages.append(f"logits depend on the batch size (max difference {batch_diff:.3g} between "
                         "batch and one-by-one): BatchNorm in training mode?")
     return messages
@@ -72,13 +91,9 @@ def warn_nondeterministic(attacker, x, max_examples=32):
 
 def warn_gradients(attacker, x, y, max_examples=256):
     """Zero or non-finite input gradients of the cross-entropy at clean points."""
-    x = tf.constant(x[:max_examples])
-    with tf.GradientTape() as tape:
-        tape.watch(x)
-        loss = tf.reduce_sum(cross_entropy_per_example(y[:max_examples], attacker.logits_fn(x)))
     # An input the logits do not depend on differentiably has zero gradient, not None.
-    grad = tape.gradient(loss, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-    grad = grad.numpy().reshape(len(grad), -1)
+    grad = _input_gradient(attacker, x[:max_examples], y[:max_examples])
+    grad = grad.reshape(len(grad), -1)
     messages = []
     non_finite = int(np.sum(~np.isfinite(grad).all(1)))
     zero = int(np.sum(np.all(grad == 0, axis=1)))

@@ -18,6 +18,10 @@ def markdown(report):
         counted = "counted" if report.get("transfer_in_worst_case") else "not counted"
         lines += [f"Rows `transfer-*`: examples crafted on the surrogate {report['transfer_from']} "
                   f"and scored on this model (black-box transfer; {counted} in the worst case).", ""]
+    if report.get("autoattack"):
+        aa = report["autoattack"]
+        lines += [f"AutoAttack robust accuracy (after its last stage): **{aa['robust_accuracy']:.4f}**; "
+                  f"{aa['settings']}.", ""]
     if report.get("model_notes"):
         lines += [f"Note: {note}." for note in report["model_notes"]] + [""]
     lines += ["| attack | robust accuracy | points | eps | steps | restarts | seconds | max perturbation "

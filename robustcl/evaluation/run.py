@@ -207,16 +207,22 @@ def evaluate_run(config, progress=True):
     artifacts.check_against_data(classifier, dataset.info.image_shape, dataset.info.num_classes,
                                  x[:2], config.outputs)
     norm, eps, eps_source = _threat_model(config, classifier)
-    eval_attacks.check("attacks", config.attacks, norm)
+    eval_attacks.check("attacks", config.attacks, norm, config.version)
     output_dir = config.output_dir or artifacts.evaluation_dir(config.model_dir, config.checkpoint)
     n = len(x)
     class_names = classifier.class_names or dataset.class_names
     surrogate = load_surrogate(config.transfer_from) if config.transfer_from else None
     if surrogate is not None:
         artifacts.check_against_data(surrogate, dataset.info.image_shape, dataset.info.num_classes, x[:2])
-    plan = Plan(norm, eps, tuple(config.attacks), config.pgd_steps, None, config.pgd_restarts,
-                config.apgd_iterations, config.square_queries, config.sweep, config.sweep_attack,
-                config.seed, config.batch_size, config.chunk_size, transfer=surrogate is not None,
+    # Keywords: a Plan field added between others must not shift what these mean.
+    plan = Plan(norm=norm, eps=eps, attacks=tuple(config.attacks), pgd_steps=config.pgd_steps,
+                pgd_restarts=config.pgd_restarts, apgd_iterations=config.apgd_iterations,
+                square_queries=config.square_queries, version=config.version,
+                apgd_restarts=config.apgd_restarts, fab_restarts=config.fab_restarts,
+                eot_iterations=config.eot_iterations, square_restarts=config.square_restarts,
+                sweep=config.sweep, sweep_attack=config.sweep_attack, seed=config.seed,
+                batch_size=config.batch_size, chunk_size=config.chunk_size,
+                transfer=surrogate is not None,
                 transfer_in_worst_case=config.transfer_in_worst_case)
     data_name = f"{dataset.info.name} test[:{n}]"
     store = ChunkStore(output_dir, _settings(config, classifier, plan, data_name, n, surrogate))

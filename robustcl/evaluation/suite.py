@@ -1,4 +1,4 @@
-"""Running attacks over a dataset: per-attack results and the AutoAttack-style cascade.
+"""Running attacks over a dataset: per-attack results (the AutoAttack cascade: evaluation.autoattack).
 
 Every attack runs in inference mode on logits, in batches, and its result for an example counts as
 robust only if the example is classified correctly both clean and under the attack (AutoAttack's
@@ -7,16 +7,13 @@ convention), so no robust accuracy can exceed the clean one.
 
 import dataclasses
 import time
-from typing import List, Optional
+from typing import Optional
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from robustcl.attacks import OBJECTIVES, pgd, threat_model
-from robustcl.attacks.apgd import apgd, make_loss_and_grad
-from robustcl.attacks.fab import fab_targeted, make_difference_and_grad
-from robustcl.attacks.square import square
 
 
 @dataclasses.dataclass
@@ -96,66 +93,3 @@ class Attacker:
         robust = clean_correct & (self.predict(x_adv) == y)
         return AttackResult(name, norm, eps, steps, restarts, seed, robust, x_adv,
                             time.perf_counter() - start)
-
-
-def autoattack_cascade(attacker, x, y, norm, eps, seed=0, n_iter=100, n_targets=9,
-                       square_queries=5000, log=print) -> List[AttackResult]:
-    """The AutoAttack "standard" cascade: APGD-CE, APGD-T, FAB-T, Square, each on the points still
-    robust after the previous ones. Returns one result per stage; each stage's `robust` is the
-    cascade's robustness after it (so the last is AutoAttack's robust accuracy)."""
-    num_classes = attacker.logits(x[:1]).shape[-1]
-    clean_logits = attacker.logits(x)
-    robust = np.argmax(clean_logits, -1) == y
-    x_adv = x.copy()
-    results = []
-
-    def stage(name, fn, steps, restarts):
-        nonlocal x_adv
-        start = time.perf_counter()
-        idx = np.flatnonzero(robust)
-        log(f"{name}: {len(idx)} points still robust")
-        stage_queries = None
-        for batch_start in range(0, len(idx), attacker.batch_size):
-            part = idx[batch_start:batch_start + attacker.batch_size]
-            out = fn(part)
-            adv, still = out[0], out[1]
-            if len(out) > 2:
-                stage_queries = out[2] if stage_queries is None else np.concatenate([stage_queries, out[2]])
-            fooled = part[~still]
-            x_adv[fooled] = np.asarray(adv)[~still]
-            robust[fooled] = False
-        results.append(AttackResult(name, norm, eps, steps, restarts, seed, robust.copy(), x_adv.copy(),
-                                    time.perf_counter() - start, stage_queries))
-
-    ce_grad = make_loss_and_grad(attacker.logits_fn, "ce")
-    stage("apgd-ce", lambda p: apgd(attacker.logits_fn, x[p], y[p], norm, eps, n_iter, 1, "ce",
-                                    seed=seed, loss_and_grad=ce_grad), n_iter, 1)
-
-    targeted_grad = make_loss_and_grad(attacker.logits_fn, "dlr-targeted")
-    order = np.argsort(clean_logits, axis=-1)
-    n_targets = min(n_targets, num_classes - 1)
-
-    def apgd_t(p):
-        still = np.ones(len(p), bool)
-        adv = x[p].copy()
-        for target_rank in range(2, n_targets + 2):
-            idx = np.flatnonzero(still)
-            if not len(idx):
-                break
-            targets = order[p[idx], -target_rank]
-            out, correct = apgd(attacker.logits_fn, x[p[idx]], y[p[idx]], norm, eps, n_iter, 1,
-                                "dlr-targeted", targets=targets, seed=seed + target_rank,
-                                loss_and_grad=targeted_grad)
-            out = np.asarray(out)
-            adv[idx[~correct]] = out[~correct]
-            still[idx[~correct]] = False
-        return adv, still
-
-    stage("apgd-t", apgd_t, n_iter, 1)
-    fab_grad = make_difference_and_grad(attacker.logits_fn)
-    stage("fab-t", lambda p: fab_targeted(
-        attacker.logits_fn, attacker.predict, x[p], y[p], norm, eps,
-        [order[p, -rank] for rank in range(2, n_targets + 2)], n_iter, fab_grad), n_iter, 1)
-    stage("square", lambda p: square(attacker.logits, x[p], y[p], norm, eps, square_queries, 0.8, seed),
-          square_queries, 1)
-    return results

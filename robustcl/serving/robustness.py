@@ -82,7 +82,7 @@ def run(target, local, x, y, output_dir, eps=8 / 255, pgd_steps=20, square_queri
             else:
                 # A budget below AutoAttack's 5000: the p schedule is rescaled to it (the
                 # reference class's default), so square sizes shrink within the budget.
-                _, still, queries = square(target.predict, xs, ys, "linf", eps, square_queries, 0.8,
+                _, still, queries = square(target.predict, xs, ys, LinfBall(eps), square_queries, 0.8,
                                            seed + start, rescale_schedule=True)
                 record["robust"] = still.tolist()
                 record["queries"] = queries.tolist()
