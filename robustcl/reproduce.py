@@ -392,7 +392,7 @@ def markdown(config, rows, summary, machine, software, command):
     for cell in config.cells:
         extra = " ".join(cell.extra_flags)
         lines.append(f"  - `{cell.name}`: `{cell.method_flagfile}` {('`' + extra + '`') if extra else ''}")
-    lines += ["", f"- Model selection: the best epoch by validation robust accuracy (validation "
+    lines += ["", "- Model selection: the best epoch by validation robust accuracy (validation "
                   "held out from training; the test set is never used for selection).",
               f"- Evaluation of the best checkpoint on the first {config.eval_examples} CIFAR-10 test "
               f"images (exact pixels: ../shared/data/README.md): clean, "

@@ -1,8 +1,10 @@
 #!/usr/bin/env python
-"""Robustness tests against a served model (TF Serving REST API) or a SavedModel in process.
+"""Robustness tests against a served model (TF Serving's REST or gRPC API) or a SavedModel in process.
 
     python scripts/serve_test.py --server=http://127.0.0.1:8501 --model=NAME \
         --saved_model=EXPORT_DIR/NAME/1 --data_dir=DIR --output_dir=DIR [--num_examples=N]
+    python scripts/serve_test.py --grpc=127.0.0.1:8500 --model=NAME \
+        --saved_model=EXPORT_DIR/NAME/1 --data_dir=DIR --output_dir=DIR
     python scripts/serve_test.py --saved_model=EXPORT_DIR/NAME/1 --data_dir=DIR --output_dir=DIR
 
 Clean accuracy through the server against the local model's, white-box PGD on the local logits
@@ -32,7 +34,7 @@ def main(argv):
         sys.exit(f"error: {error}")
     from robustcl import artifacts, data
     from robustcl.serving import robustness
-    from robustcl.serving.client import RestClient, SavedModelBackend, ServerError
+    from robustcl.serving.client import GrpcClient, RestClient, SavedModelBackend, ServerError
 
     local = SavedModelBackend(args["saved_model"]) if args["saved_model"] else None
     dataset, image_size = args["dataset"], 0
@@ -48,9 +50,10 @@ def main(argv):
                                       args["num_examples"])
     except (data.DataNotFoundError, data.DataFormatError) as error:
         sys.exit(f"error: {error}")
-    if args["server"]:
-        target = RestClient(args["server"], args["model"], args["model_version"], args["timeout"],
-                            args["max_retries"], max_batch=args["max_batch"])
+    if args["server"] or args["grpc"]:
+        client = RestClient if args["server"] else GrpcClient
+        target = client(args["server"] or args["grpc"], args["model"], args["model_version"],
+                        args["timeout"], args["max_retries"], max_batch=args["max_batch"])
     else:
         target, local = local, local
     try:

@@ -3,6 +3,10 @@ MirroredStrategy tests run 2 real replicas; single-device code uses the first.""
 
 import os
 import socket
+import subprocess
+import sys
+import tempfile
+import time
 
 import numpy as np
 import pytest
@@ -17,6 +21,7 @@ import keras  # noqa: E402  (after the device split)
 from robustcl import models  # noqa: E402
 
 CIFAR10_ENV = "ROBUSTCL_CIFAR10_DIR"
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture
@@ -74,3 +79,42 @@ def synthetic_cifar10(tmp_path_factory):
 
     path, _, _ = write_official(str(tmp_path_factory.mktemp("cifar10")), "cifar10", per_file=60, tar=True)
     return path
+
+
+class ModelServer:
+    """The stand-in tensorflow_model_server as a real process: gRPC on --port, REST on
+    --rest_api_port, as the real server's flags mean them."""
+
+    def __init__(self, base_path, *args, poll="1"):
+        self.grpc_port, self.port = free_ports(2)
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.grpc = f"127.0.0.1:{self.grpc_port}"
+        self.log = tempfile.TemporaryFile()  # a pipe nobody reads would block a chatty server
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "robustcl.serving.model_server", "--host=127.0.0.1",
+             *([f"--model_base_path={base_path}"] if base_path else []),
+             f"--file_system_poll_wait_seconds={poll}", f"--port={self.grpc_port}",
+             f"--rest_api_port={self.port}", *args],
+            cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            assert self.process.poll() is None, self.output()[-2000:]
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.3)
+        raise TimeoutError("server did not start")
+
+    def output(self):
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()

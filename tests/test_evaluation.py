@@ -8,12 +8,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from robustcl import attacks, models
-from robustcl.config import ConfigError
 from robustcl.attacks.apgd import apgd
 from robustcl.attacks.fab import fab, project_onto_hyperplane
 from robustcl.attacks.square import square
 from robustcl.attacks.threat import threat_model
+from robustcl.config import ConfigError
 from robustcl.evaluation import evaluate
 from robustcl.evaluation.suite import Attacker
 

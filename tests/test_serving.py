@@ -3,10 +3,8 @@ server as a real process on 127.0.0.1) and in process."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -15,7 +13,7 @@ import tensorflow as tf
 from robustcl.serving import robustness
 from robustcl.serving.client import RestClient, SavedModelBackend, ServerError
 from robustcl.serving.export import export
-from tests.conftest import free_ports
+from tests.conftest import ModelServer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -108,42 +106,14 @@ def test_export_holds_only_the_inference_path(exported):
     assert "FusedBatchNormV3" in ops or "Conv2D" in ops
 
 
-# ---- the REST server, as a real process ---------------------------------------------------------
-
-class Server:
-    def __init__(self, path, *args):
-        self.port = free_ports()[0]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "robustcl.serving.rest_server",
-             f"--model_base_path={os.path.dirname(path)}", "--model_name=tiny", f"--port={self.port}",
-             *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            assert self.process.poll() is None, self.process.stdout.read().decode()[-2000:]
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    return
-            except OSError:
-                time.sleep(0.3)
-        raise TimeoutError("server did not start")
-
-    def stop(self):
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
+# ---- the model server, as a real process --------------------------------------------------------
 
 @pytest.fixture
 def server(exported):
     running = []
 
     def start(*args):
-        running.append(Server(exported[3], *args))
+        running.append(ModelServer(os.path.dirname(exported[3]), "--model_name=tiny", *args))
         return running[-1]
 
     yield start

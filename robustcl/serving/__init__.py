@@ -1,1 +1,2 @@
-"""SavedModel export for TF Serving, a TF-Serving-compatible REST test server, and a client."""
+"""SavedModel export for TF Serving, a stand-in tensorflow_model_server (REST and gRPC), clients for
+both APIs, and robustness tests through a server."""

@@ -1,9 +1,11 @@
-"""Predicting through TF Serving's REST API (or in process from a SavedModel), robustly.
+"""Predicting through TF Serving's REST or gRPC API (or in process from a SavedModel), robustly.
 
-RestClient: batches requests within `max_batch` images, times out, retries what may be retried
-(connection errors, timeouts, 5xx; predict is idempotent) with exponential backoff, and raises
-ServerError with the server's own message otherwise. Both backends count the images sent
-(queries) and time every request (latency).
+RestClient and GrpcClient: batch requests within `max_batch` images, time out, retry what may be
+retried (a dropped or refused connection, a timeout, REST 5xx / gRPC UNAVAILABLE, DEADLINE_EXCEEDED,
+RESOURCE_EXHAUSTED, ABORTED; predict is idempotent) at most `max_retries` times with exponential
+backoff, and raise ServerError with the server's own message otherwise: a 4xx answer (or
+INVALID_ARGUMENT, NOT_FOUND, ...) is never retried. Every backend counts the images sent (queries)
+and times every request (latency). GrpcClient sends images as TensorProtos (no JSON).
 """
 
 import json
@@ -86,6 +88,77 @@ class RestClient(_Stats):
             predictions = body["predictions"]
             parts.append(np.asarray([p[output] if isinstance(p, dict) else p for p in predictions],
                                     np.float32))
+            self.queries += len(batch)
+        return np.concatenate(parts) if parts else np.zeros((0,), np.float32)
+
+
+class GrpcClient(_Stats):
+    RETRIED = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED")
+
+    def __init__(self, address, model, version=None, timeout=30.0, max_retries=4, backoff=0.5,
+                 max_batch=64):
+        import grpc
+        from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+
+        super().__init__()
+        self.address, self.model, self.version = address, model, version
+        self.timeout, self.max_retries, self.backoff, self.max_batch = (
+            timeout, max_retries, backoff, max_batch)
+        options = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
+        self.channel = grpc.insecure_channel(address, options=options)
+        self.prediction = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
+        self.models = model_service_pb2_grpc.ModelServiceStub(self.channel)
+
+    def _spec(self, spec, signature=None):
+        spec.name = self.model
+        if self.version:
+            spec.version.value = int(self.version)
+        if signature:
+            spec.signature_name = signature
+
+    def _call(self, method, request, what):
+        import grpc
+
+        for attempt in range(self.max_retries + 1):
+            start = time.perf_counter()
+            try:
+                response = method(request, timeout=self.timeout)
+                self.latencies.append(time.perf_counter() - start)
+                self.requests += 1
+                return response
+            except grpc.RpcError as error:
+                code = error.code().name
+                if code not in self.RETRIED:
+                    raise ServerError(code, error.details(), f"{self.address} {what}") from None
+                if attempt == self.max_retries:
+                    raise ServerError(code, f"{error.details()} after {attempt + 1} attempts",
+                                      f"{self.address} {what}") from None
+            self.retried += 1
+            time.sleep(self.backoff * 2 ** attempt)
+        raise AssertionError("the loop returns or raises")
+
+    def status(self):
+        from google.protobuf import json_format
+        from tensorflow_serving.apis import get_model_status_pb2
+
+        request = get_model_status_pb2.GetModelStatusRequest()
+        self._spec(request.model_spec)
+        response = self._call(self.models.GetModelStatus, request, "GetModelStatus")
+        return json_format.MessageToDict(response, always_print_fields_with_no_presence=True)
+
+    def predict(self, images, signature="serving_default", output="logits"):
+        from tensorflow_serving.apis import predict_pb2
+
+        images = np.asarray(images)
+        parts = []
+        for start in range(0, len(images), self.max_batch):
+            batch = images[start:start + self.max_batch]
+            request = predict_pb2.PredictRequest()
+            self._spec(request.model_spec, signature)
+            request.inputs["images"].CopyFrom(tf.make_tensor_proto(batch))
+            request.output_filter.append(output)
+            response = self._call(self.prediction.Predict, request, "Predict")
+            parts.append(tf.make_ndarray(response.outputs[output]).astype(np.float32))
             self.queries += len(batch)
         return np.concatenate(parts) if parts else np.zeros((0,), np.float32)
 
