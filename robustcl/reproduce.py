@@ -440,13 +440,62 @@ def markdown(config, rows, summary, machine, software, command):
               ""]
     for claim in CLAIMS:
         lines.append(f"- **{claim['paper']}**: {claim['claim']}.")
+        verdicts = []
         for method, baseline, metrics in claim["comparisons"]:
             for metric in metrics:
                 verdict, text = judge(summary, method, baseline, metric)
+                verdicts.append((verdict, method, baseline, metric))
                 lines.append(f"  - `{method}` vs `{baseline}`, {text}: **{verdict}**")
+        lines.append(f"  - In plain words: {in_plain_words(verdicts)}")
         if claim["not_measured"]:
             lines.append(f"  - Not measured here: {claim['not_measured']}.")
+    lines += ["", "## What this scale cannot tell", ""] + [f"- {item}" for item in SCALE_LIMITS]
     return "\n".join(lines) + "\n"
+
+
+# What a CPU-scale grid (a tiny CNN, 10,000 training images, 5 epochs, 2 seeds, 1000 test points)
+# cannot say about the papers' claims, whatever its verdicts.
+SCALE_LIMITS = [
+    "The papers train ResNet-18 or WRN-34-10 for 100 epochs or more on all 50,000 images and report "
+    "clean accuracies of 80% and more; here every method stays far from convergence (clean accuracy "
+    "roughly 25-40%). A gain that appears only late in training, or needs a network with the "
+    "capacity to separate clean and adversarial features, cannot show here; a gain seen here may "
+    "vanish at full scale. The GPU flagfiles (configs/repro_cifar10_gpu*.flags) rerun the same "
+    "protocol at the papers' scale.",
+    "Contrastive objectives depend on the batch (positives and negatives per class): the protocol's "
+    "batch of 128 holds about 13 images per class, as the papers' do, but the embedding learned in 5 "
+    "epochs of a tiny network is a weak version of theirs.",
+    "Two seeds give a range, not a distribution: an overlap of ranges says the difference is not "
+    "established here, not that there is none. On 1000 test points a robust accuracy near 15% has "
+    "a sampling standard error of about 1.1 points, and the seeds' spread adds to that.",
+    "Model selection uses the validation holdout's PGD-10 accuracy at 5 checkpoints; the papers "
+    "select (MOREL on the test set) among many more, so their best checkpoints are more favourable.",
+]
+
+
+def in_plain_words(verdicts):
+    """One sentence from a claim's (verdict, method, baseline, metric)s."""
+    measured = [v for v in verdicts if v[0] != "pending"]
+    if not measured:
+        return "not measured yet."
+    held = [f"{m} over {b} in {metric}" for verdict, m, b, metric in measured if verdict == "held"]
+    reversed_ = [f"{m} below {b} in {metric}" for verdict, m, b, metric in measured if verdict == "reversed"]
+    unresolved = len(measured) - len(held) - len(reversed_)
+    pending = len(verdicts) - len(measured)
+    parts = []
+    if held and not reversed_ and not unresolved and not pending:
+        return "the claim held here on every metric compared (" + "; ".join(held) + ")."
+    if reversed_ and not held:
+        parts.append("it did not hold here: " + "; ".join(reversed_) + ", beyond the seeds' spread")
+    elif held:
+        parts.append("held in part: " + "; ".join(held) + (
+            "; reversed: " + "; ".join(reversed_) if reversed_ else ""))
+    if unresolved:
+        parts.append(f"{unresolved} of {len(measured)} comparisons are within the seeds' spread (or "
+                     "have one seed so far), so they say nothing either way")
+    if pending:
+        parts.append(f"{pending} not measured yet")
+    return "; ".join(parts) + "."
 
 
 def plot(summary, path, title=""):

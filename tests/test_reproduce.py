@@ -203,3 +203,14 @@ def test_a_record_of_other_settings_is_refused_not_overwritten(tmp_path, monkeyp
     # A row from before rows named their machine ran on the one the record names.
     (tmp_path / "r.json").write_text(json.dumps({"machine": "CPU X, 2 cores", "rows": [row]}))
     assert reproduce.recorded_rows(config)[("pgd_at", 0)] == {**row, "machine": "CPU X, 2 cores"}
+
+
+def test_claims_are_put_in_plain_words():
+    words = reproduce.in_plain_words
+    assert words([("pending", "m", "b", "pgd")]) == "not measured yet."
+    assert words([("held", "m", "b", "pgd")]).startswith("the claim held here on every metric")
+    reversed_ = words([("reversed", "m", "b", "pgd"), ("not resolved", "m", "b", "autoattack")])
+    assert reversed_.startswith("it did not hold here: m below b in pgd, beyond the seeds' spread")
+    assert "1 of 2 comparisons are within the seeds' spread" in reversed_
+    assert "held in part: m over b in pgd; reversed: m below b in cw" in words(
+        [("held", "m", "b", "pgd"), ("reversed", "m", "b", "cw")])
