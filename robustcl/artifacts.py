@@ -125,6 +125,9 @@ def read_config(directory):
         raise FileNotFoundError(f"{path} not found: is {directory} a robustcl run directory?")
     with open(path) as f:
         raw = json.load(f)
+    from robustcl.cli.flags import import_modules
+
+    import_modules(raw.get("run", {}).get("extra_modules", ()))  # a user's method or backbone
     return ExperimentConfig.from_dict(raw, methods.get(raw["method"]["name"]).Params)
 
 

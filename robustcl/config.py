@@ -145,6 +145,9 @@ class RunConfig:
     contrastive_scope: str = "global"
     # BatchNorm statistics over the global batch when training on several replicas.
     sync_batchnorm: bool = True
+    # A user's modules registering methods or backbones (imported before anything reads the
+    # config; evaluation and export import them again to rebuild the network).
+    extra_modules: Tuple[str, ...] = ()
 
     def validate(self):
         _check(bool(self.model_dir), "model_dir", "is required (where the run writes its files)")
@@ -217,7 +220,7 @@ class ExperimentConfig:
             train_attack=AttackConfig(**d["train_attack"]),
             val_attack=AttackConfig(**d["val_attack"]),
             optimizer=OptimizerConfig(**optimizer),
-            run=RunConfig(**d["run"]),
+            run=RunConfig(**dict(d["run"], extra_modules=tuple(d["run"].get("extra_modules", ())))),
             projector=ProjectorConfig(**d.get("projector", {})),
         )
 

@@ -11,7 +11,12 @@ import sys
 from absl import app
 
 from robustcl.cli import flags as cli_flags
+from robustcl.config import ConfigError
 
+try:  # a user's methods and backbones first: their flags and names must exist when flags parse
+    cli_flags.import_extra_modules(sys.argv)
+except ConfigError as error:
+    sys.exit(f"error: {error}")
 cli_flags.define_train_flags()
 
 

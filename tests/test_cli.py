@@ -186,3 +186,63 @@ def test_killed_run_resumes_from_last_finished_epoch(synthetic_cifar10, tmp_path
     # A finished run rerun does no more training.
     again = _run(command)
     assert again.returncode == 0 and "Epoch " not in again.stdout
+
+
+USER_MODULE = '''
+"""A user's method and backbone, registered from outside robustcl."""
+import dataclasses
+
+from keras import layers
+
+from robustcl import methods, models
+
+
+@dataclasses.dataclass(frozen=True)
+class ScaledParams:
+    scale: float = methods.param(2.0, "Multiplies the adversarial cross-entropy.")
+
+    def validate(self):
+        if self.scale <= 0:
+            raise ValueError("scale must be > 0")
+
+
+@methods.register("scaled_pgd_at")
+class ScaledPGDAT(methods.get("pgd_at")):
+    Params = ScaledParams
+
+    def losses(self, labels, clean, adversarial, augmented=None):
+        (name, term), = super().losses(labels, clean, adversarial, augmented).items()
+        return {name: methods.LossTerm(term.values * self.params.scale, term.weights)}
+
+
+@models.register("user_mlp")
+def user_mlp(x, layer_factory):
+    return layers.Dense(16, activation="relu")(layers.Flatten()(x))
+'''
+
+
+@pytest.mark.slow
+def test_a_users_method_and_backbone_train_without_editing_robustcl(synthetic_cifar10, tmp_path,
+                                                                     monkeypatch):
+    (tmp_path / "user_code").mkdir()
+    (tmp_path / "user_code" / "my_methods.py").write_text(USER_MODULE)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(tmp_path / "user_code"), os.environ.get("PYTHONPATH", "")]))
+    run_dir = tmp_path / "run"
+    result = _run(_train_command("pgd_at_cifar10.flags", synthetic_cifar10, run_dir,
+                                 "--extra_modules=my_methods", "--method=scaled_pgd_at",
+                                 "--scaled_pgd_at_scale=3", "--model=user_mlp"), env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = json.load(open(run_dir / "config.json"))
+    assert config["method"] == {"name": "scaled_pgd_at", "params": {"scale": 3.0}}
+    assert config["model"]["name"] == "user_mlp" and config["run"]["extra_modules"] == ["my_methods"]
+    # The run loads back (evaluation, export) by importing the module its config names.
+    monkeypatch.syspath_prepend(str(tmp_path / "user_code"))
+    from robustcl import artifacts
+
+    classifier = artifacts.load_run(str(run_dir))
+    assert classifier.network.name == "user_mlp"
+    missing = _run(_train_command("pgd_at_cifar10.flags", synthetic_cifar10, tmp_path / "other",
+                                  "--extra_modules=no_such_module"))
+    assert missing.returncode != 0
+    assert "--extra_modules: cannot import 'no_such_module': ModuleNotFoundError" in missing.stderr

@@ -68,7 +68,41 @@ def _define_data_flags(defaults, flag_values):
                          flag_values=flag_values)
 
 
+EXTRA_MODULES = "extra_modules"
+
+
+def import_modules(names):
+    """Imports a user's modules (which register methods or backbones with robustcl.methods.register
+    and robustcl.models.register), from the working directory or sys.path."""
+    import importlib
+    import sys
+
+    if names and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception as error:  # any failure: the user's module is named with the reason
+            raise cfg.ConfigError(f"--{EXTRA_MODULES}: cannot import {name!r}: "
+                                  f"{type(error).__name__}: {error}") from None
+
+
+def import_extra_modules(argv, flag_values=FLAGS):
+    """Imports the modules --extra_modules names on the command line or in its flagfiles, before
+    the flags are defined, so their methods' and backbones' flags and names exist (as tf-models
+    imports experiment modules). Returns the names."""
+    names = []
+    for arg in flag_values.read_flags_from_files(list(argv[1:]), force_gnu=False):
+        if arg.startswith(f"--{EXTRA_MODULES}="):
+            names += [n.strip() for n in arg.split("=", 1)[1].split(",") if n.strip()]
+    import_modules(names)
+    return names
+
+
 def define_train_flags(flag_values=FLAGS):
+    flags.DEFINE_list(EXTRA_MODULES, [], "Python modules to import first: a user's methods and "
+                      "backbones registered with robustcl.methods.register / robustcl.models.register.",
+                      flag_values=flag_values)
     d = cfg.DataConfig()
     _define_data_flags(d, flag_values)
     flags.DEFINE_integer("val_size", d.val_size, "Training images held out for validation/model "
@@ -85,8 +119,10 @@ def define_train_flags(flag_values=FLAGS):
                          flag_values=flag_values)
 
     m = cfg.ModelConfig()
-    flags.DEFINE_string("model", m.name, "Backbone: resnet18, preact_resnet18, wrn34_10, wrn28_10, "
-                        "tiny.", flag_values=flag_values)
+    from robustcl.models.backbones import BACKBONES
+
+    flags.DEFINE_string("model", m.name, f"Backbone: {', '.join(BACKBONES.names())}.",
+                        flag_values=flag_values)
     flags.DEFINE_integer("embedding_dim", m.embedding_dim, "Projection head width (0: the embedding "
                          "is the pooled features).", flag_values=flag_values)
     flags.DEFINE_string("embedding_head", m.embedding_head, "Projection head: mlp (Dense-ReLU-Dense) "
@@ -243,8 +279,13 @@ def config_from_flags(flag_values=FLAGS):
                             val_size=f.val_size, train_examples=f.train_examples,
                             batch_size=f.batch_size, eval_batch_size=f.eval_batch_size,
                             augment=f.augment, split_seed=f.split_seed),
-        model=cfg.ModelConfig(name=f.model, embedding_dim=f.embedding_dim,
-                              embedding_head=f.embedding_head),
+        # The head the method declares, unless the flags say otherwise.
+        model=cfg.ModelConfig(
+            name=f.model,
+            embedding_dim=(f.embedding_dim if f["embedding_dim"].present or not method_class.embedding_dim
+                           else method_class.embedding_dim),
+            embedding_head=(f.embedding_head if f["embedding_head"].present or not method_class.embedding_head
+                            else method_class.embedding_head)),
         method=cfg.MethodConfig(name=f.method, params=params),
         train_attack=cfg.AttackConfig(name=f.attack, norm=f.norm, eps=f.eps, step_size=f.step_size,
                                       steps=f.attack_steps, random_start=f.random_start),
@@ -259,7 +300,8 @@ def config_from_flags(flag_values=FLAGS):
                           precision=_resolve_precision(f.precision),
                           jit_compile=_resolve_jit_compile(f.jit_compile), strategy=f.strategy,
                           validation_freq=f.validation_freq, contrastive_scope=f.contrastive_scope,
-                          sync_batchnorm=f.sync_batchnorm),
+                          sync_batchnorm=f.sync_batchnorm,
+                          extra_modules=tuple(f[EXTRA_MODULES].value)),
         projector=cfg.ProjectorConfig(every_epochs=f.projector_every_epochs,
                                       examples=f.projector_examples),
     )

@@ -65,11 +65,6 @@ def supcon_margin_per_example(labels, features, temperature=0.1, margin=0.0,
     return values, valid_views / tf.cast(views, z.dtype)
 
 
-def supcon_per_example(labels, features, temperature=0.1, positive_weights=None):
-    """SupCon's L_out (Khosla et al. 2020): supcon_margin_per_example with margin 0."""
-    return supcon_margin_per_example(labels, features, temperature, 0.0, positive_weights)
-
-
 def multi_positive_per_example(labels, embeddings, temperature=0.1, anchors=None):
     """MOREL's multi-positive contrastive loss: cross-entropy of each anchor's softmax over the other
     samples against a target spread uniformly over its same-class positives (self excluded).

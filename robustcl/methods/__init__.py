@@ -1,6 +1,14 @@
-"""Training methods, registered by name. Importing this package registers every method."""
+"""Training methods, registered by name. Importing this package imports every module in it, so a
+method file placed here registers itself with no other edit; a user's own module registers its
+methods with `register` and is imported by scripts/train.py --extra_modules=MODULE."""
 
-from robustcl.methods import baselines, contrastive, morel, trades  # noqa: F401  (registration)
-from robustcl.methods.base import METHODS, LossTerm, Method, NoParams, get
+import importlib
+import pkgutil
 
-__all__ = ["METHODS", "LossTerm", "Method", "NoParams", "get"]
+from robustcl.methods.base import METHODS, LossTerm, Method, NoParams, get, param, register
+
+for _module in pkgutil.iter_modules(__path__):
+    if _module.name != "base":
+        importlib.import_module(f"{__name__}.{_module.name}")
+
+__all__ = ["METHODS", "LossTerm", "Method", "NoParams", "get", "param", "register"]

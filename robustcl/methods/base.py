@@ -52,7 +52,7 @@ class LossTerm(NamedTuple):
 class Method:
     """Base class. Subclasses set the class attributes and implement `losses`."""
 
-    name = None
+    name = None  # set by `register`
     Params = NoParams
     # Objective (robustcl.attacks.OBJECTIVES) that training's attack maximizes; None: no attack.
     attack_objective: Optional[str] = "ce"
@@ -114,6 +114,19 @@ class Method:
     def losses(self, labels, clean, adversarial, augmented=None) -> Dict[str, LossTerm]:
         """Returns {name: LossTerm}; clean/adversarial/augmented are output dicts or None."""
         raise NotImplementedError
+
+
+def register(name):
+    """Registers a Method subclass under `name` (its `name` attribute comes from here). Public: a
+    user's module registers its own methods with it (scripts/train.py --extra_modules=MODULE)."""
+
+    def decorator(cls):
+        if not (isinstance(cls, type) and issubclass(cls, Method)):
+            raise TypeError(f"robustcl.methods.register({name!r}) decorates a Method subclass, got {cls!r}")
+        cls.name = name
+        return METHODS.register(name)(cls)
+
+    return decorator
 
 
 def get(name):

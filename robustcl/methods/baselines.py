@@ -1,14 +1,13 @@
 """Baselines: standard (clean) training and PGD adversarial training (Madry et al. 2018)."""
 
 from robustcl.losses import cross_entropy_per_example as cross_entropy
-from robustcl.methods.base import METHODS, LossTerm, Method
+from robustcl.methods.base import LossTerm, Method, register
 
 
-@METHODS.register("standard")
+@register("standard")
 class Standard(Method):
     """Cross-entropy on clean images; no attack during training."""
 
-    name = "standard"
     attack_objective = None
     uses_clean = True
     uses_adversarial = False
@@ -18,11 +17,10 @@ class Standard(Method):
         return {"ce": LossTerm(cross_entropy(labels, clean["logits"]))}
 
 
-@METHODS.register("pgd_at")
+@register("pgd_at")
 class PGDAT(Method):
     """Cross-entropy on adversarial examples that maximize cross-entropy (Madry et al. 2018)."""
 
-    name = "pgd_at"
     attack_objective = "ce"
     uses_clean = False
     uses_adversarial = True

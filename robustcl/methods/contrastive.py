@@ -9,7 +9,7 @@ import dataclasses
 import tensorflow as tf
 
 from robustcl.losses import cross_entropy_per_example, supcon_margin_per_example
-from robustcl.methods.base import METHODS, LossTerm, Method, check_param, param
+from robustcl.methods.base import LossTerm, Method, check_param, param, register
 from robustcl.mining import MINING_RULES, hard_positive_weights
 
 
@@ -51,7 +51,7 @@ class SupConMarginParams:
         check_param("supcon_margin", "margin", self.margin >= 0, f"must be >= 0, got {self.margin}")
 
 
-@METHODS.register("supcon_margin")
+@register("supcon_margin")
 class SupConMargin(Method):
     """CE (adversarial logits under an attack, else clean) + weight * SupConMarginLoss over the clean
     embeddings and, with --supcon_margin_adversarial_views, the adversarial ones as a second view.
@@ -61,7 +61,6 @@ class SupConMargin(Method):
     classifier on adversarial examples, as PGD-AT does, since robust accuracy is the goal.
     """
 
-    name = "supcon_margin"
     embedding_head = "mlp"  # SimCLR/SupCon's projection head
     embedding_dim = 128
     Params = SupConMarginParams
@@ -91,7 +90,7 @@ class AnchorParams:
         check_param("anchor", "hardness", self.hardness >= 0, f"must be >= 0, got {self.hardness}")
 
 
-@METHODS.register("anchor")
+@register("anchor")
 class Anchor(Method):
     """ANCHOR (Bhattacharya et al. 2023): adversarial training + SupCon with hard-positive mining.
 
@@ -104,7 +103,6 @@ class Anchor(Method):
     builds on; the weights carry no gradient.
     """
 
-    name = "anchor"
     embedding_head = "mlp"  # SimCLR/SupCon's projection head
     embedding_dim = 128
     Params = AnchorParams
@@ -134,7 +132,7 @@ class ContrastiveATParams:
                     f"must be >= 0, got {self.attack_ce_weight}")
 
 
-@METHODS.register("contrastive_at")
+@register("contrastive_at")
 class ContrastiveAT(Method):
     """Contrastive adversarial training: the clean, augmented and adversarial views of each image
     are pulled together and other classes pushed apart (SupCon over the three views), beside CE on
@@ -147,7 +145,6 @@ class ContrastiveAT(Method):
     needs no extra forward pass per attack step.
     """
 
-    name = "contrastive_at"
     embedding_head = "mlp"  # SimCLR/SupCon's projection head
     embedding_dim = 128
     Params = ContrastiveATParams

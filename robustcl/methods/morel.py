@@ -34,7 +34,7 @@ import tensorflow as tf
 
 from robustcl.losses import cosine_alignment_per_example, cross_entropy_per_example, \
     kl_per_example, mart_terms, multi_positive_per_example
-from robustcl.methods.base import METHODS, LossTerm, Method, check_param, param
+from robustcl.methods.base import LossTerm, Method, check_param, param, register
 
 ACCURACY_TERMS = ("trades", "mart")
 
@@ -99,9 +99,8 @@ class MorelParams:
                     f"must be in [0, 1), got {self.attention_dropout}")
 
 
-@METHODS.register("morel")
+@register("morel")
 class Morel(Method):
-    name = "morel"
     Params = MorelParams
     embedding_head = "linear"  # MOREL's feat_layer: one Dense to 128
     embedding_dim = 128

@@ -3,7 +3,7 @@
 import dataclasses
 
 from robustcl.losses import cross_entropy_per_example, kl_per_example, mart_terms
-from robustcl.methods.base import METHODS, LossTerm, Method, check_param, param
+from robustcl.methods.base import LossTerm, Method, check_param, param, register
 
 _START_HELP = ("std of the Gaussian random start x + sigma * N(0, 1) of the public code; 0 uses the "
                "uniform start in the eps-ball")
@@ -20,11 +20,10 @@ class TradesParams:
                     f"must be >= 0, got {self.start_sigma}")
 
 
-@METHODS.register("trades")
+@register("trades")
 class Trades(Method):
     """CE(clean) + beta * KL(p_clean || p_adv); the attack maximizes the same KL (objective "kl")."""
 
-    name = "trades"
     Params = TradesParams
     attack_objective = "kl"
     uses_clean = True
@@ -48,11 +47,10 @@ class MartParams:
                     f"must be >= 0, got {self.start_sigma}")
 
 
-@METHODS.register("mart")
+@register("mart")
 class Mart(Method):
     """Boosted CE on adversarial examples + beta * KL weighted by (1 - p_clean[y]); CE attack."""
 
-    name = "mart"
     Params = MartParams
     attack_objective = "ce"
     uses_clean = True

@@ -5,9 +5,6 @@ from keras import layers
 
 from robustcl.models.backbones import BACKBONES, LayerFactory
 
-OUTPUT_NAMES = ("features", "embedding", "logits")
-
-
 EMBEDDING_HEADS = ("mlp", "linear")
 
 
@@ -68,4 +65,12 @@ def forward_flops(network):
     return int(total)
 
 
-__all__ = ["BACKBONES", "EMBEDDING_HEADS", "OUTPUT_NAMES", "build", "forward_flops"]
+def register(name):
+    """Registers a backbone under `name`: a function (x, layer_factory) -> pooled features [B, F],
+    where x is the normalized image batch and layer_factory (a LayerFactory) makes the
+    convolutions and BatchNorms (so --sync_batchnorm applies). Public: a user's module registers
+    its backbones with it (scripts/train.py --extra_modules=MODULE --model=NAME)."""
+    return BACKBONES.register(name)
+
+
+__all__ = ["BACKBONES", "EMBEDDING_HEADS", "LayerFactory", "build", "forward_flops", "register"]
