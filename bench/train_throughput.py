@@ -14,7 +14,8 @@ runs `--warmup` steps (tracing; reported as first_step_s) and then `--steps` tim
 real AdversarialModel.train_step, all in one `fit` (each step timed by a callback; the median is
 reported) on a fixed batch of random images (throughput does not depend on pixel
 values). Its GFLOP/s is images/s x FLOPs per image of one step (Method.forward_passes_per_step x
-robustcl.models.forward_flops); the fraction is of the convolution peak in the same precision. "xla" compiles the attack with XLA (--jit_compile=true).
+robustcl.models.forward_flops); the fraction is of the convolution peak in the same precision.
+"xla" compiles the attack with XLA (--jit_compile=true).
 With --replicas 2 the CPU is split into 2 logical devices and the step runs under MirroredStrategy,
 once per --scopes value (--contrastive_scope).
 """

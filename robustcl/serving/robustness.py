@@ -125,8 +125,9 @@ def summarize(store, y, eps, pgd_steps, square_queries, target):
     square_records = store.stage("square")
     if square_records:
         queries = _gather(square_records, "queries")
+        square_robust = target_correct & _gather(square_records, "robust").astype(bool)
         report["square"] = {"attack": "Square L-inf through the target only", "query_budget": square_queries,
-                            "robust_accuracy": float((target_correct & _gather(square_records, "robust").astype(bool)).mean()),
+                            "robust_accuracy": float(square_robust.mean()),
                             "queries_mean": float(queries.mean()), "queries_median": float(np.median(queries)),
                             "queries_total": int(queries.sum())}
     latencies = np.concatenate([np.asarray(r["latencies"]) for r in store.records.values()]) \
