@@ -253,40 +253,99 @@ def test_no_request_crashes_the_server(served, exports):
     assert answer.status == 400 and "ended after 12 of 100 bytes" in json.loads(answer.read())["error"]
 
 
+def test_rest_predict_status_and_error_format(served, exports):
+    server, _ = served
+    network, x, _, _ = exports
+    client = RestClient(server.url, "pinned", max_batch=16)
+    assert client.status()["model_version_status"][0]["state"] == "AVAILABLE"
+    logits = client.predict(x[:40])
+    assert client.requests == 1 + 3 and client.queries == 40  # status, then 3 batches of <= 16
+    np.testing.assert_allclose(logits, network(x[:40], training=False)["logits"].numpy(), atol=1e-4)
+    with pytest.raises(ServerError, match="images must have shape") as error:
+        client.predict(np.zeros((1, 28, 28, 3), np.float32))
+    assert error.value.status == 400
+    with pytest.raises(ServerError, match="pixel values above 1.0"):
+        client.predict(np.full((1, 32, 32, 3), 2.0, np.float32))
+    with pytest.raises(ServerError, match="signature name"):
+        client.predict(x[:1], signature="nope")
+    assert client.retried == 0  # 4xx answers are not retried
+
+
 def test_clients_retry_only_what_may_succeed(exports, tmp_path):
-    network, x, y, staging = exports
+    _, x, _, staging = exports
     base = tmp_path / "tiny"
     shutil.copytree(os.path.join(staging, "1"), base / "1")
-    flaky = ModelServer(str(base), "--model_name=tiny", "--fail_first=2")
+    flaky = ModelServer(str(base), "--model_name=tiny", "--fail_first=4")
+    slow = ModelServer(str(base), "--model_name=tiny", "--delay_s=1.5")
     try:
+        # Predicts 1-2: REST gives up after its one retry, with the server's message.
+        with pytest.raises(ServerError, match="Service temporarily unavailable"):
+            RestClient(flaky.url, "tiny", max_retries=1, backoff=0.01).predict(x[:1])
+        # Predicts 3-4 fail too; gRPC retries UNAVAILABLE and the 5th succeeds.
         grpc_client = GrpcClient(flaky.grpc, "tiny", backoff=0.05)
         assert grpc_client.predict(x[:3]).shape == (3, 10) and grpc_client.retried == 2
         for client in (RestClient(flaky.url, "tiny", version=7), GrpcClient(flaky.grpc, "tiny", version=7)):
             with pytest.raises(ServerError, match=r"Specific\(tiny, 7\)"):
                 client.predict(x[:1])
             assert client.retried == 0  # a 4xx / NOT_FOUND answer is final
-        # serve_test over gRPC: TensorProto inputs, the same report as over REST.
-        local = SavedModelBackend(os.path.join(staging, "1"))
-        reports = {}
-        for name, target in (("grpc", GrpcClient(flaky.grpc, "tiny", max_batch=8)),
-                             ("rest", RestClient(flaky.url, "tiny", max_batch=8))):
-            reports[name] = robustness.run(target, local, x[:16], y[:16], str(tmp_path / name), eps=2 / 255,
-                                           pgd_steps=3, square_queries=10, chunk=8, log=lambda *_: None)
-        for key in ("clean_accuracy_target", "prediction_agreement", "transfer"):
-            assert reports["grpc"][key] == reports["rest"][key], key
-        assert reports["grpc"]["max_logit_diff"] < 1e-4
+        # Timeouts are retried, then reported; a patient client gets the answer.
+        for client in (RestClient(slow.url, "tiny", timeout=0.3, max_retries=1, backoff=0.01),
+                       GrpcClient(slow.grpc, "tiny", timeout=0.3, max_retries=1, backoff=0.01)):
+            with pytest.raises(ServerError, match="unreachable|DEADLINE_EXCEEDED"):
+                client.predict(x[:1])
+            assert client.retried == 1
+        assert GrpcClient(slow.grpc, "tiny", timeout=10).predict(x[:1]).shape == (1, 10)
     finally:
         flaky.stop()
-    # A server that drops connections: retried at most --max_retries times.
-    dying = ModelServer(str(base), "--model_name=tiny", "--die_after=1")
+        slow.stop()
+
+
+def test_serve_test_survives_a_dying_server_and_resumes_over_rest_and_grpc(served, exports, tmp_path):
+    server, _ = served
+    network, x, y, staging = exports
+    local = SavedModelBackend(os.path.join(staging, "1"))
+    x, y = x[:24], y[:24]
+    base = tmp_path / "tiny"
+    shutil.copytree(os.path.join(staging, "1"), base / "1")
+    dying = ModelServer(str(base), "--model_name=tiny", "--die_after=4")
     try:
+        target = RestClient(dying.url, "tiny", max_retries=1, backoff=0.01, max_batch=8)
+        with pytest.raises(ServerError):
+            robustness.run(target, local, x, y, str(tmp_path / "rest"), eps=2 / 255, pgd_steps=3,
+                           square_queries=10, chunk=8, log=lambda *_: None)
+        dying.process.wait(timeout=30)
+        # The server is gone: a dropped or refused connection is retried at most --max_retries times.
         client = GrpcClient(dying.grpc, "tiny", max_retries=2, backoff=0.01, timeout=10)
-        assert client.predict(x[:1]).shape == (1, 10)  # the server exits at the next predict
         with pytest.raises(ServerError, match="after 3 attempts"):
             client.predict(x[:1])
         assert client.retried == 2
     finally:
         dying.stop()
+    kept = [json.loads(line) for line in open(tmp_path / "rest" / "results.jsonl")]
+    assert kept and all(r["stage"] == "clean" for r in kept)  # finished chunks survived the crash
+    reports = {}
+    for name, target in (("rest", RestClient(server.url, "pinned", max_batch=8)),
+                         ("grpc", GrpcClient(server.grpc, "pinned", max_batch=8))):
+        reports[name] = robustness.run(target, local, x, y, str(tmp_path / name), eps=2 / 255, pgd_steps=3,
+                                       square_queries=10, chunk=8, log=lambda *_: None)
+    records = [json.loads(line) for line in open(tmp_path / "rest" / "results.jsonl")]
+    keys = [(r["stage"], r["start"]) for r in records]
+    assert len(keys) == len(set(keys)) == 9  # 3 stages x 3 chunks, nothing done twice
+    report = reports["rest"]
+    local_correct = np.argmax(network(x, training=False)["logits"].numpy(), -1) == y
+    assert report["clean_accuracy_target"] == pytest.approx(local_correct.mean())
+    assert report["prediction_agreement"] == 1.0 and report["max_logit_diff"] < 1e-4
+    transfer = report["transfer"]
+    # Adversarial examples made on the local copy fool the served model just as much.
+    assert transfer["target_robust_accuracy"] == pytest.approx(transfer["local_robust_accuracy"])
+    assert transfer["target_robust_accuracy"] < report["clean_accuracy_target"]
+    assert transfer["uint8_max_linf"] <= 2 / 255 + 0.5 / 255 + 1e-6
+    assert report["square"]["queries_total"] > 0 and report["latency_ms"]["p50"] > 0
+    assert (tmp_path / "rest" / "serve_report.md").exists()
+    # Over gRPC (TensorProto inputs) the same figures.
+    for key in ("clean_accuracy_target", "prediction_agreement", "transfer"):
+        assert reports["grpc"][key] == report[key], key
+    assert reports["grpc"]["max_logit_diff"] < 1e-4
 
 
 def test_flags_are_tensorflow_model_servers_and_bad_ones_are_named(tmp_path):

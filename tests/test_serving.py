@@ -1,5 +1,4 @@
-"""SavedModel export and robustness tests through TF Serving's REST API (served by our stand-in
-server as a real process on 127.0.0.1) and in process."""
+"""SavedModel export, and robustness tests in process (through a served model: test_model_server.py)."""
 
 import json
 import os
@@ -11,9 +10,8 @@ import pytest
 import tensorflow as tf
 
 from robustcl.serving import robustness
-from robustcl.serving.client import RestClient, SavedModelBackend, ServerError
+from robustcl.serving.client import SavedModelBackend
 from robustcl.serving.export import export
-from tests.conftest import ModelServer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -104,98 +102,6 @@ def test_export_holds_only_the_inference_path(exported):
     training_ops = {op for op in ops if "Apply" in op or op in ("While", "StatelessWhile", "AssignSubVariableOp")}
     assert not training_ops, training_ops
     assert "FusedBatchNormV3" in ops or "Conv2D" in ops
-
-
-# ---- the model server, as a real process --------------------------------------------------------
-
-@pytest.fixture
-def server(exported):
-    running = []
-
-    def start(*args):
-        running.append(ModelServer(os.path.dirname(exported[3]), "--model_name=tiny", *args))
-        return running[-1]
-
-    yield start
-    for s in running:
-        s.stop()
-
-
-@pytest.mark.slow
-def test_rest_predict_status_and_error_format(exported, server):
-    network, x, _, path = exported
-    s = server()
-    client = RestClient(s.url, "tiny", max_batch=16)
-    assert client.status()["model_version_status"][0]["state"] == "AVAILABLE"
-    logits = client.predict(x[:40])
-    assert client.requests == 1 + 3 and client.queries == 40  # status, then 3 batches of <= 16
-    np.testing.assert_allclose(logits, network(x[:40], training=False)["logits"].numpy(), atol=1e-4)
-    # Columnar format, as TF Serving answers "inputs" requests.
-    import urllib.request
-
-    request = urllib.request.Request(f"{s.url}/v1/models/tiny:predict",
-                                     data=json.dumps({"inputs": x[:2].tolist()}).encode())
-    body = json.loads(urllib.request.urlopen(request, timeout=30).read())
-    assert set(body["outputs"]) == {"logits", "probabilities"} and len(body["outputs"]["logits"]) == 2
-    with pytest.raises(ServerError, match="images must have shape") as error:
-        client.predict(np.zeros((1, 28, 28, 3), np.float32))
-    assert error.value.status == 400
-    with pytest.raises(ServerError, match="pixel values above 1.0"):
-        client.predict(np.full((1, 32, 32, 3), 2.0, np.float32))
-    with pytest.raises(ServerError, match="signature name") as error:
-        client.predict(x[:1], signature="nope")
-    with pytest.raises(ServerError) as error:
-        RestClient(s.url, "other", max_retries=0).predict(x[:1])
-    assert error.value.status == 404
-    assert client.retried == 0  # 4xx answers are not retried
-
-
-@pytest.mark.slow
-def test_client_retries_server_errors_and_times_out_on_a_slow_server(exported, server):
-    _, x, _, _ = exported
-    failing = server("--fail_first=2")
-    client = RestClient(failing.url, "tiny", backoff=0.05)
-    assert client.predict(x[:3]).shape == (3, 10)
-    assert client.retried == 2
-    with pytest.raises(ServerError, match="Service temporarily unavailable"):
-        RestClient(server("--fail_first=5").url, "tiny", max_retries=1, backoff=0.01).predict(x[:1])
-    slow = server("--delay_s=1.5")
-    impatient = RestClient(slow.url, "tiny", timeout=0.3, max_retries=1, backoff=0.01)
-    with pytest.raises(ServerError, match="unreachable"):
-        impatient.predict(x[:1])
-    assert impatient.retried == 1
-    assert RestClient(slow.url, "tiny", timeout=10).predict(x[:1]).shape == (1, 10)
-
-
-@pytest.mark.slow
-def test_serve_test_survives_a_dying_server_and_resumes(exported, server, tmp_path):
-    network, x, y, path = exported
-    local = SavedModelBackend(path)
-    x, y = x[:24], y[:24]
-    dying = server("--die_after=4")
-    target = RestClient(dying.url, "tiny", max_retries=1, backoff=0.01, max_batch=8)
-    with pytest.raises(ServerError):
-        robustness.run(target, local, x, y, str(tmp_path), eps=2 / 255, pgd_steps=3,
-                       square_queries=10, chunk=8, log=lambda *_: None)
-    kept = [json.loads(line) for line in open(tmp_path / "results.jsonl")]
-    assert kept and all(r["stage"] == "clean" for r in kept)  # finished chunks survived the crash
-    healthy = server()
-    target = RestClient(healthy.url, "tiny", max_batch=8)
-    report = robustness.run(target, local, x, y, str(tmp_path), eps=2 / 255, pgd_steps=3,
-                            square_queries=10, chunk=8, log=lambda *_: None)
-    records = [json.loads(line) for line in open(tmp_path / "results.jsonl")]
-    keys = [(r["stage"], r["start"]) for r in records]
-    assert len(keys) == len(set(keys)) == 9  # 3 stages x 3 chunks, nothing done twice
-    local_correct = np.argmax(network(x, training=False)["logits"].numpy(), -1) == y
-    assert report["clean_accuracy_target"] == pytest.approx(local_correct.mean())
-    assert report["prediction_agreement"] == 1.0 and report["max_logit_diff"] < 1e-4
-    transfer = report["transfer"]
-    # Adversarial examples made on the local copy fool the served model just as much.
-    assert transfer["target_robust_accuracy"] == pytest.approx(transfer["local_robust_accuracy"])
-    assert transfer["target_robust_accuracy"] < report["clean_accuracy_target"]
-    assert transfer["uint8_max_linf"] <= 2 / 255 + 0.5 / 255 + 1e-6
-    assert report["square"]["queries_total"] > 0 and report["latency_ms"]["p50"] > 0
-    assert (tmp_path / "serve_report.md").exists()
 
 
 def test_in_process_path(exported, tmp_path):
