@@ -30,7 +30,7 @@ def randomized(undefended):
     network, x, y = undefended
     images = keras.Input(x.shape[1:])
     logits = RandomGradientSign()(network(images)["logits"])
-    return keras.Model(images, {"logits": logits}, name="randomized"), x[:64], y[:64]
+    return keras.Model(images, {"logits": logits}, name="randomized"), x[:32], y[:32]
 
 
 def _rows(report):
@@ -53,7 +53,7 @@ def test_rand_breaks_a_randomized_model_that_standard_does_not(randomized):
 
 def test_plus_runs_its_six_stages_with_restarts_set_by_flags(undefended):
     network, x, y = undefended
-    x, y = x[:48], y[:48]
+    x, y = x[:32], y[:32]
     standard = evaluate(network, x, y, CLASSES, version="standard", **SMALL)
     plus = evaluate(network, x, y, CLASSES, version="plus", apgd_restarts=2, fab_restarts=2, **SMALL)
     rows = _rows(plus)
