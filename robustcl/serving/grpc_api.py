@@ -10,6 +10,7 @@ writes tensor_content).
 import grpc
 import numpy as np
 import tensorflow as tf
+from tensorflow.core.framework import tensor_pb2
 from tensorflow_serving.apis import model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc
 
 from robustcl.serving import predict as core
@@ -28,9 +29,7 @@ def as_proto_field(array):
     field = _FIELDS.get(dtype)
     if field is None:  # half, bfloat16 and the rest: tensor_content is exact for them
         return tf.make_tensor_proto(array)
-    proto = tf.make_tensor_proto(np.zeros((0,), array.dtype) if dtype != tf.string else np.zeros((0,), object))
-    proto.ClearField("tensor_content")
-    proto.tensor_shape.Clear()
+    proto = tensor_pb2.TensorProto(dtype=dtype.as_datatype_enum)
     for size in array.shape:
         proto.tensor_shape.dim.add().size = size
     getattr(proto, field).extend(array.ravel().tolist())
