@@ -11,6 +11,8 @@ import math
 import os
 from typing import Any, Optional, Tuple
 
+from robustcl.registry import unknown_message
+
 NORMS = ("linf", "l2")
 TRAIN_ATTACKS = ("none", "fgsm", "pgd")
 # What --precision may say; "auto" is resolved by the hardware (robustcl.hardware) before a config
@@ -28,6 +30,11 @@ class ConfigError(ValueError):
 def _check(condition, flag, message):
     if not condition:
         raise ConfigError(f"--{flag}: {message}")
+
+
+def _check_known(value, names, flag, kind):
+    """ConfigError naming --flag when `value` is not one of `names` (the one unknown-name message)."""
+    _check(value in names, flag, unknown_message(kind, value, names))
 
 
 def _finite(value):
@@ -65,8 +72,7 @@ class ModelConfig:
 
     def validate(self):
         _check(self.embedding_dim >= 0, "embedding_dim", f"must be >= 0, got {self.embedding_dim}")
-        _check(self.embedding_head in ("mlp", "linear"), "embedding_head",
-               f"unknown head {self.embedding_head!r}; known: mlp, linear")
+        _check_known(self.embedding_head, ("mlp", "linear"), "embedding_head", "head")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,9 +87,8 @@ class AttackConfig:
     random_start: bool = True
 
     def validate(self, prefix=""):
-        _check(self.name in TRAIN_ATTACKS, prefix + "attack",
-               f"unknown attack {self.name!r}; known: {', '.join(TRAIN_ATTACKS)}")
-        _check(self.norm in NORMS, "norm", f"unknown norm {self.norm!r}; known: {', '.join(NORMS)}")
+        _check_known(self.name, TRAIN_ATTACKS, prefix + "attack", "attack")
+        _check_known(self.norm, NORMS, "norm", "norm")
         _check(_finite(self.eps) and self.eps >= 0, "eps", f"must be a finite number >= 0, got {self.eps}")
         _check(_finite(self.step_size) and self.step_size > 0, prefix + "step_size",
                f"must be a finite number > 0, got {self.step_size}")
@@ -112,8 +117,7 @@ class OptimizerConfig:
                f"must be > 0, got {self.learning_rate}")
         _check(0 <= self.momentum < 1, "momentum", f"must be in [0, 1), got {self.momentum}")
         _check(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
-        _check(self.lr_schedule in LR_SCHEDULES, "lr_schedule",
-               f"unknown schedule {self.lr_schedule!r}; known: {', '.join(LR_SCHEDULES)}")
+        _check_known(self.lr_schedule, LR_SCHEDULES, "lr_schedule", "schedule")
         _check(all(e >= 1 for e in self.lr_decay_epochs), "lr_decay_epochs",
                f"epochs must be >= 1, got {list(self.lr_decay_epochs)}")
         _check(list(self.lr_decay_epochs) == sorted(self.lr_decay_epochs), "lr_decay_epochs",
@@ -151,12 +155,9 @@ class RunConfig:
 
     def validate(self):
         _check(bool(self.model_dir), "model_dir", "is required (where the run writes its files)")
-        _check(self.precision in PRECISIONS, "precision",
-               f"unknown precision {self.precision!r}; known: {', '.join(PRECISIONS)}")
-        _check(self.strategy in STRATEGIES, "strategy",
-               f"unknown strategy {self.strategy!r}; known: {', '.join(STRATEGIES)}")
-        _check(self.contrastive_scope in CONTRASTIVE_SCOPES, "contrastive_scope",
-               f"unknown scope {self.contrastive_scope!r}; known: {', '.join(CONTRASTIVE_SCOPES)}")
+        _check_known(self.precision, PRECISIONS, "precision", "precision")
+        _check_known(self.strategy, STRATEGIES, "strategy", "strategy")
+        _check_known(self.contrastive_scope, CONTRASTIVE_SCOPES, "contrastive_scope", "scope")
         _check(self.validation_freq >= 1, "validation_freq", f"must be >= 1, got {self.validation_freq}")
 
 
@@ -302,13 +303,13 @@ class EvaluationConfig:
                "input_range", "--input_range, --outputs and --signature describe models that are not "
                "robustcl runs; a run directory's network is known")
         _check(0 <= self.image_size <= 4096, "image_size", f"must be in [0, 4096], got {self.image_size}")
-        _check(self.sweep_attack in SWEEP_ATTACKS, "sweep_attack",
-               f"unknown {self.sweep_attack!r}; known: {', '.join(SWEEP_ATTACKS)}")
+        _check_known(self.sweep_attack, SWEEP_ATTACKS, "sweep_attack", "sweep attack")
         _check(self.checkpoint in ("best", "last"), "checkpoint",
                f"must be best or last, got {self.checkpoint!r}")
         _check(self.num_examples >= 1, "num_examples", f"must be >= 1, got {self.num_examples}")
         _check(bool(self.attacks), "attacks", "name at least one attack")
-        _check(self.norm in ("",) + NORMS, "norm", f"unknown norm {self.norm!r}; known: {', '.join(NORMS)}")
+        if self.norm:  # "" is the training run's norm
+            _check_known(self.norm, NORMS, "norm", "norm")
         _check(_finite(self.eps) and (self.eps == -1.0 or self.eps >= 0), "eps",
                f"must be >= 0, got {self.eps}")
         for name in ("pgd_steps", "pgd_restarts", "apgd_iterations", "square_queries", "batch_size"):
@@ -322,8 +323,7 @@ class EvaluationConfig:
         _check(self.num_shards >= 1, "num_shards", f"must be >= 1, got {self.num_shards}")
         _check(self.shard_index == -1 or 0 <= self.shard_index < self.num_shards, "shard_index",
                f"must be in [0, --num_shards={self.num_shards}), got {self.shard_index}")
-        _check(self.strategy in EVAL_STRATEGIES, "strategy",
-               f"unknown {self.strategy!r}; known: {', '.join(EVAL_STRATEGIES)}")
+        _check_known(self.strategy, EVAL_STRATEGIES, "strategy", "strategy")
         return self
 
 

@@ -25,14 +25,19 @@ class Registry:
         return self._entries[name]
 
     def unknown_message(self, name):
-        message = f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}"
-        close = difflib.get_close_matches(str(name), self.names(), n=1)
-        if close:
-            message += f" (did you mean {close[0]!r}?)"
-        return message
+        return unknown_message(self.kind, name, self.names())
 
     def names(self):
         return sorted(self._entries)
 
     def __contains__(self, name):
         return name in self._entries
+
+
+def unknown_message(kind, name, names):
+    """The one message for a name that is not known: what is known, and the closest name."""
+    message = f"unknown {kind} {name!r}; known: {', '.join(names)}"
+    close = difflib.get_close_matches(str(name), list(names), n=1)
+    if close:
+        message += f" (did you mean {close[0]!r}?)"
+    return message

@@ -91,7 +91,7 @@ def test_custom_runs_the_listed_stages_in_order_beside_other_attacks(undefended)
     ("standard", ("pgd", "apgd-ce"), "apgd-ce are AutoAttack stages"),
     ("custom", ("pgd",), "name at least one of apgd-ce"),
     ("custom", ("apgd-ce", "autoattack"), "not 'autoattack'"),
-    ("strong", ("autoattack",), "--version: unknown 'strong'"),
+    ("strong", ("autoattack",), "--version: unknown version 'strong'"),
     ("custom", ("apgd-x",), "unknown apgd-x"),
 ])
 def test_versions_and_attacks_that_do_not_fit_are_refused(version, attacks, message):

@@ -10,6 +10,8 @@ Everything is computed in float32 whatever the model's compute dtype.
 import numpy as np
 import tensorflow as tf
 
+from robustcl.registry import unknown_message
+
 _TINY = 1e-12
 
 
@@ -111,10 +113,10 @@ def perturbation_norms(x, x_adv, norm):
         return np.abs(delta).max(1) if delta.shape[1] else np.zeros(len(delta))
     if norm == "l2":
         return np.sqrt(np.sum(delta ** 2, axis=1))
-    raise ValueError(f"unknown norm {norm!r}; known: {', '.join(THREATS)}")
+    raise ValueError(unknown_message("norm", norm, tuple(THREATS)))
 
 
 def threat_model(norm, eps):
     if norm not in THREATS:
-        raise ValueError(f"unknown norm {norm!r}; known: {', '.join(THREATS)}")
+        raise ValueError(unknown_message("norm", norm, tuple(THREATS)))
     return THREATS[norm](eps)

@@ -14,6 +14,7 @@ import os
 from absl import flags
 
 from robustcl import config as cfg
+from robustcl.registry import unknown_message
 
 FLAGS = flags.FLAGS
 
@@ -248,7 +249,7 @@ def _known_dataset(name):
     from robustcl.data import DATASETS
 
     if name not in DATASETS:
-        raise cfg.ConfigError(f"--dataset: unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
+        raise cfg.ConfigError(f"--dataset: {unknown_message('dataset', name, sorted(DATASETS))}")
 
 
 def config_from_flags(flag_values=FLAGS):

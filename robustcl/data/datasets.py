@@ -25,6 +25,7 @@ import numpy as np
 
 from robustcl.data import formats
 from robustcl.data.formats import DataFormatError, DataNotFoundError, Examples
+from robustcl.registry import unknown_message
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,7 +125,7 @@ DATASETS = {
 
 def dataset_spec(name):
     if name not in DATASETS:
-        raise KeyError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
+        raise KeyError(unknown_message("dataset", name, sorted(DATASETS)))
     return DATASETS[name]
 
 

@@ -25,6 +25,7 @@ from robustcl.attacks.apgd import apgd, make_loss_and_grad
 from robustcl.attacks.fab import fab, make_difference_and_grad, make_differences_and_grads
 from robustcl.attacks.square import square
 from robustcl.config import ConfigError
+from robustcl.registry import unknown_message
 
 STAGES = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
 N_TARGET_CLASSES = 9
@@ -78,7 +79,7 @@ def check(version, attacks, flag="attacks"):
     """ConfigError naming the problem when --version and --attacks do not fit together: stage names
     belong to --version=custom, which needs at least one and has no 'autoattack' entry."""
     if version not in VERSIONS:
-        raise ConfigError(f"--version: unknown {version!r}; known: {', '.join(VERSIONS)}")
+        raise ConfigError(f"--version: {unknown_message('version', version, tuple(VERSIONS))}")
     stages = [a for a in attacks if a in STAGES]
     if version == "custom":
         if not stages:

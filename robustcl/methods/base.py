@@ -15,7 +15,7 @@ import tensorflow as tf
 from robustcl.attacks.objectives import OBJECTIVES
 from robustcl.config import CONTRASTIVE_SCOPES, ConfigError
 from robustcl.losses import global_batch
-from robustcl.registry import Registry
+from robustcl.registry import Registry, unknown_message
 
 METHODS = Registry("method")
 
@@ -74,8 +74,8 @@ class Method:
         self.params = params if params is not None else self.Params()
         self.params.validate()
         if contrastive_scope not in CONTRASTIVE_SCOPES:
-            raise ConfigError(f"--contrastive_scope: unknown scope {contrastive_scope!r}; known: "
-                              f"{', '.join(CONTRASTIVE_SCOPES)}")
+            raise ConfigError(
+                f"--contrastive_scope: {unknown_message('scope', contrastive_scope, CONTRASTIVE_SCOPES)}")
         self.contrastive_scope = contrastive_scope
         # Methods following the TRADES/MART code expose their Gaussian start as a `start_sigma`
         # parameter; 0 means the threat model's uniform start.

@@ -11,6 +11,7 @@ import tensorflow as tf
 from robustcl.losses import cross_entropy_per_example, supcon_margin_per_example
 from robustcl.methods.base import LossTerm, Method, check_param, param, register
 from robustcl.mining import MINING_RULES, hard_positive_weights
+from robustcl.registry import unknown_message
 
 
 def _check_contrastive(method, p):
@@ -86,7 +87,7 @@ class AnchorParams:
     def validate(self):
         _check_contrastive("anchor", self)
         check_param("anchor", "mining", self.mining in MINING_RULES,
-                    f"unknown rule {self.mining!r}; known: {', '.join(MINING_RULES)}")
+                    unknown_message("rule", self.mining, MINING_RULES))
         check_param("anchor", "hardness", self.hardness >= 0, f"must be >= 0, got {self.hardness}")
 
 

@@ -35,6 +35,7 @@ import tensorflow as tf
 from robustcl.losses import cosine_alignment_per_example, cross_entropy_per_example, \
     kl_per_example, mart_terms, multi_positive_per_example
 from robustcl.methods.base import LossTerm, Method, check_param, param, register
+from robustcl.registry import unknown_message
 
 ACCURACY_TERMS = ("trades", "mart")
 
@@ -89,7 +90,7 @@ class MorelParams:
 
     def validate(self):
         check_param("morel", "accuracy_term", self.accuracy_term in ACCURACY_TERMS,
-                    f"unknown term {self.accuracy_term!r}; known: {', '.join(ACCURACY_TERMS)}")
+                    unknown_message("term", self.accuracy_term, ACCURACY_TERMS))
         for name in ("beta", "alpha", "k_feature", "k_accuracy", "gamma", "start_sigma"):
             check_param("morel", name, getattr(self, name) >= 0, f"must be >= 0, got {getattr(self, name)}")
         check_param("morel", "temperature", self.temperature > 0, f"must be > 0, got {self.temperature}")

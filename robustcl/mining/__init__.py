@@ -4,6 +4,7 @@ import tensorflow as tf
 
 from robustcl.losses.base import EPS, as_float
 from robustcl.losses.global_batch import anchor_rows
+from robustcl.registry import unknown_message
 
 MINING_RULES = ("none", "exp")
 
@@ -27,7 +28,7 @@ def hard_positive_weights(labels, features, rule="exp", hardness=1.0, anchors=No
     if rule == "none":
         return tf.ones([count * views, n], z.dtype)
     if rule != "exp":
-        raise ValueError(f"unknown mining rule {rule!r}; known: {', '.join(MINING_RULES)}")
+        raise ValueError(unknown_message("mining rule", rule, MINING_RULES))
     contrast_labels = tf.repeat(tf.reshape(labels, [-1]), views)
     positive = tf.cast(tf.logical_and(
         tf.equal(tf.gather(contrast_labels, rows)[:, None], contrast_labels[None, :]),

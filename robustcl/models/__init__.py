@@ -4,6 +4,7 @@ import keras
 from keras import layers
 
 from robustcl.models.backbones import BACKBONES, LayerFactory
+from robustcl.registry import unknown_message
 
 EMBEDDING_HEADS = ("mlp", "linear")
 
@@ -32,7 +33,7 @@ def build(name, num_classes, mean, std, image_shape=(32, 32, 3), embedding_dim=0
     x = layers.Normalization(mean=list(mean), variance=variance, name="normalize")(images)
     features = backbone(x, LayerFactory(synchronized_bn))
     if embedding_head not in EMBEDDING_HEADS:
-        raise ValueError(f"unknown embedding head {embedding_head!r}; known: {', '.join(EMBEDDING_HEADS)}")
+        raise ValueError(unknown_message("embedding head", embedding_head, EMBEDDING_HEADS))
     if embedding_dim:
         hidden = features
         if embedding_head == "mlp":
