@@ -16,6 +16,7 @@ grid resumed where the run directories are gone (another machine) does not redo 
 
 import concurrent.futures
 import json
+import math
 import os
 import subprocess
 import sys
@@ -327,8 +328,11 @@ CLAIMS = [
 ]
 
 
-def judge(summary, method, baseline, metric):
-    """(verdict, text) for method vs baseline on one metric, by the seeds' spread."""
+def judge(summary, method, baseline, metric, num_points=None):
+    """(verdict, text) for method vs baseline on one metric, by the seeds' spread. With the number
+    of test points, a held or reversed difference smaller than twice the test set's sampling error
+    (two independent binomial proportions) says so: the seeds agree, but another draw of test
+    points could move it."""
     if metric not in summary.get(method, {}) or metric not in summary.get(baseline, {}):
         return "pending", f"{metric}: not measured yet"
     m, m_spread, m_n = summary[method][metric]
@@ -338,11 +342,14 @@ def judge(summary, method, baseline, metric):
             f"({gain:+.1f} points; seeds {m_n}/{b_n})")
     if min(m_n, b_n) < 2:  # one seed has no spread: any difference would pass for a result
         return "not resolved", text + ", one seed on a side: no spread to judge by yet"
-    if m - m_spread > b + b_spread:
-        return "held", text
-    if m + m_spread < b - b_spread:
-        return "reversed", text
-    return "not resolved", text
+    verdict = ("held" if m - m_spread > b + b_spread else
+               "reversed" if m + m_spread < b - b_spread else "not resolved")
+    if verdict != "not resolved" and num_points and metric not in ("train_seconds",):
+        error = 100 * math.sqrt((m * (1 - m) + b * (1 - b)) / num_points)
+        if abs(gain) < 2 * error:
+            text += (f", within twice the sampling error of {num_points} test points "
+                     f"(+-{2 * error:.1f} points)")
+    return verdict, text
 
 
 def _fmt(value):
@@ -436,14 +443,17 @@ def markdown(config, rows, summary, machine, software, command):
     lines += ["", f"![clean vs AutoAttack]({config.record_name}.png)", "", "## The claims", "",
               "A claim holds here when the method's range over seeds lies above the baseline's, is "
               "reversed when below, and is not resolved when the ranges overlap (2 seeds cannot tell "
-              "such a difference from noise) or a side has one seed so far (no spread to judge by).",
+              "such a difference from noise) or a side has one seed so far (no spread to judge by). "
+              "Every seed is evaluated on the same test points, so the verdict does not see the test "
+              "set's own sampling error; a held or reversed difference smaller than twice that error "
+              "is marked, as the seeds agreeing on a difference another test set could move.",
               ""]
     for claim in CLAIMS:
         lines.append(f"- **{claim['paper']}**: {claim['claim']}.")
         verdicts = []
         for method, baseline, metrics in claim["comparisons"]:
             for metric in metrics:
-                verdict, text = judge(summary, method, baseline, metric)
+                verdict, text = judge(summary, method, baseline, metric, config.eval_examples)
                 verdicts.append((verdict, method, baseline, metric))
                 lines.append(f"  - `{method}` vs `{baseline}`, {text}: **{verdict}**")
         lines.append(f"  - In plain words: {in_plain_words(verdicts)}")
@@ -484,7 +494,7 @@ def in_plain_words(verdicts):
     pending = len(verdicts) - len(measured)
     parts = []
     if held and not reversed_ and not unresolved and not pending:
-        return "the claim held here on every metric compared (" + "; ".join(held) + ")."
+        return "the claim held here on every metric compared (" + "; ".join(held) + "): the seeds agree."
     if reversed_ and not held:
         parts.append("it did not hold here: " + "; ".join(reversed_) + ", beyond the seeds' spread")
     elif held:

@@ -209,6 +209,10 @@ def test_claims_are_put_in_plain_words():
     words = reproduce.in_plain_words
     assert words([("pending", "m", "b", "pgd")]) == "not measured yet."
     assert words([("held", "m", "b", "pgd")]).startswith("the claim held here on every metric")
+    summary = {"m": {"pgd": (0.20, 0.001, 2)}, "b": {"pgd": (0.19, 0.001, 2)}}
+    verdict, text = reproduce.judge(summary, "m", "b", "pgd", num_points=1000)
+    assert verdict == "held" and "within twice the sampling error of 1000 test points (+-3.5 points)" in text
+    assert "sampling error" not in reproduce.judge(summary, "m", "b", "pgd", num_points=100_000)[1]
     reversed_ = words([("reversed", "m", "b", "pgd"), ("not resolved", "m", "b", "autoattack")])
     assert reversed_.startswith("it did not hold here: m below b in pgd, beyond the seeds' spread")
     assert "1 of 2 comparisons are within the seeds' spread" in reversed_
