@@ -454,7 +454,9 @@ def markdown(config, rows, summary, machine, software, command):
         for method, baseline, metrics in claim["comparisons"]:
             for metric in metrics:
                 verdict, text = judge(summary, method, baseline, metric, config.eval_examples)
-                verdicts.append((verdict, method, baseline, metric))
+                noisy = "within twice the sampling error" in text
+                verdicts.append((verdict, method, baseline,
+                                 f"{metric} (within the test set's sampling error)" if noisy else metric))
                 lines.append(f"  - `{method}` vs `{baseline}`, {text}: **{verdict}**")
         lines.append(f"  - In plain words: {in_plain_words(verdicts)}")
         if claim["not_measured"]:
