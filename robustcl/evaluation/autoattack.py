@@ -103,14 +103,6 @@ def resolve(version, attacks=(), iterations=100, square_queries=5000, apgd_resta
                    square_restarts or spec.square_restarts)
 
 
-def _compiled(attacker, key, factory):
-    """A traced gradient function kept on the attacker, so chunks and calls reuse one trace."""
-    cache = attacker.__dict__.setdefault("_cascade_functions", {})
-    if key not in cache:
-        cache[key] = factory(attacker.logits_fn)
-    return cache[key]
-
-
 def run(attacker, x, y, norm, eps, cascade, seed=0, log=print):
     """Runs the cascade on (x, y). Returns one AttackResult per stage; each stage's `robust` is the
     cascade's robustness after it (so the last is AutoAttack's robust accuracy)."""
@@ -128,13 +120,14 @@ def run(attacker, x, y, norm, eps, cascade, seed=0, log=print):
     c = cascade
 
     def apgd_untargeted(loss, stage_seed):
-        grad = _compiled(attacker, loss, lambda f: make_loss_and_grad(f, loss))
+        grad = attacker.compiled(("apgd", loss), lambda: make_loss_and_grad(attacker.logits_fn, loss))
         return lambda p: apgd(attacker.logits_fn, x[p], y[p], threat, c.iterations, c.apgd_restarts,
                               loss, seed=stage_seed, loss_and_grad=grad,
                               eot_iterations=c.eot_iterations)
 
     def apgd_targeted(p):
-        grad = _compiled(attacker, "dlr-targeted", lambda f: make_loss_and_grad(f, "dlr-targeted"))
+        grad = attacker.compiled(("apgd", "dlr-targeted"),
+                                 lambda: make_loss_and_grad(attacker.logits_fn, "dlr-targeted"))
         still = np.ones(len(p), bool)
         adv = x[p].copy()
         for rank, targets in enumerate(targets_by_rank, start=2):
@@ -150,12 +143,12 @@ def run(attacker, x, y, norm, eps, cascade, seed=0, log=print):
         return adv, still
 
     def fab_untargeted(p):
-        grads = _compiled(attacker, "fab", make_differences_and_grads)
+        grads = attacker.compiled(("fab",), lambda: make_differences_and_grads(attacker.logits_fn))
         return fab(attacker.logits_fn, attacker.predict, x[p], y[p], threat, c.iterations,
                    c.fab_restarts, seed=seed, linearization=grads)
 
     def fab_targeted(p):
-        grad = _compiled(attacker, "fab-t", make_difference_and_grad)
+        grad = attacker.compiled(("fab-t",), lambda: make_difference_and_grad(attacker.logits_fn))
         return fab(attacker.logits_fn, attacker.predict, x[p], y[p], threat, c.iterations, 1,
                    [t[p] for t in targets_by_rank], seed=seed, linearization=grad)
 

@@ -39,12 +39,19 @@ class Attacker:
         self.progress = progress
         self.logits_fn = lambda z: network(z, training=False)["logits"]
         self._logits = tf.function(self.logits_fn, reduce_retracing=True)
-        self._attacks = {}
+        self._compiled = {}
+
+    def compiled(self, key, make):
+        """The traced function `make()` returns, made once per key and kept: every batch, chunk
+        and call of an attack setting reuses one trace."""
+        if key not in self._compiled:
+            self._compiled[key] = make()
+        return self._compiled[key]
 
     def _compiled_attack(self, norm, eps, steps, step_size, objective, random_start):
-        """One traced PGD function per attack setting, reused across batches and calls."""
-        key = (norm, float(eps), int(steps), float(step_size), objective, bool(random_start))
-        if key not in self._attacks:
+        """One traced PGD function per attack setting."""
+
+        def make():
             threat = threat_model(norm, eps)
             objective_fn = OBJECTIVES.get(objective)
 
@@ -53,8 +60,10 @@ class Attacker:
                 loss_fn = lambda z: objective_fn({"logits": self.logits_fn(z)}, yb)  # noqa: E731
                 return pgd(loss_fn, xb, threat, steps, step_size, random_start, seed_pair)
 
-            self._attacks[key] = run
-        return self._attacks[key]
+            return run
+
+        return self.compiled(("pgd", norm, float(eps), int(steps), float(step_size), objective,
+                              bool(random_start)), make)
 
     def logits(self, x):
         return np.concatenate([self._logits(tf.constant(x[i:i + self.batch_size])).numpy()
