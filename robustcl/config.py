@@ -34,7 +34,8 @@ def _check(condition, flag, message):
 
 def _check_known(value, names, flag, kind):
     """ConfigError naming --flag when `value` is not one of `names` (the one unknown-name message)."""
-    _check(value in names, flag, unknown_message(kind, value, names))
+    if value not in names:
+        raise ConfigError(f"--{flag}: {unknown_message(kind, value, names)}")
 
 
 def _finite(value):
