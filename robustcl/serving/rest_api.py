@@ -391,7 +391,8 @@ def _route(manager, method, path, body):
             return _classify_or_regress(manager, last, name, version, label, body)
         document = parse_json(body)
         signature_name = _signature_name(document)
-        _, servable = manager.resolve(name, version, label)
+        # The version resolved here (its input map converts the JSON) is the one that runs.
+        version, servable = manager.resolve(name, version, label)
         key = signature_name or "serving_default"
         if key not in servable.signature_defs:
             raise _invalid(f'Serving signature name: "{key}" not found in signature def')
@@ -399,7 +400,7 @@ def _route(manager, method, path, body):
         if not input_infos:
             raise _invalid(f"Failed to get input map for signature: {signature_name or 'DEFAULT'}")
         inputs, row_format = predict_request(document, input_infos)
-        _, _, outputs = core.predict(manager, name, inputs, version, label, signature_name)
+        _, _, outputs = core.predict(manager, name, inputs, version, None, signature_name)
         return predict_response(outputs, row_format)
     if not name:
         raise _invalid("Missing model name in request.")
