@@ -55,7 +55,11 @@ def main(argv):
     if config.record_only:
         print(f"record: {os.path.join(config.record_dir, config.record_name)}.md")
         return
-    failed = reproduce.run_grid(config, on_cell_done=record, machine=machine)
+    try:
+        failed = reproduce.run_grid(config, on_cell_done=record, machine=machine)
+    except reproduce.ReproError as error:  # the surrogate's training failed: no transfer stage can run
+        record()
+        sys.exit(f"error: {error}")
     record()
     print(f"record: {os.path.join(config.record_dir, config.record_name)}.md")
     if failed:

@@ -359,6 +359,10 @@ class ReproduceConfig:
     eval_batch_size: int = 500
     parallel: int = 1
     threads_per_cell: int = 0  # 0: TensorFlow's default (every core)
+    # Black-box transfer: a network trained once with this method flagfile (and the protocol's
+    # training flags) at this seed crafts examples that every cell's best checkpoint is scored on.
+    surrogate_flagfile: str = ""  # "": no transfer stage
+    surrogate_seed: int = 1000
     record_only: bool = False  # write the record from the run directories; train and evaluate nothing
 
     def validate(self):
@@ -368,6 +372,7 @@ class ReproduceConfig:
         for cell in self.cells:
             _check(cell.name.replace("_", "").isalnum(), "cell",
                    f"{cell.name!r}: a cell name is letters, digits and _ (it names a directory)")
+            _check(cell.name != "surrogate", "cell", "'surrogate' names the transfer surrogate's directory")
             _check(os.path.isfile(cell.method_flagfile), "cell",
                    f"{cell.name}: no flagfile {cell.method_flagfile}")
             bad = [f for f in cell.extra_flags if not f.startswith("--")]
@@ -387,4 +392,11 @@ class ReproduceConfig:
                      "eval_batch_size", "parallel"):
             _check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
         _check(self.threads_per_cell >= 0, "threads_per_cell", f"must be >= 0, got {self.threads_per_cell}")
+        if self.surrogate_flagfile:
+            _check(os.path.isfile(self.surrogate_flagfile), "surrogate_flagfile",
+                   f"no flagfile {self.surrogate_flagfile!r}")
+            # A surrogate trained like a cell at one of its seeds would be that cell's own network:
+            # its transfer rows would be white-box.
+            _check(self.surrogate_seed not in self.seeds, "surrogate_seed",
+                   f"{self.surrogate_seed} is one of --seeds; give the surrogate a seed of its own")
         return self

@@ -8,6 +8,8 @@ crash in one leaves the others and the grid alive), in RUNS_DIR/<cell>/seed<S>/:
              backup at the last finished epoch
   eval_best  the best checkpoint (by validation robust accuracy) under every --eval_attacks
   eval_last  the last checkpoint: clean and PGD (robust overfitting shows as the gap to best)
+  eval_transfer  (with --surrogate_flagfile) the best checkpoint scored on black-box transfer
+             examples crafted on the surrogate, a network trained once in RUNS_DIR/surrogate/seed<S>/
 `repro_cell.json` in each run directory says which stages finished, how long each took and with which
 settings; a rerun skips finished stages and refuses a run directory made with other settings. The
 record (RECORD_DIR/NAME.json, committed) keeps every finished row with a key of its settings, so a
@@ -28,7 +30,9 @@ import numpy as np
 from robustcl import artifacts
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STAGES = ("train", "eval_best", "eval_last")
+STAGES = ("train", "eval_best", "eval_last")  # every grid's; a row's settings_key covers these
+TRANSFER_STAGE = "eval_transfer"  # a grid with a surrogate's; a row's transfer_key covers it too
+SURROGATE = "surrogate"
 STATE_FILE = "repro_cell.json"
 # A stage that needs no rerun: done, or evaluated with a hard check failing (recorded, not retried).
 FINISHED = ("done", "hard_check_failed")
@@ -43,24 +47,49 @@ def run_dir(config, cell, seed):
     return os.path.join(config.runs_dir, cell.name, f"seed{seed}")
 
 
+def stages(config):
+    return STAGES + ((TRANSFER_STAGE,) if config.surrogate_flagfile else ())
+
+
+def surrogate_dir(config):
+    return os.path.join(config.runs_dir, SURROGATE, f"seed{config.surrogate_seed}")
+
+
+def _train_command(config, method_flagfile, extra_flags, seed, model_dir):
+    return [sys.executable, os.path.join("scripts", "train.py"), f"--flagfile={method_flagfile}",
+            f"--flagfile={config.train_flagfile}", *extra_flags, f"--seed={seed}",
+            f"--data_dir={os.path.abspath(config.data_dir)}", f"--model_dir={os.path.abspath(model_dir)}"]
+
+
+def surrogate_command(config):
+    return _train_command(config, config.surrogate_flagfile, (), config.surrogate_seed, surrogate_dir(config))
+
+
 def commands(config, cell, seed):
     """{stage: argv} for one cell x seed (run from the repository root: flagfiles include others
     by paths relative to it)."""
     model_dir = os.path.abspath(run_dir(config, cell, seed))
-    data_dir = os.path.abspath(config.data_dir)
-    python = sys.executable
-    evaluate = [python, os.path.join("scripts", "evaluate.py"), f"--model_dir={model_dir}",
-                f"--data_dir={data_dir}", f"--num_examples={config.eval_examples}",
+    evaluate = [sys.executable, os.path.join("scripts", "evaluate.py"), f"--model_dir={model_dir}",
+                f"--data_dir={os.path.abspath(config.data_dir)}", f"--num_examples={config.eval_examples}",
                 f"--pgd_steps={config.pgd_steps}", f"--apgd_iterations={config.apgd_iterations}",
                 f"--square_queries={config.square_queries}", f"--batch_size={config.eval_batch_size}",
                 "--nosweep", "--projector_examples=0", "--seed=0"]
-    return {
-        "train": [python, os.path.join("scripts", "train.py"), f"--flagfile={cell.method_flagfile}",
-                  f"--flagfile={config.train_flagfile}", *cell.extra_flags, f"--seed={seed}",
-                  f"--data_dir={data_dir}", f"--model_dir={model_dir}"],
+    argvs = {
+        "train": _train_command(config, cell.method_flagfile, cell.extra_flags, seed, model_dir),
         "eval_best": evaluate + ["--checkpoint=best", f"--attacks={','.join(config.eval_attacks)}"],
         "eval_last": evaluate + ["--checkpoint=last", "--attacks=pgd"],
     }
+    if config.surrogate_flagfile:
+        # The evaluation runs at least one white-box attack; FGSM is the cheapest. The transfer
+        # rows (PGD and APGD-CE crafted on the surrogate) are what this stage is for.
+        argvs[TRANSFER_STAGE] = evaluate + [
+            "--checkpoint=best", "--attacks=fgsm",
+            f"--transfer_from={os.path.abspath(surrogate_dir(config))}",
+            f"--output_dir={os.path.join(model_dir, TRANSFER_OUTPUT)}"]
+    return argvs
+
+
+TRANSFER_OUTPUT = "evaluation_transfer"
 
 
 def _write_json(path, value):
@@ -84,29 +113,54 @@ def _flagfile_text(path):
     return lines
 
 
-_PATH_FLAGS = ("--model_dir=", "--data_dir=")
+_PATH_FLAGS = ("--model_dir=", "--data_dir=", "--transfer_from=", "--output_dir=")
+
+
+def _portable(argv):
+    """A command less the interpreter and where the data and runs live (they move between machines)."""
+    return [a for a in argv[1:] if not a.startswith(_PATH_FLAGS)]
 
 
 def settings(config, cell, seed):
-    """What a run's results depend on: its commands (less where the data and the run live, which
-    may move between machines) and the flagfiles' contents."""
-    cmds = commands(config, cell, seed)
-    return {"commands": {stage: [a for a in argv[1:] if not a.startswith(_PATH_FLAGS)]
-                         for stage, argv in cmds.items()},
-            "flagfiles": {path: _flagfile_text(path)
-                          for path in (cell.method_flagfile, config.train_flagfile)}}
+    """What a run's results depend on: its commands (less where the data and the run live) and the
+    flagfiles' contents; with a transfer stage, also how the surrogate was trained."""
+    current = {"commands": {stage: _portable(argv) for stage, argv in commands(config, cell, seed).items()},
+               "flagfiles": {path: _flagfile_text(path)
+                             for path in (cell.method_flagfile, config.train_flagfile)}}
+    if config.surrogate_flagfile:
+        current[SURROGATE] = {"command": _portable(surrogate_command(config)),
+                              "flagfile": _flagfile_text(config.surrogate_flagfile)}
+    return current
+
+
+def stages_key(current, names):
+    """The key of the settings some stages depend on. A row's base stages (STAGES) keep the key
+    they had before a grid gained its transfer stage, so adding the stage keeps finished rows."""
+    part = {"commands": {s: current["commands"][s] for s in names}, "flagfiles": current["flagfiles"]}
+    if TRANSFER_STAGE in names:
+        part[SURROGATE] = current[SURROGATE]
+    return artifacts.settings_key(part)
 
 
 def _check_same_settings(state, current, directory):
+    """Refuses a run directory whose stages were made with other settings. A stage it has not run
+    yet (one the grid gained since) is not a difference."""
     if not state:
         return
-    for key in ("commands", "flagfiles"):
-        old, new = state["settings"][key], current[key]
-        for name in sorted(set(old) | set(new)):
-            if old.get(name) != new.get(name):
-                raise ReproError(
-                    f"{directory} was made with other settings ({key} {name}: {old.get(name)} now "
-                    f"{new.get(name)}); rerun with the settings it was made with, or delete it")
+    old_settings = state["settings"]
+    differences = [("commands", stage, old_settings["commands"][stage], current["commands"].get(stage))
+                   for stage in old_settings["commands"]
+                   if old_settings["commands"][stage] != current["commands"].get(stage)]
+    differences += [("flagfiles", path, old_settings["flagfiles"].get(path), current["flagfiles"].get(path))
+                    for path in sorted(set(old_settings["flagfiles"]) | set(current["flagfiles"]))
+                    if old_settings["flagfiles"].get(path) != current["flagfiles"].get(path)]
+    if SURROGATE in old_settings and old_settings[SURROGATE] != current.get(SURROGATE):
+        differences.append((SURROGATE, "training", old_settings[SURROGATE], current.get(SURROGATE)))
+    if differences:
+        key, name, old, new = differences[0]
+        raise ReproError(
+            f"{directory} was made with other settings ({key} {name}: {old} now {new}); rerun with "
+            "the settings it was made with, or delete it")
 
 
 def check_settings(config):
@@ -118,20 +172,41 @@ def check_settings(config):
     eval_attacks.check("eval_attacks", config.eval_attacks)
     record_path = _record_path(config)
     record_rows = {(r["cell"], r["seed"]): r for r in artifacts.read_json(record_path, {}).get("rows", [])}
+    if config.surrogate_flagfile:
+        _check_same_settings(load_state(surrogate_dir(config)), surrogate_settings(config),
+                             surrogate_dir(config))
     for cell in config.cells:
         for seed in config.seeds:
             current = settings(config, cell, seed)
             _check_same_settings(load_state(run_dir(config, cell, seed)), current,
                                  run_dir(config, cell, seed))
             row = record_rows.get((cell.name, seed))
-            if row and _finished(row) and row.get("settings_key") != artifacts.settings_key(current):
+            if not row:
+                continue
+            other = _finished(row) and row.get("settings_key") != stages_key(current, STAGES)
+            if config.surrogate_flagfile and _finished(row, stages(config)):
+                other = other or row.get("transfer_key") != stages_key(current, stages(config))
+            if other:
                 raise ReproError(
                     f"{record_path} holds results of {cell.name} seed {seed} made with other settings; "
                     "rerun with the settings it was made with, or give another --record_name")
 
 
-def _finished(row):
-    return all(row["status"].get(s) in FINISHED for s in STAGES)
+def surrogate_settings(config):
+    return {"commands": {"train": _portable(surrogate_command(config))},
+            "flagfiles": {path: _flagfile_text(path)
+                          for path in (config.surrogate_flagfile, config.train_flagfile)}}
+
+
+def _finished(row, names=STAGES):
+    return all(row["status"].get(s) in FINISHED for s in names)
+
+
+def _complete(config, row, current):
+    """Whether a recorded row has every stage of this grid, made with today's settings."""
+    if not config.surrogate_flagfile:
+        return True  # recorded_rows kept only rows whose base stages match
+    return _finished(row, stages(config)) and row.get("transfer_key") == stages_key(current, stages(config))
 
 
 def _record_path(config):
@@ -143,7 +218,7 @@ def recorded_rows(config):
     grid resumed on another machine (without the run directories) keeps them instead of rerunning.
     A row from before rows named their machine ran on the machine the record names."""
     record = artifacts.read_json(_record_path(config), {})
-    keys = {(c.name, seed): artifacts.settings_key(settings(config, c, seed))
+    keys = {(c.name, seed): stages_key(settings(config, c, seed), STAGES)
             for c in config.cells for seed in config.seeds}
     earlier = {"machine": record["machine"]} if "machine" in record else {}
     return {(r["cell"], r["seed"]): {**earlier, **r}
@@ -154,21 +229,35 @@ def recorded_rows(config):
 def run_cell(config, cell, seed, log=print, machine=None):
     """Runs the stages of one cell x seed that have not finished, noting each stage's machine (a grid
     spans sessions on different CPUs, and its times only compare on one). Returns its state dict."""
-    directory = run_dir(config, cell, seed)
+    return _run_stages(config, run_dir(config, cell, seed), f"{cell.name} seed {seed}",
+                       commands(config, cell, seed), settings(config, cell, seed),
+                       {"cell": cell.name, "seed": seed}, log, machine)
+
+
+def train_surrogate(config, log=print, machine=None):
+    """Trains the transfer stage's surrogate once for the whole grid (resumable like a cell)."""
+    state = _run_stages(config, surrogate_dir(config), SURROGATE, {"train": surrogate_command(config)},
+                        surrogate_settings(config), {"cell": SURROGATE, "seed": config.surrogate_seed},
+                        log, machine)
+    if state["stages"]["train"]["status"] != "done":
+        raise ReproError(f"the surrogate's training failed: see {surrogate_dir(config)}/train.log")
+
+
+def _run_stages(config, directory, label, argvs, current, identity, log, machine):
     os.makedirs(directory, exist_ok=True)
     state = load_state(directory)
-    current = settings(config, cell, seed)
     _check_same_settings(state, current, directory)
-    state = state or {"cell": cell.name, "seed": seed, "settings": current, "stages": {}}
+    # The settings checked are today's or a part of them (stages the grid has gained since).
+    state = {**identity, "stages": {}, **state, "settings": current}
     env = dict(os.environ)
     if config.threads_per_cell:
         env["TF_NUM_INTRAOP_THREADS"] = str(config.threads_per_cell)
         env["TF_NUM_INTEROP_THREADS"] = "1"
-    for stage, argv in commands(config, cell, seed).items():
+    for stage, argv in argvs.items():
         record = state["stages"].get(stage, {})
         if record.get("status") in FINISHED:
             continue
-        log(f"[{cell.name} seed {seed}] {stage} ...")
+        log(f"[{label}] {stage} ...")
         record["attempts"] = record.get("attempts", 0) + 1
         if machine:
             record["machine"] = machine
@@ -188,30 +277,47 @@ def run_cell(config, cell, seed, log=print, machine=None):
         else:
             record["status"] = f"failed (exit {code})"
         _write_json(os.path.join(directory, STATE_FILE), state)
-        log(f"[{cell.name} seed {seed}] {stage}: {record['status']} in {seconds:.0f} s")
+        log(f"[{label}] {stage}: {record['status']} in {seconds:.0f} s")
         if record["status"].startswith("failed"):
             break
     return state
 
 
-def run_grid(config, log=print, on_cell_done=None, machine=None):
-    """Runs every unfinished cell x seed (config.parallel at once), seed-major so that each seed's
-    whole row of methods finishes before the next seed starts. Returns the failed (cell, seed)s."""
+def pending(config, log=print):
+    """The (cell, seed)s with stages left to run, seed-major. A row finished in the committed record
+    whose run directory is elsewhere is done, unless it lacks a stage the grid has gained: then its
+    cell is trained again, since the new stage needs its checkpoints."""
     recorded = recorded_rows(config)
     jobs = []
     for seed in config.seeds:
         for cell in config.cells:
-            if (cell.name, seed) in recorded and not os.path.isdir(run_dir(config, cell, seed)):
-                log(f"[{cell.name} seed {seed}] finished in the record; its run directory is elsewhere")
-            else:
-                jobs.append((cell, seed))
+            row = recorded.get((cell.name, seed))
+            if row and not os.path.isdir(run_dir(config, cell, seed)):
+                if _complete(config, row, settings(config, cell, seed)):
+                    log(f"[{cell.name} seed {seed}] finished in the record; its run directory is elsewhere")
+                    continue
+                # Its checkpoints stayed on another machine: the new stage needs them trained again.
+                log(f"[{cell.name} seed {seed}] in the record without its {TRANSFER_STAGE} stage and its "
+                    "run directory is elsewhere: training it again")
+            jobs.append((cell, seed))
+    return jobs
+
+
+def run_grid(config, log=print, on_cell_done=None, machine=None):
+    """Runs every unfinished cell x seed (config.parallel at once), seed-major so that each seed's
+    whole row of methods finishes before the next seed starts. Returns the failed (cell, seed)s."""
+    jobs = pending(config, log)
     lock = threading.Lock()
     failed = []
+    if config.surrogate_flagfile and any(
+            load_state(run_dir(config, cell, seed)).get("stages", {}).get(TRANSFER_STAGE, {}).get("status")
+            not in FINISHED for cell, seed in jobs):
+        train_surrogate(config, log, machine)
 
     def job(cell, seed):
         try:
             state = run_cell(config, cell, seed, log, machine)
-            ok = all(state["stages"].get(s, {}).get("status") in FINISHED for s in STAGES)
+            ok = all(state["stages"].get(s, {}).get("status") in FINISHED for s in stages(config))
         except ReproError as error:
             log(f"[{cell.name} seed {seed}] {error}")
             ok = False
@@ -239,35 +345,45 @@ def _row_accuracy(report, attack):
 def collect(config):
     """One row per cell x seed with whatever has finished (None where not yet)."""
     recorded = recorded_rows(config)
+    names = stages(config)
     rows = []
     for cell in config.cells:
         for seed in config.seeds:
             directory = run_dir(config, cell, seed)
             state = load_state(directory)
             current = settings(config, cell, seed)
-            if not state and (cell.name, seed) in recorded:
-                rows.append(recorded[(cell.name, seed)])
+            row = recorded.get((cell.name, seed))
+            # A recorded row stands until its run directory here has finished the same stages (a
+            # cell trained again for a stage the grid gained).
+            if row and not (state and _finished({"status": {s: v.get("status") for s, v in
+                                                            state.get("stages", {}).items()}})):
+                rows.append(row)
                 continue
-            if state and state["settings"] != current:  # refused by run_cell; not today's figures
-                rows.append({"cell": cell.name, "seed": seed, "settings_key": artifacts.settings_key(current),
-                             "status": dict.fromkeys(STAGES, "made with other settings"),
+            try:
+                _check_same_settings(state, current, directory)
+            except ReproError:  # refused by run_cell; not today's figures
+                rows.append({"cell": cell.name, "seed": seed, "settings_key": stages_key(current, STAGES),
+                             "status": dict.fromkeys(names, "made with other settings"),
                              "train_seconds": None, "train_attempts": 0, "eval_seconds": 0.0,
                              "best_epoch": None, "epochs": 0})
                 continue
             best = artifacts.read_json(os.path.join(artifacts.evaluation_dir(directory, "best"), artifacts.REPORT))
             last = artifacts.read_json(os.path.join(artifacts.evaluation_dir(directory, "last"), artifacts.REPORT))
+            transfer = artifacts.read_json(os.path.join(directory, TRANSFER_OUTPUT, artifacts.REPORT))
             history = artifacts.read_json(os.path.join(directory, artifacts.HISTORY), {})
-            stages = state.get("stages", {})
+            done = state.get("stages", {})
             row = {"cell": cell.name, "seed": seed,
-                   "settings_key": artifacts.settings_key(current),
-                   "status": {s: stages.get(s, {}).get("status", "not run") for s in STAGES},
-                   "train_seconds": stages.get("train", {}).get("seconds"),
-                   "train_attempts": stages.get("train", {}).get("attempts", 0),
-                   "eval_seconds": sum(stages.get(s, {}).get("seconds", 0.0) for s in STAGES[1:]),
+                   "settings_key": stages_key(current, STAGES),
+                   "status": {s: done.get(s, {}).get("status", "not run") for s in names},
+                   "train_seconds": done.get("train", {}).get("seconds"),
+                   "train_attempts": done.get("train", {}).get("attempts", 0),
+                   "eval_seconds": sum(done.get(s, {}).get("seconds", 0.0) for s in names[1:]),
                    "best_epoch": (history.get("best") or {}).get("epoch"),
                    "epochs": len(history.get("epochs", []))}
-            machines = list(dict.fromkeys(stages[s]["machine"] for s in STAGES
-                                          if stages.get(s, {}).get("machine")))
+            if config.surrogate_flagfile:
+                row["transfer_key"] = stages_key(current, names)
+            machines = list(dict.fromkeys(done[s]["machine"] for s in names
+                                          if done.get(s, {}).get("machine")))
             if machines:
                 row["machine"] = " + ".join(machines)
             if best:
@@ -281,11 +397,18 @@ def collect(config):
                             "num_points": best["num_points"], "warnings": best["warnings"]})
             if last:
                 row.update({"last_clean": last["clean_accuracy"], "last_pgd": _row_accuracy(last, "pgd")})
+            if transfer:
+                found = [a["robust_accuracy"] for a in transfer["attacks"]
+                         if a["attack"].startswith("transfer-")]
+                row.update({"transfer_pgd": _row_accuracy(transfer, "transfer-pgd"),
+                            "transfer_apgd_ce": _row_accuracy(transfer, "transfer-apgd-ce"),
+                            "transfer": min(found) if found else None})
             rows.append(row)
     return rows
 
 
-METRICS = ("clean", "fgsm", "pgd", "cw", "autoattack", "worst_case", "last_clean", "last_pgd")
+# "transfer": the lower robust accuracy of the two transfer attacks crafted on the surrogate.
+METRICS = ("clean", "fgsm", "pgd", "cw", "autoattack", "worst_case", "transfer", "last_clean", "last_pgd")
 
 
 def summarize(rows):
@@ -308,10 +431,11 @@ CLAIMS = [
     {"paper": "MOREL (Hotegni & Peitz 2024)",
      "claim": "MOREL beats TRADES and MART against white-box attacks (and against black-box "
               "transfer attacks)",
-     "comparisons": [("morel_mart", "mart", ("pgd", "autoattack", "worst_case")),
-                     ("morel_trades", "trades", ("pgd", "autoattack", "worst_case"))],
-     "not_measured": "black-box transfer attacks (scripts/evaluate.py --transfer_from makes the "
-                     "transfer rows; the grid does not run them yet)"},
+     "comparisons": [("morel_mart", "mart", ("pgd", "autoattack", "worst_case", "transfer")),
+                     ("morel_trades", "trades", ("pgd", "autoattack", "worst_case", "transfer"))],
+     "not_measured": "query-based black-box attacks on their own (Square runs inside the AutoAttack "
+                     "cascade, on the points the gradient stages left); transfer from surrogates "
+                     "other than one naturally trained network"},
     {"paper": "Supervised contrastive learning with a margin",
      "claim": "the margin gains up to 2.5 points of FGSM accuracy (CIFAR-100, ResNet-18)",
      "comparisons": [("supcon_margin", "supcon_margin_m0", ("fgsm",))],
@@ -363,7 +487,7 @@ def markdown(config, rows, summary, machine, software, command):
              f"the TensorBoard run directories are written to `{config.runs_dir}/<cell>/seed<S>/` "
              "(not committed).", "",
              f"This command last ran on: {machine}. Software: {software}.", ""]
-    finished = [r for r in rows if _finished(r)]
+    finished = [r for r in rows if _finished(r, stages(config))]
     # A grid spans sessions, and sessions get different CPUs: times compare only on one machine.
     machines = list(dict.fromkeys(r["machine"] for r in rows if r.get("machine")))
     labels = {m: chr(ord("A") + i) for i, m in enumerate(machines)}
@@ -408,14 +532,24 @@ def markdown(config, rows, summary, machine, software, command):
               f"iterations and {config.square_queries} queries), per-example worst case over all; the "
               f"last checkpoint gets clean and PGD-{config.pgd_steps}. Threat model L-inf, the "
               "training run's eps.", ""]
+    if config.surrogate_flagfile:
+        lines[-1:-1] = [
+            f"- Black-box transfer (column `transfer`): a surrogate trained once with "
+            f"`{config.surrogate_flagfile}` and the protocol's training flags at seed "
+            f"{config.surrogate_seed} (not a seed of any cell, so no cell is its own surrogate) crafts "
+            f"PGD-{config.pgd_steps} and APGD-CE ({config.apgd_iterations} iterations) examples on the "
+            "same test points; a point counts as robust when the cell's best checkpoint classifies it "
+            "correctly clean and on the surrogate's example. The column is the lower of the two "
+            "attacks' accuracies (the TRADES and MART papers' black-box protocol: a naturally "
+            "trained surrogate of the same architecture)."]
     lines += ["## Results (accuracy %, best checkpoint unless marked last)", "",
-              "| cell | seed | clean | FGSM | PGD | CW | AA | worst case | last clean | last PGD "
+              "| cell | seed | clean | FGSM | PGD | CW | AA | worst case | transfer | last clean | last PGD "
               "| best epoch | train time | eval time | machine | warnings |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r.get("clean") is None and r["status"]["train"] != "done":
             status = r["status"]["train"]
-            lines.append(f"| {r['cell']} | {r['seed']} | {status} |" + "  |" * 12)
+            lines.append(f"| {r['cell']} | {r['seed']} | {status} |" + "  |" * 13)
             continue
         train_time = "-" if r["train_seconds"] is None else f"{r['train_seconds'] / 60:.1f} min"
         if r["train_attempts"] > 1:
@@ -424,12 +558,13 @@ def markdown(config, rows, summary, machine, software, command):
         lines.append(
             f"| {r['cell']} | {r['seed']} | {_fmt(r.get('clean'))} | {_fmt(r.get('fgsm'))} | "
             f"{_fmt(r.get('pgd'))} | {_fmt(r.get('cw'))} | {_fmt(r.get('autoattack'))} | "
-            f"{_fmt(r.get('worst_case'))} | {_fmt(r.get('last_clean'))} | {_fmt(r.get('last_pgd'))} | "
+            f"{_fmt(r.get('worst_case'))} | {_fmt(r.get('transfer'))} | {_fmt(r.get('last_clean'))} | "
+            f"{_fmt(r.get('last_pgd'))} | "
             f"{r['best_epoch'] or '-'}/{r['epochs']} | {train_time} | {r['eval_seconds'] / 60:.1f} min | "
             f"{labels.get(r.get('machine'), '-')} | {warnings} |")
     lines += ["", "Mean +- spread over seeds (spread: half the range):", "",
-              "| cell | seeds | clean | FGSM | PGD | CW | AA | worst case | last clean | last PGD |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "| cell | seeds | clean | FGSM | PGD | CW | AA | worst case | transfer | last clean | last PGD |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for cell, stats in summary.items():
         cells = []
         for metric in METRICS:

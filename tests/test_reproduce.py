@@ -137,12 +137,31 @@ def test_tiny_grid_runs_resumes_and_refuses_other_settings(synthetic_cifar10, tm
     assert "was made with other settings" in other.stderr and "--pgd_steps=4" in other.stderr
     assert json.load(open(tmp_path / "record" / "tiny.json"))["rows"] == record["rows"]  # untouched
 
+    # The grid gains the transfer stage: the surrogate trains once and only the new stage runs on
+    # the finished cell, whose rows keep their settings key.
+    transfer_argv = argv + ["--surrogate_flagfile=configs/standard_cifar10.flags", "--surrogate_seed=7"]
+    gained = subprocess.run(transfer_argv, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert gained.returncode == 0, gained.stdout[-2000:] + gained.stderr[-3000:]
+    assert "[surrogate] train ..." in gained.stdout and "[pgd_at seed 3] eval_transfer ..." in gained.stdout
+    assert "[pgd_at seed 3] train ..." not in gained.stdout and "eval_best ..." not in gained.stdout
+    surrogate = json.load(open(tmp_path / "runs" / "surrogate" / "seed7" / "config.json"))
+    assert surrogate["run"]["seed"] == 7 and surrogate["method"]["name"] == "standard"
+    transfer = json.load(open(run / "evaluation_transfer" / "report.json"))
+    assert transfer["transfer_from"] and {"transfer-pgd", "transfer-apgd-ce"} <= {
+        a["attack"] for a in transfer["attacks"]}
+    (row,) = json.load(open(tmp_path / "record" / "tiny.json"))["rows"]
+    assert row["settings_key"] == record["rows"][0]["settings_key"] and row["clean"] == best["clean_accuracy"]
+    assert row["transfer"] == min(a["robust_accuracy"] for a in transfer["attacks"]
+                                  if a["attack"].startswith("transfer-"))
+    assert row["status"]["eval_transfer"] == "done" and "| transfer |" in open(tmp_path / "record" / "tiny.md").read()
+    with_transfer = json.load(open(tmp_path / "record" / "tiny.json"))["rows"]
+
     # On another machine (no run directories, the committed record): finished rows are kept.
     shutil.rmtree(tmp_path / "runs")
-    moved = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300)
+    moved = subprocess.run(transfer_argv, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert moved.returncode == 0, moved.stderr[-3000:]
     assert "finished in the record" in moved.stdout and "] train ..." not in moved.stdout
-    assert json.load(open(tmp_path / "record" / "tiny.json"))["rows"] == record["rows"]
+    assert json.load(open(tmp_path / "record" / "tiny.json"))["rows"] == with_transfer
     assert not (tmp_path / "runs" / "pgd_at" / "seed3").exists()
 
 
@@ -203,6 +222,29 @@ def test_a_record_of_other_settings_is_refused_not_overwritten(tmp_path, monkeyp
     # A row from before rows named their machine ran on the one the record names.
     (tmp_path / "r.json").write_text(json.dumps({"machine": "CPU X, 2 cores", "rows": [row]}))
     assert reproduce.recorded_rows(config)[("pgd_at", 0)] == {**row, "machine": "CPU X, 2 cores"}
+
+
+def test_a_recorded_row_without_a_gained_stage_is_trained_again(tmp_path, monkeypatch):
+    """A row finished in the record before the grid had a transfer stage keeps its results, but its
+    checkpoints are elsewhere: the new stage needs the cell trained again. A surrogate trained at a
+    cell's seed would be white-box, and is refused."""
+    monkeypatch.chdir(REPO)
+    base = dict(cells=(ReproCell("pgd_at", "configs/pgd_at_cifar10.flags"),), seeds=(0,),
+                train_flagfile=_train_flagfile(tmp_path), data_dir=str(tmp_path),
+                runs_dir=str(tmp_path / "runs"), record_dir=str(tmp_path), record_name="r")
+    before = ReproduceConfig(**base)
+    row = {"cell": "pgd_at", "seed": 0, "status": dict.fromkeys(reproduce.STAGES, "done"),
+           "settings_key": artifacts.settings_key(reproduce.settings(before, before.cells[0], 0)), "clean": 0.3}
+    (tmp_path / "r.json").write_text(json.dumps({"rows": [row]}))
+    assert reproduce.pending(before, log=lambda _: None) == []
+    after = ReproduceConfig(**base, surrogate_flagfile="configs/standard_cifar10.flags", surrogate_seed=5)
+    reproduce.check_settings(after)  # the base stages' key is unchanged by the new stage
+    said = []
+    assert reproduce.pending(after, log=said.append) == [(after.cells[0], 0)]
+    assert "without its eval_transfer stage" in said[0] and "training it again" in said[0]
+    assert reproduce.collect(after)[0]["clean"] == 0.3  # kept until the rerun has finished
+    with pytest.raises(ConfigError, match="--surrogate_seed: 0 is one of --seeds"):
+        ReproduceConfig(**base, surrogate_flagfile="configs/standard_cifar10.flags", surrogate_seed=0).validate()
 
 
 def test_claims_are_put_in_plain_words():

@@ -595,6 +595,12 @@ def define_reproduce_flags(flag_values=FLAGS):
                          flag_values=flag_values)
     flags.DEFINE_integer("threads_per_cell", r.threads_per_cell, "TensorFlow threads per cell's "
                          "process (0: TensorFlow's default).", flag_values=flag_values)
+    flags.DEFINE_string("surrogate_flagfile", r.surrogate_flagfile, "Method flagfile of the black-box "
+                        "surrogate: trained once (with --train_flagfile, at --surrogate_seed), it "
+                        "crafts transfer attacks on every cell's best checkpoint. Empty: no transfer "
+                        "stage.", flag_values=flag_values)
+    flags.DEFINE_integer("surrogate_seed", r.surrogate_seed, "Seed of the surrogate's training (not "
+                         "one of --seeds).", flag_values=flag_values)
     flags.DEFINE_bool("record_only", r.record_only, "Write the record from the finished stages in "
                       "--runs_dir and stop: nothing is trained or evaluated.", flag_values=flag_values)
 
@@ -615,4 +621,5 @@ def reproduce_config_from_flags(flag_values=FLAGS):
         eval_examples=f.eval_examples, eval_attacks=tuple(f.eval_attacks), pgd_steps=f.pgd_steps,
         apgd_iterations=f.apgd_iterations, square_queries=f.square_queries,
         eval_batch_size=f.eval_batch_size, parallel=f.parallel,
-        threads_per_cell=f.threads_per_cell, record_only=f.record_only).validate()
+        threads_per_cell=f.threads_per_cell, surrogate_flagfile=f.surrogate_flagfile or "",
+        surrogate_seed=f.surrogate_seed, record_only=f.record_only).validate()
