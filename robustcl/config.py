@@ -11,16 +11,18 @@ import math
 import os
 from typing import Any, Optional, Tuple
 
-from robustcl.registry import unknown_message
+from robustcl.registry import Registry, unknown_message
 
-NORMS = ("linf", "l2")
-TRAIN_ATTACKS = ("none", "fgsm", "pgd")
+# Closed sets of names, spelled as registries (the one name-lookup mechanism, with one message).
+NORMS = Registry("norm", ("linf", "l2"))
+TRAIN_ATTACKS = Registry("attack", ("none", "fgsm", "pgd"))
 # What --precision may say; "auto" is resolved by the hardware (robustcl.hardware) before a config
 # is made, so a config holds one of the others.
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
-CONTRASTIVE_SCOPES = ("global", "replica")
-STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
-LR_SCHEDULES = ("piecewise", "cosine", "constant")
+PRECISIONS = Registry("precision", ("float32", "mixed_bfloat16", "mixed_float16"))
+CONTRASTIVE_SCOPES = Registry("scope", ("global", "replica"))
+STRATEGIES = Registry("strategy", ("auto", "one_device", "mirrored", "multi_worker"))
+LR_SCHEDULES = Registry("schedule", ("piecewise", "cosine", "constant"))
+EMBEDDING_HEADS = Registry("head", ("mlp", "linear"))
 
 
 class ConfigError(ValueError):
@@ -42,136 +44,238 @@ def _finite(value):
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
+# ---- fields that carry their flag and their constraints ------------------------------------------
+
+def option(default, help_text, *, flag=None, choices=None, minimum=None, maximum=None, above=None,
+           below=None, finite=False, exists=False):
+    """A config field with what its flag needs and what `check_fields` checks.
+
+    flag: the flag's name (default: the field's, with the caller's prefix); False: no flag of its
+    own (the field is set from other flags). choices: a Registry, or a function returning one (for
+    registries whose module imports TensorFlow). minimum/maximum are inclusive, above/below
+    exclusive bounds; finite: no NaN or infinity; exists: a path that must exist (None or "": not
+    given).
+    """
+    metadata = {"help": help_text, "flag": flag, "choices": choices, "minimum": minimum,
+                "maximum": maximum, "above": above, "below": below, "finite": finite, "exists": exists}
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def choices_of(field):
+    """The Registry of a field's names, or None."""
+    choices = field.metadata.get("choices")
+    return choices() if callable(choices) and not isinstance(choices, Registry) else choices
+
+
+def flag_name(field, prefix=""):
+    return field.metadata.get("flag") or prefix + field.name
+
+
+def _bounds_message(meta, value):
+    low = ("[", meta["minimum"]) if meta["minimum"] is not None else (
+        ("(", meta["above"]) if meta["above"] is not None else None)
+    high = (meta["maximum"], "]") if meta["maximum"] is not None else (
+        (meta["below"], ")") if meta["below"] is not None else None)
+    if low and high:
+        return f"must be in {low[0]}{low[1]}, {high[0]}{high[1]}, got {value}"
+    finite = "a finite number " if meta["finite"] else ""
+    if low:
+        return f"must be {finite}{'>=' if low[0] == '[' else '>'} {low[1]}, got {value}"
+    if high:
+        return f"must be {finite}{'<=' if high[1] == ']' else '<'} {high[0]}, got {value}"
+    return f"must be a finite number, got {value}"
+
+
+def _within(meta, value):
+    if meta["finite"] and not _finite(value):
+        return False
+    return ((meta["minimum"] is None or value >= meta["minimum"])
+            and (meta["maximum"] is None or value <= meta["maximum"])
+            and (meta["above"] is None or value > meta["above"])
+            and (meta["below"] is None or value < meta["below"]))
+
+
+def check_fields(obj, prefix="", flags=None):
+    """ConfigError naming the flag of the first field of `obj` (a dataclass of `option` fields) that
+    breaks its constraints. `flags` renames fields' flags ({field: flag}) for a second use of a
+    class (the validation attack's)."""
+    for field in dataclasses.fields(obj):
+        meta = field.metadata
+        if "help" not in meta:
+            continue
+        flag = (flags or {}).get(field.name) or flag_name(field, prefix)
+        value = getattr(obj, field.name)
+        registry = choices_of(field)
+        if registry is not None and value not in registry:
+            raise ConfigError(f"--{flag}: {registry.unknown_message(value)}")
+        bounded = any(meta[k] is not None for k in ("minimum", "maximum", "above", "below"))
+        if (bounded or meta["finite"]) and not (isinstance(value, (int, float)) and _within(meta, value)):
+            raise ConfigError(f"--{flag}: {_bounds_message(meta, value)}")
+        if meta["exists"] and value and not os.path.exists(value):
+            raise ConfigError(f"--{flag}: {value} does not exist")
+
+
+def _datasets():
+    from robustcl.data import DATASETS
+
+    return DATASETS
+
+
+def _backbones():
+    from robustcl.models.backbones import BACKBONES
+
+    return BACKBONES
+
+
+def _methods():
+    from robustcl import methods
+
+    return methods.METHODS
+
+
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    dataset: str = "cifar10"
-    data_dir: Optional[str] = None
-    download: bool = True  # when the data is not on disk and the download host answers
-    image_size: int = 0  # 0: the dataset's own (32 for CIFAR/SVHN, 64 Tiny-ImageNet, 224 otherwise)
-    val_size: int = 1000
-    train_examples: int = 0  # 0: the whole training split (minus validation); >0: a prefix, for smoke runs
-    batch_size: int = 128
-    eval_batch_size: int = 256
-    augment: bool = True
-    split_seed: int = 0
+    dataset: str = option("cifar10", "The dataset.", choices=_datasets)
+    data_dir: Optional[str] = option(
+        None, "The dataset's official layout (CIFAR archive or its folder, tiny-imagenet-200/), an "
+        "image folder tree (train/<class>/*, val/<class>/*), a directory holding one of them, or a "
+        "tfds data directory.", exists=True)
+    download: bool = option(True, "Download the data when it is not on disk (tfds, or the official "
+                            "archive into the Keras cache) if the download host answers; "
+                            "--nodownload forbids it.")
+    image_size: int = option(0, "Side of the square images for datasets of any size (imagenette, "
+                             "folder; default 224): the shorter side is resized to it, then the "
+                             "center is cropped. 0: the dataset's own.", minimum=0, maximum=4096)
+    val_size: int = option(1000, "Training images held out for validation/model selection.", minimum=0)
+    train_examples: int = option(0, "Use only this many training images (0: all). For smoke runs.",
+                                 minimum=0)
+    batch_size: int = option(128, "Global training batch size.", minimum=1)
+    eval_batch_size: int = option(256, "Global evaluation batch size.", minimum=1)
+    augment: bool = option(True, "Pad-4 random crop + horizontal flip.")
+    split_seed: int = option(0, "Seed choosing the validation images.")
 
     def validate(self):
-        _check(self.val_size >= 0, "val_size", f"must be >= 0, got {self.val_size}")
-        _check(0 <= self.image_size <= 4096, "image_size", f"must be in [0, 4096], got {self.image_size}")
-        _check(self.train_examples >= 0, "train_examples", f"must be >= 0, got {self.train_examples}")
-        _check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
-        _check(self.eval_batch_size >= 1, "eval_batch_size", f"must be >= 1, got {self.eval_batch_size}")
+        check_fields(self)
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    name: str = "resnet18"
-    # Width of the projection head that produces the "embedding" output; 0 means the embedding is
-    # the pooled backbone features (no head), as methods without a contrastive loss need nothing more.
-    embedding_dim: int = 0
-    embedding_head: str = "mlp"  # "mlp" (SimCLR/SupCon) or "linear" (MOREL)
+    name: str = option("resnet18", "Backbone.", flag="model", choices=_backbones)
+    # 0: the embedding is the pooled backbone features (no head), as methods without a contrastive
+    # loss need nothing more. Default: the method's declared head.
+    embedding_dim: int = option(0, "Projection head width (0: the embedding is the pooled features; "
+                                "default: the method's).", minimum=0)
+    embedding_head: str = option("mlp", "Projection head: mlp (Dense-ReLU-Dense, SimCLR/SupCon) or "
+                                 "linear (MOREL); default: the method's.", choices=EMBEDDING_HEADS)
 
     def validate(self):
-        _check(self.embedding_dim >= 0, "embedding_dim", f"must be >= 0, got {self.embedding_dim}")
-        _check_known(self.embedding_head, ("mlp", "linear"), "embedding_head", "head")
+        check_fields(self)
 
 
 @dataclasses.dataclass(frozen=True)
 class AttackConfig:
     """A norm-ball attack: `name` is none, fgsm (one step of size eps, no random start) or pgd."""
 
-    name: str = "pgd"
-    norm: str = "linf"
-    eps: float = 8 / 255
-    step_size: float = 2 / 255
-    steps: int = 10
-    random_start: bool = True
+    name: str = option("pgd", "Training attack (methods without an attack ignore it).", flag="attack",
+                       choices=TRAIN_ATTACKS)
+    norm: str = option("linf", "Threat model norm (training and validation).", choices=NORMS)
+    eps: float = option(8 / 255, "Perturbation budget in [0,1] pixel units, e.g. 8/255.", minimum=0,
+                        finite=True)
+    step_size: float = option(2 / 255, "Training PGD step size, e.g. 2/255.", above=0, finite=True)
+    steps: int = option(10, "Training PGD steps.", flag="attack_steps", minimum=1)
+    random_start: bool = option(True, "Training PGD starts uniformly in the ball.")
 
-    def validate(self, prefix=""):
-        _check_known(self.name, TRAIN_ATTACKS, prefix + "attack", "attack")
-        _check_known(self.norm, NORMS, "norm", "norm")
-        _check(_finite(self.eps) and self.eps >= 0, "eps", f"must be a finite number >= 0, got {self.eps}")
-        _check(_finite(self.step_size) and self.step_size > 0, prefix + "step_size",
-               f"must be a finite number > 0, got {self.step_size}")
-        _check(self.steps >= 1, prefix + "attack_steps", f"must be >= 1, got {self.steps}")
+    # The validation attack is a second AttackConfig: its own flags for what differs from training's.
+    VALIDATION_FLAGS = {"name": "val_attack", "step_size": "val_step_size", "steps": "val_attack_steps"}
+
+    def validate(self, flags=None):
+        check_fields(self, flags=flags)
 
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
-    epochs: int = 100
-    steps_per_epoch: int = 0  # 0: one pass over the training split per epoch
-    learning_rate: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = False
-    # L2 penalty added to the gradient of every variable before momentum, as torch.optim.SGD's
-    # weight_decay does in the published robust-training code (not Keras' decoupled decay).
-    weight_decay: float = 5e-4
-    lr_schedule: str = "piecewise"
-    lr_decay_epochs: Tuple[int, ...] = (75, 90)
-    lr_decay_factor: float = 0.1
-    warmup_epochs: int = 0
+    epochs: int = option(100, "Training epochs.", minimum=1)
+    steps_per_epoch: int = option(0, "Steps per epoch (0: one pass over the training images).", minimum=0)
+    learning_rate: float = option(0.1, "Peak SGD learning rate.", above=0, finite=True)
+    momentum: float = option(0.9, "SGD momentum.", minimum=0, below=1)
+    nesterov: bool = option(False, "Nesterov momentum.")
+    # Added to the gradient of every variable before momentum, as torch.optim.SGD's weight_decay
+    # does in the published robust-training code (not Keras' decoupled decay).
+    weight_decay: float = option(5e-4, "L2 penalty on all weights (added to the gradient, as torch "
+                                 "SGD's weight_decay).", minimum=0)
+    lr_schedule: str = option("piecewise", "Learning-rate schedule.", choices=LR_SCHEDULES)
+    lr_decay_epochs: Tuple[int, ...] = option((75, 90), "Epochs after which the piecewise schedule "
+                                              "multiplies the LR by --lr_decay_factor.")
+    lr_decay_factor: float = option(0.1, "Piecewise decay factor.", above=0, maximum=1)
+    warmup_epochs: int = option(0, "Linear LR warmup epochs.")
 
     def validate(self):
-        _check(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
-        _check(self.steps_per_epoch >= 0, "steps_per_epoch", f"must be >= 0, got {self.steps_per_epoch}")
-        _check(_finite(self.learning_rate) and self.learning_rate > 0, "learning_rate",
-               f"must be > 0, got {self.learning_rate}")
-        _check(0 <= self.momentum < 1, "momentum", f"must be in [0, 1), got {self.momentum}")
-        _check(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
-        _check_known(self.lr_schedule, LR_SCHEDULES, "lr_schedule", "schedule")
+        check_fields(self)
         _check(all(e >= 1 for e in self.lr_decay_epochs), "lr_decay_epochs",
                f"epochs must be >= 1, got {list(self.lr_decay_epochs)}")
         _check(list(self.lr_decay_epochs) == sorted(self.lr_decay_epochs), "lr_decay_epochs",
                f"must be increasing, got {list(self.lr_decay_epochs)}")
-        _check(0 < self.lr_decay_factor <= 1, "lr_decay_factor",
-               f"must be in (0, 1], got {self.lr_decay_factor}")
         _check(0 <= self.warmup_epochs < self.epochs, "warmup_epochs",
                f"must be in [0, epochs={self.epochs}), got {self.warmup_epochs}")
 
 
 @dataclasses.dataclass(frozen=True)
 class MethodConfig:
-    """The training method by registered name and its hyperparameters (the method's Params)."""
+    """The training method by registered name and its hyperparameters (the method's Params, whose
+    fields are flags --<method>_<field>)."""
 
-    name: str = "pgd_at"
+    name: str = option("pgd_at", "Training method.", flag="method", choices=_methods)
     params: Any = None
+
+    def validate(self):
+        check_fields(self)
 
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-    model_dir: str = ""
-    seed: int = 0
-    precision: str = "float32"
-    jit_compile: bool = False  # resolved from "auto" by the device in use; see cli.flags
-    strategy: str = "auto"
-    validation_freq: int = 1
-    # Losses over pairs of examples (contrastive terms, mining, MOREL's attention) over the global
-    # batch, gathered from every replica ("global"), or over each replica's part ("replica").
-    contrastive_scope: str = "global"
-    # BatchNorm statistics over the global batch when training on several replicas.
-    sync_batchnorm: bool = True
-    # A user's modules registering methods or backbones (imported before anything reads the
-    # config; evaluation and export import them again to rebuild the network).
-    extra_modules: Tuple[str, ...] = ()
+    model_dir: str = option("", "Where the run writes config, logs, checkpoints; rerunning with the "
+                            "same directory resumes.")
+    seed: int = option(0, "Seed for weights, data order, augmentation and attacks.")
+    # --precision and --jit_compile take "auto", resolved by the hardware before a config is made.
+    precision: str = option("float32", "auto, or a precision: auto is mixed_bfloat16 where the device "
+                            "computes bfloat16 natively (CPU flag avx512_bf16 or amx_bf16, GPU "
+                            "compute capability >= 8.0), mixed_float16 with loss scaling on GPUs of "
+                            "capability 7.x, else float32.", choices=PRECISIONS)
+    jit_compile: bool = option(False, "XLA-compile the attack: true, false, or auto (off on CPU, where "
+                               "bench/train_throughput.py measured XLA slower; on with a GPU).")
+    strategy: str = option("auto", "Distribution strategy (multi_worker: the cluster in the TF_CONFIG "
+                           "environment variable).", choices=STRATEGIES)
+    validation_freq: int = option(1, "Validate every N epochs.", minimum=1)
+    contrastive_scope: str = option(
+        "global", "global: contrastive losses, hard-positive mining and MOREL's attention see the "
+        "global batch, gathered from every replica and worker (N replicas train what one device "
+        "trains); replica: each replica's part only (cheaper; another objective).",
+        choices=CONTRASTIVE_SCOPES)
+    sync_batchnorm: bool = option(True, "BatchNorm statistics over the global batch when training on "
+                                  "several replicas (else per replica).")
+    # Imported before anything reads the config; evaluation and export import them again to rebuild
+    # the network.
+    extra_modules: Tuple[str, ...] = option((), "Python modules to import first: a user's methods and "
+                                            "backbones registered with robustcl.methods.register / "
+                                            "robustcl.models.register.")
 
     def validate(self):
         _check(bool(self.model_dir), "model_dir", "is required (where the run writes its files)")
-        _check_known(self.precision, PRECISIONS, "precision", "precision")
-        _check_known(self.strategy, STRATEGIES, "strategy", "strategy")
-        _check_known(self.contrastive_scope, CONTRASTIVE_SCOPES, "contrastive_scope", "scope")
-        _check(self.validation_freq >= 1, "validation_freq", f"must be >= 1, got {self.validation_freq}")
+        check_fields(self)
 
 
 @dataclasses.dataclass(frozen=True)
 class ProjectorConfig:
     """Embedding projector data for a fixed set of validation images every N epochs."""
 
-    every_epochs: int = 10  # 0: never
-    examples: int = 1000
+    every_epochs: int = option(10, "Write TensorBoard projector embeddings (clean and PGD views of "
+                               "validation images) every N epochs; 0: never.",
+                               flag="projector_every_epochs", minimum=0)
+    examples: int = option(1000, "Validation images in the projector.", flag="projector_examples",
+                           minimum=1)
 
     def validate(self):
-        _check(self.every_epochs >= 0, "projector_every_epochs", f"must be >= 0, got {self.every_epochs}")
-        _check(self.examples >= 1, "projector_examples", f"must be >= 1, got {self.examples}")
+        check_fields(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,8 +292,9 @@ class ExperimentConfig:
     def validate(self):
         self.data.validate()
         self.model.validate()
+        self.method.validate()
         self.train_attack.validate()
-        self.val_attack.validate(prefix="val_")
+        self.val_attack.validate(flags=AttackConfig.VALIDATION_FLAGS)
         _check(self.val_attack.name == "pgd", "val_attack", "validation uses PGD")
         self.optimizer.validate()
         self.run.validate()
@@ -234,58 +339,90 @@ class ExperimentConfig:
 # The attacks an evaluation runs by default; every name is registered in
 # robustcl.evaluation.attacks (which checks names: a new attack is registered there, not listed here).
 EVAL_ATTACKS = ("fgsm", "pgd", "pgd-strong", "cw", "autoattack")
-SWEEP_ATTACKS = ("pgd", "fgsm", "cw", "apgd-ce")
-EVAL_STRATEGIES = ("one_device", "mirrored")
+SWEEP_ATTACKS = Registry("sweep attack", ("pgd", "fgsm", "cw", "apgd-ce"))
+EVAL_STRATEGIES = Registry("strategy", ("one_device", "mirrored"))
+
+
+def _autoattack():
+    from robustcl.evaluation import autoattack
+
+    return autoattack
 
 
 @dataclasses.dataclass(frozen=True)
 class EvaluationConfig:
-    """scripts/evaluate.py: which model, which points, which attacks."""
+    """scripts/evaluate.py: which model, which points, which attacks. Every field is a flag of its
+    name but the data's (DataConfig's flags, the dataset defaulting to the model's own)."""
 
-    model_dir: str = ""  # a training run, or
-    saved_model: str = ""  # a SavedModel: a robustcl export or any other, or
-    keras_model: str = ""  # a Keras model file (model.save("m.keras"))
-    checkpoint: str = "best"
-    output_dir: str = ""  # default: <model_dir>/evaluation_<checkpoint>
+    model_dir: str = option("", "Training run directory to evaluate.")
+    saved_model: str = option("", "Or: a SavedModel directory: a robustcl export "
+                              "(EXPORT_DIR/<name>/<version>, attacked through its logits signature) "
+                              "or any other (through --signature).")
+    keras_model: str = option("", "Or: a Keras model file (model.save('m.keras') or .h5).")
+    checkpoint: str = option("best", "Which checkpoint of a training run: best or last.")
+    output_dir: str = option("", "Where reports go (default <model_dir>/evaluation_<checkpoint>).")
     # The data and threat model when the model carries no robustcl config (else the config's).
-    dataset: str = ""
-    image_size: int = 0
-    data_dir: Optional[str] = None
-    download: bool = True
+    dataset: str = option("", "The dataset (default: the model's own).", flag=False)
+    image_size: int = option(0, "", flag=False, minimum=0, maximum=4096)
+    data_dir: Optional[str] = option(None, "", flag=False, exists=True)
+    download: bool = option(True, "", flag=False)
     # How a model that is not robustcl's is called (robustcl.artifacts).
-    signature: str = ""
-    input_key: str = ""
-    output_key: str = ""
-    input_range: str = "0,1"
-    outputs: str = "logits"
-    num_examples: int = 1000  # the first N test images
-    attacks: Tuple[str, ...] = EVAL_ATTACKS
-    norm: str = ""  # default: the training run's
-    eps: float = -1.0  # default: the training run's
-    pgd_steps: int = 20
-    pgd_restarts: int = 1
-    apgd_iterations: int = 100
-    square_queries: int = 5000
+    signature: str = option("", "SavedModel signature to attack (default: logits for a robustcl "
+                            "export, else serving_default).")
+    input_key: str = option("", "The signature's image input, when it has several.")
+    output_key: str = option("", "The class-score output, when the model has several (default: "
+                             "logits if there is one).")
+    input_range: str = option("0,1", "Pixel range the model takes: 0,1 or 0,255 (eps stays in [0, 1] "
+                              "units).")
+    outputs: str = option("logits", "What the model outputs: logits or probabilities (attacked "
+                          "through their logarithm).")
+    num_examples: int = option(1000, "Evaluate the first N test images.", minimum=1)
+    attacks: Tuple[str, ...] = option(EVAL_ATTACKS, "Attacks to run, by their registered names "
+                                      "(robustcl.evaluation.attacks).")
+    norm: str = option("", "Threat model norm (default: the training run's).")
+    eps: float = option(-1.0, "Budget, e.g. 8/255 (-1: the training run's).")
+    pgd_steps: int = option(20, "PGD and CW steps.", minimum=1)
+    pgd_restarts: int = option(1, "PGD and CW random restarts.", minimum=1)
+    apgd_iterations: int = option(100, "APGD iterations (AutoAttack: 100).", minimum=1)
+    square_queries: int = option(5000, "Square queries (AutoAttack: 5000).", minimum=1)
     # AutoAttack's version (robustcl.evaluation.autoattack); a count of 0 is the version's own.
-    version: str = "standard"
-    apgd_restarts: int = 0
-    fab_restarts: int = 0
-    eot_iterations: int = 0
-    square_restarts: int = 0
-    sweep: bool = True
-    sweep_attack: str = "pgd"
-    seed: int = 0
-    batch_size: int = 256
-    projector_examples: int = 1000  # 0: write no projector data
+    version: str = option("standard", "AutoAttack's version, with the reference's settings: the "
+                          "cascade the 'autoattack' entry of --attacks runs (standard: APGD-CE, "
+                          "APGD-T, FAB-T, Square; plus: APGD-CE and APGD-DLR 5 restarts, FAB 5 "
+                          "restarts, Square, APGD-T, FAB-T; rand: APGD-CE and APGD-DLR with EOT over "
+                          "20 draws, for randomized models); custom: the AutoAttack stages listed in "
+                          "--attacks, in that order.", choices=lambda: Registry("version", _autoattack().VERSIONS))
+    apgd_restarts: int = option(0, "AutoAttack: APGD-CE and APGD-DLR restarts; 0: the --version's own.",
+                                minimum=0)
+    fab_restarts: int = option(0, "AutoAttack: untargeted FAB restarts; 0: the --version's own.",
+                               minimum=0)
+    eot_iterations: int = option(0, "AutoAttack: gradient draws averaged per APGD-CE/DLR step (EOT); "
+                                 "0: the --version's own.", minimum=0)
+    square_restarts: int = option(0, "AutoAttack: Square restarts; 0: the --version's own.", minimum=0)
+    sweep: bool = option(True, "Accuracy vs eps sweep.")
+    sweep_attack: str = option("pgd", "Attack of the sweep.", choices=SWEEP_ATTACKS)
+    seed: int = option(0, "Seed of every random start.")
+    batch_size: int = option(256, "Attack batch size.", minimum=1)
+    projector_examples: int = option(1000, "Test images whose clean and adversarial embeddings go to "
+                                     "the TensorBoard projector (0: none).", minimum=0)
     # Scale: points go in chunks (the unit of resuming; random draws are keyed by the chunk's first
     # point); chunk k belongs to shard k % num_shards; shard_index -1 evaluates every chunk (one
     # shard) or, with num_shards > 1, merges the shards' chunks into the report.
-    chunk_size: int = 500
-    num_shards: int = 1
-    shard_index: int = -1
-    strategy: str = "one_device"  # or mirrored: chunks spread over the machine's devices
-    transfer_from: str = ""  # a surrogate (run, SavedModel, Keras file) for black-box transfer rows
-    transfer_in_worst_case: bool = False
+    chunk_size: int = option(500, "Points per chunk: the unit of resuming (each finished chunk is "
+                             "written to OUTPUT_DIR/chunks/) and of sharding; random draws are keyed "
+                             "by the chunk's first point.", minimum=1)
+    num_shards: int = option(1, "Split the chunks over N shards (chunk k goes to shard k mod N); "
+                             "without --shard_index, merge the shards' results into the report.",
+                             minimum=1)
+    shard_index: int = option(-1, "Evaluate only this shard's chunks (a job array entry); the merge "
+                              "is a separate run without it (-1).")
+    strategy: str = option("one_device", "mirrored spreads the chunks over the machine's GPUs (or "
+                           "logical CPU devices).", choices=EVAL_STRATEGIES)
+    transfer_from: str = option("", "A surrogate network (a run directory, a SavedModel or a Keras "
+                                "model file): PGD and APGD-CE examples crafted on it are scored on "
+                                "the evaluated model, as transfer (black-box) rows of the report.",
+                                exists=True)
+    transfer_in_worst_case: bool = option(False, "Count the transfer rows in the per-example worst case.")
 
     def validate(self):
         from robustcl.artifacts import INPUT_RANGES, OUTPUT_KINDS
@@ -303,28 +440,16 @@ class EvaluationConfig:
         _check(not self.model_dir or (self.input_range, self.outputs, self.signature) == ("0,1", "logits", ""),
                "input_range", "--input_range, --outputs and --signature describe models that are not "
                "robustcl runs; a run directory's network is known")
-        _check(0 <= self.image_size <= 4096, "image_size", f"must be in [0, 4096], got {self.image_size}")
-        _check_known(self.sweep_attack, SWEEP_ATTACKS, "sweep_attack", "sweep attack")
+        check_fields(self)
         _check(self.checkpoint in ("best", "last"), "checkpoint",
                f"must be best or last, got {self.checkpoint!r}")
-        _check(self.num_examples >= 1, "num_examples", f"must be >= 1, got {self.num_examples}")
         _check(bool(self.attacks), "attacks", "name at least one attack")
         if self.norm:  # "" is the training run's norm
             _check_known(self.norm, NORMS, "norm", "norm")
         _check(_finite(self.eps) and (self.eps == -1.0 or self.eps >= 0), "eps",
                f"must be >= 0, got {self.eps}")
-        for name in ("pgd_steps", "pgd_restarts", "apgd_iterations", "square_queries", "batch_size"):
-            _check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
-        for name in ("apgd_restarts", "fab_restarts", "eot_iterations", "square_restarts"):
-            _check(getattr(self, name) >= 0, name,
-                   f"must be >= 1 (or 0: the --version's own), got {getattr(self, name)}")
-        _check(self.projector_examples >= 0, "projector_examples",
-               f"must be >= 0, got {self.projector_examples}")
-        _check(self.chunk_size >= 1, "chunk_size", f"must be >= 1, got {self.chunk_size}")
-        _check(self.num_shards >= 1, "num_shards", f"must be >= 1, got {self.num_shards}")
         _check(self.shard_index == -1 or 0 <= self.shard_index < self.num_shards, "shard_index",
                f"must be in [0, --num_shards={self.num_shards}), got {self.shard_index}")
-        _check_known(self.strategy, EVAL_STRATEGIES, "strategy", "strategy")
         return self
 
 

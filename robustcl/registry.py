@@ -4,11 +4,15 @@ import difflib
 
 
 class Registry:
-    """Maps names to classes or factories; `get` fails with the known names and a suggestion."""
+    """Maps names to classes or factories; `get` fails with the known names and a suggestion. A
+    registry of plain names (`Registry("norm", ("linf", "l2"))`) is how a closed set of choices is
+    spelled; iterating gives the names in registration order."""
 
-    def __init__(self, kind):
+    def __init__(self, kind, names=()):
         self.kind = kind
         self._entries = {}
+        for name in names:
+            self.register(name)(name)
 
     def register(self, name):
         def decorator(obj):
@@ -32,6 +36,18 @@ class Registry:
 
     def __contains__(self, name):
         return name in self._entries
+
+    def __iter__(self):
+        return iter(self._entries)
+
+    def __len__(self):
+        return len(self._entries)
+
+    def check(self, name, error=ValueError):
+        """`name`, or `error` with the one unknown-name message."""
+        if name not in self._entries:
+            raise error(self.unknown_message(name))
+        return name
 
 
 def unknown_message(kind, name, names):

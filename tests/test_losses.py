@@ -291,14 +291,43 @@ def test_one_sample_and_bfloat16_inputs_are_finite_float32():
     assert value.dtype == tf.float32 and float(value[0]) == 1.0
 
 
-@pytest.mark.parametrize("loss", [
-    losses.SupConLoss(temperature=0.2), losses.SupConMarginLoss(0.2, margin=0.3),
-    losses.MultiPositiveContrastiveLoss(0.05), losses.CosineAlignmentLoss(),
-    losses.TradesLoss(beta=3.0), losses.MartLoss(beta=5.0),
-], ids=lambda loss: type(loss).__name__)
+LOSS_CLASSES = [losses.SupConLoss(temperature=0.2), losses.SupConMarginLoss(0.2, margin=0.3),
+                losses.MultiPositiveContrastiveLoss(0.05), losses.CosineAlignmentLoss(),
+                losses.TradesLoss(beta=3.0), losses.MartLoss(beta=5.0)]
+
+
+@pytest.mark.parametrize("loss", LOSS_CLASSES, ids=lambda loss: type(loss).__name__)
 def test_serialization_round_trip(loss):
     config = keras.losses.serialize(loss)
     restored = keras.losses.deserialize(config)
     assert type(restored) is type(loss) and restored.get_config() == loss.get_config()
     restored_direct = type(loss).from_config(loss.get_config())
     assert restored_direct.get_config() == loss.get_config()
+
+
+def _example_inputs(loss):
+    labels = np.array([0, 1, 0, 2, 1, 1])
+    if isinstance(loss, losses.CosineAlignmentLoss):
+        return RNG.normal(size=(6, 5)), RNG.normal(size=(6, 5))
+    if isinstance(loss, (losses.TradesLoss, losses.MartLoss)):
+        return labels, RNG.normal(size=(6, 2, 3))
+    return labels, RNG.normal(size=(6, 2, 4))
+
+
+@pytest.mark.parametrize("loss", LOSS_CLASSES, ids=lambda loss: type(loss).__name__)
+def test_a_restored_loss_computes_the_same_values(loss):
+    """As Keras' losses_test.py: the serialized loss, restored, is the same function; `call` is the
+    per-example values `__call__` reduces; every reduction and the dtype survive the round trip."""
+    y_true, y_pred = _example_inputs(loss)
+    for reduction in ("sum_over_batch_size", "sum", None):
+        original = type(loss).from_config({**loss.get_config(), "reduction": reduction})
+        restored = keras.losses.deserialize(keras.losses.serialize(original))
+        np.testing.assert_allclose(np.asarray(restored(y_true, y_pred)), np.asarray(original(y_true, y_pred)),
+                                   rtol=1e-12)
+    per_example = loss.call(y_true, y_pred)
+    np.testing.assert_allclose(per_example.numpy(), np.asarray(
+        type(loss).from_config({**loss.get_config(), "reduction": None})(y_true, y_pred)), rtol=1e-12)
+    assert per_example.shape == (6,)
+    typed = type(loss).from_config({**loss.get_config(), "dtype": "float64"})
+    assert typed(y_true, tf.constant(y_pred, tf.float32)).dtype == tf.float64
+    assert keras.losses.deserialize(keras.losses.serialize(typed)).dtype == "float64"

@@ -131,7 +131,7 @@ def test_contrastive_at_attack_maximizes_the_contrastive_objective():
 ])
 def test_bad_method_params_name_their_flag(name, params, flag):
     with pytest.raises(ConfigError, match=flag):
-        methods.get(name).Params(**params).validate()
+        methods.check_params(name, methods.get(name).Params(**params))
 
 
 @pytest.mark.parametrize("name", ["trades", "mart", "morel"])

@@ -10,11 +10,11 @@ Method hyperparameters are flags named `--<method>_<param>`, generated from each
 import dataclasses
 import fractions
 import os
+import typing
 
 from absl import flags
 
 from robustcl import config as cfg
-from robustcl.registry import unknown_message
 
 FLAGS = flags.FLAGS
 
@@ -49,24 +49,83 @@ def _method_param_flags():
             yield f"{method_name}_{field.name}", method_name, field
 
 
-def _define_data_flags(defaults, flag_values):
-    """Which data and where: shared by training and evaluation."""
-    from robustcl.data import DATASETS
+def _choices_help(field):
+    registry = cfg.choices_of(field)
+    if registry is None:
+        return ""
+    entries = [(name, getattr(registry.get(name), "about", None)) for name in registry.names()]
+    if all(about for _, about in entries):
+        return " " + "; ".join(f"{name}: {about}" for name, about in entries) + "."
+    return f" One of: {', '.join(name for name, _ in entries)}."
 
-    flags.DEFINE_string("dataset", defaults.dataset or None, "; ".join(
-        f"{name}: {spec.about}" for name, spec in sorted(DATASETS.items())) + ".",
-        flag_values=flag_values)
-    flags.DEFINE_string("data_dir", None, "The dataset's official layout (CIFAR archive or its "
-                        "folder, tiny-imagenet-200/), an image folder tree (train/<class>/*, "
-                        "val/<class>/*), a directory holding one of them, or a tfds data directory.",
-                        flag_values=flag_values)
-    flags.DEFINE_bool("download", defaults.download, "Download the data when it is not on disk (tfds, "
-                      "or the official archive into the Keras cache) if the download host answers; "
-                      "--nodownload forbids it.", flag_values=flag_values)
-    flags.DEFINE_integer("image_size", defaults.image_size, "Side of the square images for datasets "
-                         "of any size (imagenette, folder; default 224): the shorter side is resized "
-                         "to it, then the center is cropped. 0: the dataset's own.",
-                         flag_values=flag_values)
+
+_FIELD_DEFAULT = object()
+
+
+def define_field_flag(field, flag_values, name=None, help_suffix="", default=_FIELD_DEFAULT, help_text=None):
+    """Defines the flag of a config field (robustcl.config.option): its type from the field's
+    default, its help from the metadata (or `help_text`), the choices from the field's registry."""
+    name = name or cfg.flag_name(field)
+    help_text = (help_text or field.metadata.get("help", field.name)) + help_suffix
+    choices = _choices_help(field)
+    if choices:
+        help_text = help_text.rstrip(".") + "." + choices
+    if default is _FIELD_DEFAULT:
+        default = field.default
+    elif isinstance(field.default, (bool, int, float)):  # the type comes from the field
+        default = type(field.default)(default)
+    if isinstance(default, bool):
+        flags.DEFINE_bool(name, default, help_text, flag_values=flag_values)
+    elif isinstance(default, int):
+        flags.DEFINE_integer(name, default, help_text, flag_values=flag_values)
+    elif isinstance(default, float):
+        _define_fraction(name, default, help_text, flag_values)
+    elif isinstance(default, tuple):
+        flags.DEFINE_list(name, [str(v) for v in default], help_text, flag_values=flag_values)
+    else:
+        flags.DEFINE_string(name, default, help_text, flag_values=flag_values)
+
+
+def _define_data_flags(defaults, flag_values):
+    """Which data and where, shared with training: DataConfig's fields, with `defaults`' values
+    (an evaluation's dataset defaults to the model's own)."""
+    fields = cfg.DataConfig.__dataclass_fields__
+    define_field_flag(fields["dataset"], flag_values, default=defaults.dataset or None,
+                      help_suffix=" Default: the model's own.")
+    for name in ("data_dir", "download", "image_size"):
+        define_field_flag(fields[name], flag_values, default=getattr(defaults, name))
+
+
+def _check_name(registry, flag, value):
+    if value not in registry:
+        raise cfg.ConfigError(f"--{flag}: {registry.unknown_message(value)}")
+
+
+def _flag_fields(config_class, skip=()):
+    return [f for f in dataclasses.fields(config_class)
+            if "help" in f.metadata and f.metadata["flag"] is not False and f.name not in skip]
+
+
+def define_config_flags(config_class, flag_values, skip=()):
+    """A flag for every field of a config dataclass (but `skip`, which the caller defines)."""
+    for field in _flag_fields(config_class, skip):
+        define_field_flag(field, flag_values)
+
+
+def _field_value(field, value, flag):
+    if isinstance(field.default, tuple):
+        args = typing.get_args(field.type)
+        return _int_list(flag, value) if args and args[0] is int else tuple(value)
+    if field.type is str and value is None:
+        return ""
+    return value
+
+
+def config_from_field_flags(config_class, flag_values, **given):
+    """A config dataclass from its fields' flags; `given` sets fields the flags do not."""
+    values = {field.name: _field_value(field, flag_values[cfg.flag_name(field)].value, cfg.flag_name(field))
+              for field in _flag_fields(config_class, skip=given)}
+    return config_class(**values, **given)
 
 
 EXTRA_MODULES = "extra_modules"
@@ -100,115 +159,31 @@ def import_extra_modules(argv, flag_values=FLAGS):
     return names
 
 
+# Configs whose every field is a flag of the field's name (the others: see define_train_flags).
+_TRAIN_CONFIGS = (cfg.DataConfig, cfg.ModelConfig, cfg.OptimizerConfig, cfg.ProjectorConfig)
+
+
 def define_train_flags(flag_values=FLAGS):
-    flags.DEFINE_list(EXTRA_MODULES, [], "Python modules to import first: a user's methods and "
-                      "backbones registered with robustcl.methods.register / robustcl.models.register.",
-                      flag_values=flag_values)
-    d = cfg.DataConfig()
-    _define_data_flags(d, flag_values)
-    flags.DEFINE_integer("val_size", d.val_size, "Training images held out for validation/model "
-                         "selection.", flag_values=flag_values)
-    flags.DEFINE_integer("train_examples", d.train_examples, "Use only this many training images "
-                         "(0: all). For smoke runs.", flag_values=flag_values)
-    flags.DEFINE_integer("batch_size", d.batch_size, "Global training batch size.",
-                         flag_values=flag_values)
-    flags.DEFINE_integer("eval_batch_size", d.eval_batch_size, "Global evaluation batch size.",
-                         flag_values=flag_values)
-    flags.DEFINE_bool("augment", d.augment, "Pad-4 random crop + horizontal flip.",
-                      flag_values=flag_values)
-    flags.DEFINE_integer("split_seed", d.split_seed, "Seed choosing the validation images.",
-                         flag_values=flag_values)
-
-    m = cfg.ModelConfig()
-    from robustcl.models.backbones import BACKBONES
-
-    flags.DEFINE_string("model", m.name, f"Backbone: {', '.join(BACKBONES.names())}.",
+    """Every training flag: one per config field (robustcl.config.option), then one per method
+    hyperparameter (--<method>_<field>). Defined by hand here: only flags whose value is resolved
+    before a config holds it (--precision, --jit_compile: "auto") and the validation attack's."""
+    for config_class in _TRAIN_CONFIGS:
+        define_config_flags(config_class, flag_values)
+    define_config_flags(cfg.MethodConfig, flag_values)
+    define_config_flags(cfg.AttackConfig, flag_values)
+    run_fields = cfg.RunConfig.__dataclass_fields__
+    define_config_flags(cfg.RunConfig, flag_values, skip=("precision", "jit_compile"))
+    flags.DEFINE_string("precision", "auto", run_fields["precision"].metadata["help"]
+                        + _choices_help(run_fields["precision"]), flag_values=flag_values)
+    flags.DEFINE_string("jit_compile", "auto", run_fields["jit_compile"].metadata["help"],
                         flag_values=flag_values)
-    flags.DEFINE_integer("embedding_dim", m.embedding_dim, "Projection head width (0: the embedding "
-                         "is the pooled features).", flag_values=flag_values)
-    flags.DEFINE_string("embedding_head", m.embedding_head, "Projection head: mlp (Dense-ReLU-Dense) "
-                        "or linear.", flag_values=flag_values)
-    flags.DEFINE_string("method", cfg.MethodConfig().name, "Training method.",
-                        flag_values=flag_values)
-
-    a = cfg.AttackConfig()
-    flags.DEFINE_string("attack", a.name, "Training attack: none, fgsm or pgd (methods without an "
-                        "attack ignore it).", flag_values=flag_values)
-    flags.DEFINE_string("norm", a.norm, "Threat model norm: linf or l2 (training and validation).",
-                        flag_values=flag_values)
-    _define_fraction("eps", a.eps, "Perturbation budget in [0,1] pixel units, e.g. 8/255.",
-                     flag_values)
-    _define_fraction("step_size", a.step_size, "Training PGD step size, e.g. 2/255.", flag_values)
-    flags.DEFINE_integer("attack_steps", a.steps, "Training PGD steps.", flag_values=flag_values)
-    flags.DEFINE_bool("random_start", a.random_start, "Training PGD starts uniformly in the ball.",
-                      flag_values=flag_values)
-    _define_fraction("val_step_size", a.step_size, "Validation PGD step size.", flag_values)
-    flags.DEFINE_integer("val_attack_steps", a.steps, "Validation PGD steps.", flag_values=flag_values)
-
-    o = cfg.OptimizerConfig()
-    flags.DEFINE_integer("epochs", o.epochs, "Training epochs.", flag_values=flag_values)
-    flags.DEFINE_integer("steps_per_epoch", o.steps_per_epoch, "Steps per epoch (0: one pass over "
-                         "the training images).", flag_values=flag_values)
-    flags.DEFINE_float("learning_rate", o.learning_rate, "Peak SGD learning rate.",
-                       flag_values=flag_values)
-    flags.DEFINE_float("momentum", o.momentum, "SGD momentum.", flag_values=flag_values)
-    flags.DEFINE_bool("nesterov", o.nesterov, "Nesterov momentum.", flag_values=flag_values)
-    flags.DEFINE_float("weight_decay", o.weight_decay, "L2 penalty on all weights (added to the "
-                       "gradient, as torch SGD's weight_decay).", flag_values=flag_values)
-    flags.DEFINE_string("lr_schedule", o.lr_schedule, "piecewise, cosine or constant.",
-                        flag_values=flag_values)
-    flags.DEFINE_list("lr_decay_epochs", [str(e) for e in o.lr_decay_epochs], "Epochs after which "
-                      "the piecewise schedule multiplies the LR by --lr_decay_factor.",
-                      flag_values=flag_values)
-    flags.DEFINE_float("lr_decay_factor", o.lr_decay_factor, "Piecewise decay factor.",
-                       flag_values=flag_values)
-    flags.DEFINE_integer("warmup_epochs", o.warmup_epochs, "Linear LR warmup epochs.",
-                         flag_values=flag_values)
-
-    r = cfg.RunConfig()
-    flags.DEFINE_string("model_dir", None, "Where the run writes config, logs, checkpoints; rerunning "
-                        "with the same directory resumes.", flag_values=flag_values)
-    flags.DEFINE_integer("seed", r.seed, "Seed for weights, data order, augmentation and attacks.",
-                         flag_values=flag_values)
-    flags.DEFINE_string("precision", "auto", "auto, float32, mixed_bfloat16 or mixed_float16. auto: "
-                        "mixed_bfloat16 where the device computes bfloat16 natively (CPU flag "
-                        "avx512_bf16 or amx_bf16, GPU compute capability >= 8.0), mixed_float16 with "
-                        "loss scaling on GPUs of capability 7.x, else float32.", flag_values=flag_values)
-    flags.DEFINE_string("jit_compile", "auto", "XLA-compile the attack: true, false, or auto (off on "
-                        "CPU, where bench/train_throughput.py measured XLA slower; on with a GPU).",
-                        flag_values=flag_values)
-    flags.DEFINE_string("strategy", r.strategy, "auto, one_device, mirrored, or multi_worker (the "
-                        "cluster in the TF_CONFIG environment variable).",
-                        flag_values=flag_values)
-    flags.DEFINE_integer("validation_freq", r.validation_freq, "Validate every N epochs.",
-                         flag_values=flag_values)
-    flags.DEFINE_string("contrastive_scope", r.contrastive_scope, "global: contrastive losses, hard-"
-                        "positive mining and MOREL's attention see the global batch, gathered from "
-                        "every replica and worker (N replicas train what one device trains); "
-                        "replica: each replica's part only (cheaper; another objective).",
-                        flag_values=flag_values)
-    flags.DEFINE_bool("sync_batchnorm", r.sync_batchnorm, "BatchNorm statistics over the global "
-                      "batch when training on several replicas (else per replica).",
-                      flag_values=flag_values)
-
-    pc = cfg.ProjectorConfig()
-    flags.DEFINE_integer("projector_every_epochs", pc.every_epochs, "Write TensorBoard projector "
-                         "embeddings (clean and PGD views of validation images) every N epochs; 0: "
-                         "never.", flag_values=flag_values)
-    flags.DEFINE_integer("projector_examples", pc.examples, "Validation images in the projector.",
-                         flag_values=flag_values)
-
+    attack_fields = cfg.AttackConfig.__dataclass_fields__
+    for field_name, help_text in (("step_size", "Validation PGD step size (model selection)."),
+                                  ("steps", "Validation PGD steps (model selection).")):
+        define_field_flag(attack_fields[field_name], flag_values,
+                          name=cfg.AttackConfig.VALIDATION_FLAGS[field_name], help_text=help_text)
     for flag_name, method_name, field in _method_param_flags():
-        help_text = field.metadata.get("help", field.name) + f" ({method_name})"
-        default = field.default
-        if isinstance(default, bool):
-            flags.DEFINE_bool(flag_name, default, help_text, flag_values=flag_values)
-        elif isinstance(default, int):
-            flags.DEFINE_integer(flag_name, default, help_text, flag_values=flag_values)
-        elif isinstance(default, float):
-            _define_fraction(flag_name, default, help_text, flag_values)
-        else:
-            flags.DEFINE_string(flag_name, default, help_text, flag_values=flag_values)
+        define_field_flag(field, flag_values, name=flag_name, help_suffix=f" ({method_name})")
 
 
 def _int_list(flag_name, values):
@@ -240,187 +215,71 @@ def _resolve_precision(value):
     return value
 
 
-def _known(registry, flag_name, name):
-    if name not in registry:
-        raise cfg.ConfigError(f"--{flag_name}: {registry.unknown_message(name)}")
-
-
-def _known_dataset(name):
-    from robustcl.data import DATASETS
-
-    if name not in DATASETS:
-        raise cfg.ConfigError(f"--dataset: {unknown_message('dataset', name, sorted(DATASETS))}")
-
-
 def config_from_flags(flag_values=FLAGS):
     """Parsed flags -> validated ExperimentConfig. Raises ConfigError naming the offending flag."""
-    from robustcl import methods, models
+    from robustcl import data, methods
 
     f = flag_values
-    _known_dataset(f.dataset)
-    from robustcl import data
-
+    data_config = config_from_field_flags(cfg.DataConfig, f)
+    data_config.validate()  # the dataset's name, before its spec is read
     try:
         data.image_size_of(data.dataset_spec(f.dataset), f.image_size)
     except ValueError as error:
         raise cfg.ConfigError(f"--image_size: {error}") from None
-    if f.data_dir is not None and not os.path.exists(f.data_dir):
-        raise cfg.ConfigError(f"--data_dir: {f.data_dir} does not exist")
-    _known(models.BACKBONES, "model", f.model)
-    _known(methods.METHODS, "method", f.method)
-    method_class = methods.get(f.method)
+    method = config_from_field_flags(cfg.MethodConfig, f, params=None)
+    method.validate()
+    method_class = methods.get(method.name)
     params = method_class.Params(**{
         field.name: f[flag_name].value for flag_name, method_name, field in _method_param_flags()
-        if method_name == f.method})
-    params.validate()  # raises ConfigError naming --<method>_<param>
-
+        if method_name == method.name})
+    methods.check_params(method.name, params)  # raises ConfigError naming --<method>_<param>
+    # The head the method declares, unless the flags say otherwise.
+    head = {name: f[name].value if f[name].present or not getattr(method_class, name)
+            else getattr(method_class, name) for name in ("embedding_dim", "embedding_head")}
+    train_attack = config_from_field_flags(cfg.AttackConfig, f)
+    val = cfg.AttackConfig.VALIDATION_FLAGS
     config = cfg.ExperimentConfig(
-        data=cfg.DataConfig(dataset=f.dataset, data_dir=f.data_dir, download=f.download,
-                            image_size=f.image_size,
-                            val_size=f.val_size, train_examples=f.train_examples,
-                            batch_size=f.batch_size, eval_batch_size=f.eval_batch_size,
-                            augment=f.augment, split_seed=f.split_seed),
-        # The head the method declares, unless the flags say otherwise.
-        model=cfg.ModelConfig(
-            name=f.model,
-            embedding_dim=(f.embedding_dim if f["embedding_dim"].present or not method_class.embedding_dim
-                           else method_class.embedding_dim),
-            embedding_head=(f.embedding_head if f["embedding_head"].present or not method_class.embedding_head
-                            else method_class.embedding_head)),
-        method=cfg.MethodConfig(name=f.method, params=params),
-        train_attack=cfg.AttackConfig(name=f.attack, norm=f.norm, eps=f.eps, step_size=f.step_size,
-                                      steps=f.attack_steps, random_start=f.random_start),
-        val_attack=cfg.AttackConfig(name="pgd", norm=f.norm, eps=f.eps, step_size=f.val_step_size,
-                                    steps=f.val_attack_steps, random_start=True),
-        optimizer=cfg.OptimizerConfig(
-            epochs=f.epochs, steps_per_epoch=f.steps_per_epoch, learning_rate=f.learning_rate,
-            momentum=f.momentum, nesterov=f.nesterov, weight_decay=f.weight_decay,
-            lr_schedule=f.lr_schedule, lr_decay_epochs=_int_list("lr_decay_epochs", f.lr_decay_epochs),
-            lr_decay_factor=f.lr_decay_factor, warmup_epochs=f.warmup_epochs),
-        run=cfg.RunConfig(model_dir=f.model_dir or "", seed=f.seed,
-                          precision=_resolve_precision(f.precision),
-                          jit_compile=_resolve_jit_compile(f.jit_compile), strategy=f.strategy,
-                          validation_freq=f.validation_freq, contrastive_scope=f.contrastive_scope,
-                          sync_batchnorm=f.sync_batchnorm,
-                          extra_modules=tuple(f[EXTRA_MODULES].value)),
-        projector=cfg.ProjectorConfig(every_epochs=f.projector_every_epochs,
-                                      examples=f.projector_examples),
+        data=data_config,
+        model=config_from_field_flags(cfg.ModelConfig, f, **head),
+        method=cfg.MethodConfig(name=method.name, params=params),
+        train_attack=train_attack,
+        val_attack=dataclasses.replace(train_attack, name="pgd", step_size=f[val["step_size"]].value,
+                                       steps=f[val["steps"]].value, random_start=True),
+        optimizer=config_from_field_flags(cfg.OptimizerConfig, f),
+        run=config_from_field_flags(cfg.RunConfig, f, precision=_resolve_precision(f.precision),
+                                    jit_compile=_resolve_jit_compile(f.jit_compile)),
+        projector=config_from_field_flags(cfg.ProjectorConfig, f),
     )
     return config.validate()
 
 
 def _define_attack_budget_flags(defaults, flag_values):
-    """The evaluation attacks' budgets, shared by evaluate.py and reproduce.py."""
-    flags.DEFINE_integer("pgd_steps", defaults.pgd_steps, "PGD and CW steps.", flag_values=flag_values)
-    flags.DEFINE_integer("apgd_iterations", defaults.apgd_iterations, "APGD iterations (AutoAttack: "
-                         "100).", flag_values=flag_values)
-    flags.DEFINE_integer("square_queries", defaults.square_queries, "Square queries (AutoAttack: "
-                         "5000).", flag_values=flag_values)
+    """The evaluation attacks' budgets (EvaluationConfig's fields), for reproduce.py's defaults."""
+    fields = cfg.EvaluationConfig.__dataclass_fields__
+    for name in ("pgd_steps", "apgd_iterations", "square_queries"):
+        define_field_flag(fields[name], flag_values, default=getattr(defaults, name))
 
 
 def define_evaluate_flags(flag_values=FLAGS):
-    from robustcl.evaluation import autoattack
-
-    e = cfg.EvaluationConfig()
-    flags.DEFINE_string("model_dir", None, "Training run directory to evaluate.", flag_values=flag_values)
-    flags.DEFINE_string("saved_model", None, "Or: a SavedModel directory: a robustcl export "
-                        "(EXPORT_DIR/<name>/<version>, attacked through its logits signature) or any "
-                        "other (through --signature).", flag_values=flag_values)
-    flags.DEFINE_string("keras_model", None, "Or: a Keras model file (model.save('m.keras') or .h5).",
-                        flag_values=flag_values)
-    flags.DEFINE_string("signature", None, "SavedModel signature to attack (default: logits for a "
-                        "robustcl export, else serving_default).", flag_values=flag_values)
-    flags.DEFINE_string("input_key", None, "The signature's image input, when it has several.",
-                        flag_values=flag_values)
-    flags.DEFINE_string("output_key", None, "The class-score output, when the model has several "
-                        "(default: logits if there is one).", flag_values=flag_values)
-    flags.DEFINE_string("input_range", e.input_range, "Pixel range the model takes: 0,1 or 0,255 "
-                        "(eps stays in [0, 1] units).", flag_values=flag_values)
-    flags.DEFINE_string("outputs", e.outputs, "What the model outputs: logits or probabilities "
-                        "(attacked through their logarithm).", flag_values=flag_values)
-    flags.DEFINE_string("checkpoint", e.checkpoint, "best or last.", flag_values=flag_values)
-    flags.DEFINE_string("output_dir", None, "Where reports go (default <model_dir>/evaluation_<checkpoint>).",
-                        flag_values=flag_values)
-    _define_data_flags(e, flag_values)
-    flags.DEFINE_integer("num_examples", e.num_examples, "Evaluate the first N test images.",
-                         flag_values=flag_values)
-    flags.DEFINE_list("attacks", list(e.attacks), "Attacks to run, by their registered names "
-                      "(robustcl.evaluation.attacks).",
-                      flag_values=flag_values)
-    flags.DEFINE_string("norm", None, "linf or l2 (default: the training run's).", flag_values=flag_values)
-    _define_fraction("eps", None, "Budget, e.g. 8/255 (default: the training run's).", flag_values)
-    _define_attack_budget_flags(e, flag_values)
-    flags.DEFINE_integer("pgd_restarts", e.pgd_restarts, "PGD and CW random restarts.",
-                         flag_values=flag_values)
-    flags.DEFINE_enum("version", e.version, list(autoattack.VERSIONS), "AutoAttack's version, "
-                      "with the reference's settings: the cascade the 'autoattack' entry of "
-                      "--attacks runs (standard: APGD-CE, APGD-T, FAB-T, Square; plus: APGD-CE and "
-                      "APGD-DLR 5 restarts, FAB 5 restarts, Square, APGD-T, FAB-T; rand: APGD-CE and "
-                      "APGD-DLR with EOT over 20 draws, for randomized models); custom: the stages "
-                      f"listed in --attacks ({', '.join(autoattack.STAGES)}), in that order.",
-                      flag_values=flag_values)
-    for name, what in (("apgd_restarts", "APGD-CE and APGD-DLR restarts"),
-                       ("fab_restarts", "untargeted FAB restarts"),
-                       ("eot_iterations", "gradient draws averaged per APGD-CE/DLR step (EOT)"),
-                       ("square_restarts", "Square restarts")):
-        flags.DEFINE_integer(name, getattr(e, name), f"AutoAttack: {what}; 0: the --version's own.",
-                             flag_values=flag_values)
-    flags.DEFINE_bool("sweep", e.sweep, "Accuracy vs eps sweep.", flag_values=flag_values)
-    flags.DEFINE_string("sweep_attack", e.sweep_attack, f"Attack of the sweep: "
-                        f"{', '.join(cfg.SWEEP_ATTACKS)}.", flag_values=flag_values)
-    flags.DEFINE_integer("seed", e.seed, "Seed of every random start.", flag_values=flag_values)
-    flags.DEFINE_integer("batch_size", e.batch_size, "Attack batch size.", flag_values=flag_values)
-    flags.DEFINE_integer("projector_examples", e.projector_examples, "Test images whose clean and "
-                         "adversarial embeddings go to the TensorBoard projector (0: none).",
-                         flag_values=flag_values)
-    flags.DEFINE_integer("chunk_size", e.chunk_size, "Points per chunk: the unit of resuming (each "
-                         "finished chunk is written to OUTPUT_DIR/chunks/) and of sharding; random "
-                         "draws are keyed by the chunk's first point.", flag_values=flag_values)
-    flags.DEFINE_integer("num_shards", e.num_shards, "Split the chunks over N shards (chunk k goes "
-                         "to shard k mod N); without --shard_index, merge the shards' results into "
-                         "the report.", flag_values=flag_values)
-    flags.DEFINE_integer("shard_index", None, "Evaluate only this shard's chunks (a job array "
-                         "entry); the merge is a separate run without it.", flag_values=flag_values)
-    flags.DEFINE_string("transfer_from", None, "A surrogate network (a run directory, a SavedModel "
-                        "or a Keras model file): PGD and APGD-CE examples crafted on it are scored "
-                        "on the evaluated model, as transfer (black-box) rows of the report.",
-                        flag_values=flag_values)
-    flags.DEFINE_bool("transfer_in_worst_case", e.transfer_in_worst_case, "Count the transfer rows "
-                      "in the per-example worst case.", flag_values=flag_values)
-    flags.DEFINE_string("strategy", e.strategy, f"{' or '.join(cfg.EVAL_STRATEGIES)}: mirrored "
-                        "spreads the chunks over the machine's GPUs (or logical CPU devices).",
-                        flag_values=flag_values)
+    """One flag per EvaluationConfig field, and the data flags training has."""
+    define_config_flags(cfg.EvaluationConfig, flag_values)
+    _define_data_flags(cfg.EvaluationConfig(), flag_values)
 
 
 def evaluation_config_from_flags(flag_values=FLAGS):
     f = flag_values
-    if f.model_dir is not None and not os.path.isdir(f.model_dir):
+    if f.model_dir and not os.path.isdir(f.model_dir):
         raise cfg.ConfigError(f"--model_dir: {f.model_dir} is not a directory")
-    if f.saved_model is not None and not os.path.isfile(os.path.join(f.saved_model, "saved_model.pb")):
+    if f.saved_model and not os.path.isfile(os.path.join(f.saved_model, "saved_model.pb")):
         raise cfg.ConfigError(f"--saved_model: no saved_model.pb in {f.saved_model}")
-    if f.transfer_from is not None and not os.path.exists(f.transfer_from):
-        raise cfg.ConfigError(f"--transfer_from: {f.transfer_from} does not exist")
-    if f.keras_model is not None and not os.path.isfile(f.keras_model):
+    if f.keras_model and not os.path.isfile(f.keras_model):
         raise cfg.ConfigError(f"--keras_model: {f.keras_model} is not a file")
-    if f.data_dir is not None and not os.path.exists(f.data_dir):
-        raise cfg.ConfigError(f"--data_dir: {f.data_dir} does not exist")
     if f.dataset is not None:
-        _known_dataset(f.dataset)
-    return cfg.EvaluationConfig(
-        model_dir=f.model_dir or "", saved_model=f.saved_model or "",
-        keras_model=f.keras_model or "", checkpoint=f.checkpoint, output_dir=f.output_dir or "",
-        dataset=f.dataset or "", image_size=f.image_size, signature=f.signature or "",
-        input_key=f.input_key or "", output_key=f.output_key or "", input_range=f.input_range,
-        outputs=f.outputs, data_dir=f.data_dir, download=f.download, num_examples=f.num_examples,
-        attacks=tuple(f.attacks), norm=f.norm or "", eps=-1.0 if f.eps is None else f.eps,
-        pgd_steps=f.pgd_steps, pgd_restarts=f.pgd_restarts, apgd_iterations=f.apgd_iterations,
-        square_queries=f.square_queries, version=f.version, apgd_restarts=f.apgd_restarts,
-        fab_restarts=f.fab_restarts, eot_iterations=f.eot_iterations,
-        square_restarts=f.square_restarts, sweep=f.sweep, sweep_attack=f.sweep_attack, seed=f.seed,
-        batch_size=f.batch_size, projector_examples=f.projector_examples, chunk_size=f.chunk_size,
-        num_shards=f.num_shards, shard_index=-1 if f.shard_index is None else f.shard_index,
-        strategy=f.strategy, transfer_from=f.transfer_from or "",
-        transfer_in_worst_case=f.transfer_in_worst_case).validate()
+        from robustcl.data import DATASETS
+
+        _check_name(DATASETS, "dataset", f.dataset)
+    return config_from_field_flags(cfg.EvaluationConfig, f, dataset=f.dataset or "", image_size=f.image_size,
+                                   data_dir=f.data_dir, download=f.download).validate()
 
 
 def define_export_flags(flag_values=FLAGS):

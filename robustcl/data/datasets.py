@@ -25,7 +25,7 @@ import numpy as np
 
 from robustcl.data import formats
 from robustcl.data.formats import DataFormatError, DataNotFoundError, Examples
-from robustcl.registry import unknown_message
+from robustcl.registry import Registry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,17 +90,18 @@ def _cifar(name, layout, mean, std):
                        "and pass --data_dir=<the archive, its extracted folder or their directory>"))
 
 
-DATASETS = {
-    "cifar10": _cifar("cifar10", formats.CIFAR10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "cifar100": _cifar("cifar100", formats.CIFAR100, (0.5071, 0.4865, 0.4409),
+DATASETS = Registry("dataset")
+for _spec in (
+    _cifar("cifar10", formats.CIFAR10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    _cifar("cifar100", formats.CIFAR100, (0.5071, 0.4865, 0.4409),
                        (0.2673, 0.2564, 0.2762)),
-    "svhn": DatasetSpec(
+    DatasetSpec(
         "svhn", "SVHN cropped digits (tfds svhn_cropped)", 32, 32, 10, (0.4377, 0.4438, 0.4728),
         (0.1980, 0.2010, 0.1970), tfds_name="svhn_cropped",
         download_url="http://ufldl.stanford.edu/housenumbers/train_32x32.mat",
         download_help="run once where the network is reachable (tfds prepares svhn_cropped) and "
                       "pass --data_dir=<its tfds data directory>"),
-    "tiny_imagenet": DatasetSpec(
+    DatasetSpec(
         "tiny_imagenet", "Tiny-ImageNet (200 classes, 64x64)", 64, 64, 0,
         (0.4802, 0.4481, 0.3975), (0.2302, 0.2265, 0.2262), find=formats.find_tiny_imagenet,
         read=formats.read_tiny_imagenet,
@@ -109,24 +110,23 @@ DATASETS = {
         download_url="http://cs231n.stanford.edu/tiny-imagenet-200.zip",
         download_help="download tiny-imagenet-200.zip (http://cs231n.stanford.edu/tiny-imagenet-200.zip), "
                       "unzip it and pass --data_dir=<tiny-imagenet-200 or its directory>"),
-    "imagenette": DatasetSpec(
+    DatasetSpec(
         "imagenette", "Imagenette, 10 ImageNet classes (tfds imagenette)", 0, 224, 10,
         IMAGENET_MEAN, IMAGENET_STD, tfds_name="imagenette", tfds_test_split="validation",
         download_url="https://s3.amazonaws.com/fast-ai-imageclas/imagenette2.tgz",
         download_help="run once where the network is reachable (tfds prepares imagenette), or "
                       "unpack imagenette2.tgz and pass --dataset=folder --data_dir=imagenette2",
         class_names=IMAGENETTE_NAMES),
-    "folder": DatasetSpec(
+    DatasetSpec(
         "folder", "an image folder tree: DIR/train/<class>/*, DIR/val/<class>/*", 0, 224,
         find=formats.find_folder_tree, read=formats.read_folder_tree,
         download_help="pass --data_dir=DIR holding train/<class>/<images> and val/<class>/<images>"),
-}
+):
+    DATASETS.register(_spec.name)(_spec)
 
 
 def dataset_spec(name):
-    if name not in DATASETS:
-        raise KeyError(unknown_message("dataset", name, sorted(DATASETS)))
-    return DATASETS[name]
+    return DATASETS.get(name)
 
 
 def image_size_of(spec, image_size=0):

@@ -64,7 +64,7 @@ def _dataset(config, classifier):
     own = classifier.config.data if classifier.config else None
     if own is None and not config.dataset:
         raise ConfigError("--dataset: required for a model without a robustcl config (known: "
-                          f"{', '.join(sorted(data.DATASETS))})")
+                          f"{', '.join(data.DATASETS.names())})")
     if own is not None and config.dataset and config.dataset != own.dataset:
         raise ConfigError(f"--dataset={config.dataset}: the model was trained on {own.dataset}")
     name = config.dataset or own.dataset

@@ -65,6 +65,11 @@ def supcon_margin_per_example(labels, features, temperature=0.1, margin=0.0,
     return values, valid_views / tf.cast(views, z.dtype)
 
 
+def supcon_per_example(labels, features, temperature=0.1, anchors=None):
+    """SupCon (Khosla et al. 2020, L_out): `supcon_margin_per_example` with margin 0."""
+    return supcon_margin_per_example(labels, features, temperature, 0.0, anchors=anchors)
+
+
 def multi_positive_per_example(labels, embeddings, temperature=0.1, anchors=None):
     """MOREL's multi-positive contrastive loss: cross-entropy of each anchor's softmax over the other
     samples against a target spread uniformly over its same-class positives (self excluded).
@@ -81,36 +86,30 @@ class SupConMarginLoss(WeightedMeanLoss):
 
     def __init__(self, temperature=0.1, margin=0.0, reduction="sum_over_batch_size",
                  name="supcon_margin", dtype=None):
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        self.temperature = float(temperature)
-        self.margin = float(margin)
-
-    def per_example(self, y_true, y_pred):
-        return supcon_margin_per_example(y_true, y_pred, self.temperature, self.margin)
-
-    def get_config(self):
-        return {**super().get_config(), "temperature": self.temperature, "margin": self.margin}
+        _check_temperature(temperature)
+        super().__init__(supcon_margin_per_example, reduction, name, dtype,
+                         temperature=float(temperature), margin=float(margin))
 
 
 @keras.saving.register_keras_serializable(package="robustcl")
-class SupConLoss(SupConMarginLoss):
-    """Supervised contrastive loss (Khosla et al. 2020, L_out): SupConMarginLoss with margin 0."""
+class SupConLoss(WeightedMeanLoss):
+    """Supervised contrastive loss (Khosla et al. 2020, L_out): the margin-0 SupConMarginLoss."""
 
     def __init__(self, temperature=0.1, reduction="sum_over_batch_size", name="supcon", dtype=None):
-        super().__init__(temperature, 0.0, reduction=reduction, name=name, dtype=dtype)
-
-    def get_config(self):
-        config = super().get_config()
-        del config["margin"]
-        return config
+        _check_temperature(temperature)
+        super().__init__(supcon_per_example, reduction, name, dtype, temperature=float(temperature))
 
 
 @keras.saving.register_keras_serializable(package="robustcl")
-class MultiPositiveContrastiveLoss(SupConLoss):
+class MultiPositiveContrastiveLoss(WeightedMeanLoss):
     """MOREL's multi-positive contrastive loss: loss(labels, embeddings [B, D])."""
 
     def __init__(self, temperature=0.1, reduction="sum_over_batch_size", name="multi_positive",
                  dtype=None):
-        super().__init__(temperature, reduction=reduction, name=name, dtype=dtype)
+        _check_temperature(temperature)
+        super().__init__(multi_positive_per_example, reduction, name, dtype, temperature=float(temperature))
+
+
+def _check_temperature(temperature):
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")

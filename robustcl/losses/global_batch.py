@@ -18,7 +18,6 @@ whose objective gathers unroll their loop instead; see AdversarialModel).
 import tensorflow as tf
 
 from robustcl.config import CONTRASTIVE_SCOPES
-from robustcl.registry import unknown_message
 
 
 def num_replicas():
@@ -66,8 +65,7 @@ def gather(tensors, scope="global"):
       anchors = (start, count): this replica's samples are rows start .. start+count-1 of it. Parts
       may differ in length (a global batch not divisible by the replica count).
     """
-    if scope not in CONTRASTIVE_SCOPES:
-        raise ValueError(unknown_message("contrastive scope", scope, CONTRASTIVE_SCOPES))
+    CONTRASTIVE_SCOPES.check(scope)
     flat = tf.nest.flatten(tensors)
     count = tf.shape(flat[0])[0]
     if scope == "replica" or num_replicas() == 1:

@@ -6,10 +6,6 @@ import tensorflow as tf
 from robustcl.losses.base import EPS, WeightedMeanLoss, as_float
 
 
-def _ones(values):
-    return tf.ones_like(values)
-
-
 def cosine_alignment_per_example(clean, adversarial):
     """1 - cos(clean_i, adversarial_i): 0 when aligned, 2 when opposite. A zero vector has cosine 0
     with everything (loss 1) and finite gradients."""
@@ -67,10 +63,15 @@ def mart_per_example(labels, clean_logits, adversarial_logits, beta=6.0):
     return boosted + robust
 
 
-def _split_views(y_pred):
-    """[B, 2, C] (clean, adversarial) -> the two [B, C] tensors."""
-    y_pred = as_float(y_pred)
-    return y_pred[:, 0], y_pred[:, 1]
+def _stacked(fn):
+    """fn(labels, clean_logits, adversarial_logits, beta) over y_pred = stack([clean, adversarial], 1)."""
+
+    def over_stacked(labels, stacked, beta):
+        stacked = as_float(stacked)
+        return fn(labels, stacked[:, 0], stacked[:, 1], beta)
+
+    over_stacked.__name__ = f"{fn.__name__}_stacked"
+    return over_stacked
 
 
 @keras.saving.register_keras_serializable(package="robustcl")
@@ -78,11 +79,7 @@ class CosineAlignmentLoss(WeightedMeanLoss):
     """loss(clean_embeddings, adversarial_embeddings) = mean of 1 - cosine."""
 
     def __init__(self, reduction="sum_over_batch_size", name="cosine_alignment", dtype=None):
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
-
-    def per_example(self, y_true, y_pred):
-        values = cosine_alignment_per_example(y_true, y_pred)
-        return values, _ones(values)
+        super().__init__(cosine_alignment_per_example, reduction, name, dtype)
 
 
 @keras.saving.register_keras_serializable(package="robustcl")
@@ -90,26 +87,12 @@ class TradesLoss(WeightedMeanLoss):
     """loss(labels, stack([clean_logits, adversarial_logits], axis=1)) = CE(clean) + beta * KL."""
 
     def __init__(self, beta=6.0, reduction="sum_over_batch_size", name="trades", dtype=None):
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
-        self.beta = float(beta)
-
-    def per_example(self, y_true, y_pred):
-        clean, adversarial = _split_views(y_pred)
-        values = trades_per_example(y_true, clean, adversarial, self.beta)
-        return values, _ones(values)
-
-    def get_config(self):
-        return {**super().get_config(), "beta": self.beta}
+        super().__init__(_stacked(trades_per_example), reduction, name, dtype, beta=float(beta))
 
 
 @keras.saving.register_keras_serializable(package="robustcl")
-class MartLoss(TradesLoss):
+class MartLoss(WeightedMeanLoss):
     """loss(labels, stack([clean_logits, adversarial_logits], axis=1)) = boosted CE + weighted KL."""
 
     def __init__(self, beta=6.0, reduction="sum_over_batch_size", name="mart", dtype=None):
-        super().__init__(beta, reduction=reduction, name=name, dtype=dtype)
-
-    def per_example(self, y_true, y_pred):
-        clean, adversarial = _split_views(y_pred)
-        values = mart_per_example(y_true, clean, adversarial, self.beta)
-        return values, _ones(values)
+        super().__init__(_stacked(mart_per_example), reduction, name, dtype, beta=float(beta))

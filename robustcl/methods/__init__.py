@@ -5,10 +5,10 @@ methods with `register` and is imported by scripts/train.py --extra_modules=MODU
 import importlib
 import pkgutil
 
-from robustcl.methods.base import METHODS, LossTerm, Method, NoParams, get, param, register
+from robustcl.methods.base import METHODS, LossTerm, Method, NoParams, check_params, get, param, register
 
 for _module in pkgutil.iter_modules(__path__):
     if _module.name != "base":
         importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["METHODS", "LossTerm", "Method", "NoParams", "get", "param", "register"]
+__all__ = ["METHODS", "LossTerm", "Method", "NoParams", "check_params", "get", "param", "register"]

@@ -3,8 +3,8 @@
 A method never runs its own loop. `AdversarialModel.train_step` makes the adversarial batch with the
 configured threat model, maximizing the method's `objective`, forwards clean, augmented and/or
 adversarial images in training mode as the method asks, and minimizes the sum of the loss terms the
-method returns. Hyperparameters are a frozen `Params` dataclass; `robustcl.cli.flags` turns each of
-its fields into a flag `--<method>_<field>` (help text from the field's metadata).
+method returns. Hyperparameters are a frozen `Params` dataclass of `param` fields; `robustcl.cli.flags` turns each
+into a flag `--<method>_<field>` (help text and constraints from the field's metadata).
 """
 
 import dataclasses
@@ -13,29 +13,28 @@ from typing import Dict, NamedTuple, Optional
 import tensorflow as tf
 
 from robustcl.attacks.objectives import OBJECTIVES
-from robustcl.config import CONTRASTIVE_SCOPES, ConfigError
+from robustcl.config import CONTRASTIVE_SCOPES, ConfigError, check_fields, option
 from robustcl.losses import global_batch
-from robustcl.registry import Registry, unknown_message
+from robustcl.registry import Registry
 
 METHODS = Registry("method")
 
+# A Params field: a config option (default, help text, constraints as keywords: minimum, above,
+# below, maximum, choices), so its flag --<method>_<field> and its checks come from one place.
+param = option
 
-def param(default, help_text):
-    """A Params field with the help text of its flag."""
-    return dataclasses.field(default=default, metadata={"help": help_text})
 
-
-def check_param(method, field, condition, message):
-    if not condition:
-        raise ConfigError(f"--{method}_{field}: {message}")
+def check_params(method_name, params):
+    """ConfigError naming --<method>_<field> for the first field that breaks its constraints; then
+    the Params' own `validate()`, if it has one (constraints across fields)."""
+    check_fields(params, prefix=f"{method_name}_")
+    if hasattr(params, "validate"):
+        params.validate()
 
 
 @dataclasses.dataclass(frozen=True)
 class NoParams:
     """Hyperparameters of a method that has none."""
-
-    def validate(self):
-        pass
 
 
 class LossTerm(NamedTuple):
@@ -56,7 +55,8 @@ class Method:
     Params = NoParams
     # Objective (robustcl.attacks.OBJECTIVES) that training's attack maximizes; None: no attack.
     attack_objective: Optional[str] = "ce"
-    # Gaussian random start of this std instead of the threat model's uniform one (None: uniform).
+    # Gaussian random start of this std instead of the threat model's uniform one (None: uniform);
+    # the methods following the TRADES/MART code read it from their `start_sigma` parameter.
     attack_start_sigma: Optional[float] = None
     uses_clean = False  # losses need the training-mode forward pass of the clean batch
     uses_adversarial = True  # losses need the training-mode forward pass of the adversarial batch
@@ -72,16 +72,10 @@ class Method:
 
     def __init__(self, params=None, contrastive_scope="global"):
         self.params = params if params is not None else self.Params()
-        self.params.validate()
+        check_params(self.name, self.params)
         if contrastive_scope not in CONTRASTIVE_SCOPES:
-            raise ConfigError(
-                f"--contrastive_scope: {unknown_message('scope', contrastive_scope, CONTRASTIVE_SCOPES)}")
+            raise ConfigError(f"--contrastive_scope: {CONTRASTIVE_SCOPES.unknown_message(contrastive_scope)}")
         self.contrastive_scope = contrastive_scope
-        # Methods following the TRADES/MART code expose their Gaussian start as a `start_sigma`
-        # parameter; 0 means the threat model's uniform start.
-        sigma = getattr(self.params, "start_sigma", None)
-        if sigma is not None:
-            self.attack_start_sigma = sigma or None
 
     def build(self, embedding_dim):
         """Creates the method's own trainable layers (called once, inside the strategy scope)."""

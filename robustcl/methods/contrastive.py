@@ -9,14 +9,8 @@ import dataclasses
 import tensorflow as tf
 
 from robustcl.losses import cross_entropy_per_example, supcon_margin_per_example
-from robustcl.methods.base import LossTerm, Method, check_param, param, register
+from robustcl.methods.base import LossTerm, Method, param, register
 from robustcl.mining import MINING_RULES, hard_positive_weights
-from robustcl.registry import unknown_message
-
-
-def _check_contrastive(method, p):
-    check_param(method, "temperature", p.temperature > 0, f"must be > 0, got {p.temperature}")
-    check_param(method, "weight", p.weight >= 0, f"must be >= 0, got {p.weight}")
 
 
 def _stacked_embeddings(*outputs):
@@ -42,14 +36,10 @@ def _classification_term(labels, clean, adversarial):
 
 @dataclasses.dataclass(frozen=True)
 class SupConMarginParams:
-    temperature: float = param(0.1, "temperature of the contrastive loss")
-    margin: float = param(0.1, "additive margin on positive-pair cosine similarity (0: SupCon)")
-    weight: float = param(1.0, "weight of the contrastive loss beside cross-entropy")
+    temperature: float = param(0.1, "temperature of the contrastive loss", above=0)
+    margin: float = param(0.1, "additive margin on positive-pair cosine similarity (0: SupCon)", minimum=0)
+    weight: float = param(1.0, "weight of the contrastive loss beside cross-entropy", minimum=0)
     adversarial_views: bool = param(True, "add the adversarial embeddings as a second view")
-
-    def validate(self):
-        _check_contrastive("supcon_margin", self)
-        check_param("supcon_margin", "margin", self.margin >= 0, f"must be >= 0, got {self.margin}")
 
 
 @register("supcon_margin")
@@ -79,16 +69,11 @@ class SupConMargin(Method):
 
 @dataclasses.dataclass(frozen=True)
 class AnchorParams:
-    temperature: float = param(0.1, "temperature of the contrastive loss")
-    weight: float = param(1.0, "weight of the contrastive loss beside adversarial cross-entropy")
-    mining: str = param("exp", "hard-positive rule: exp (weight exp(hardness * (1 - cos))) or none")
-    hardness: float = param(1.0, "strength of hard-positive mining (0: uniform, plain SupCon)")
-
-    def validate(self):
-        _check_contrastive("anchor", self)
-        check_param("anchor", "mining", self.mining in MINING_RULES,
-                    unknown_message("rule", self.mining, MINING_RULES))
-        check_param("anchor", "hardness", self.hardness >= 0, f"must be >= 0, got {self.hardness}")
+    temperature: float = param(0.1, "temperature of the contrastive loss", above=0)
+    weight: float = param(1.0, "weight of the contrastive loss beside adversarial cross-entropy", minimum=0)
+    mining: str = param("exp", "hard-positive rule: exp (weight exp(hardness * (1 - cos))) or none",
+                        choices=MINING_RULES)
+    hardness: float = param(1.0, "strength of hard-positive mining (0: uniform, plain SupCon)", minimum=0)
 
 
 @register("anchor")
@@ -122,15 +107,10 @@ class Anchor(Method):
 
 @dataclasses.dataclass(frozen=True)
 class ContrastiveATParams:
-    temperature: float = param(0.1, "temperature of the contrastive loss")
-    weight: float = param(1.0, "weight of the contrastive loss beside adversarial cross-entropy")
+    temperature: float = param(0.1, "temperature of the contrastive loss", above=0)
+    weight: float = param(1.0, "weight of the contrastive loss beside adversarial cross-entropy", minimum=0)
     attack_ce_weight: float = param(1.0, "weight of cross-entropy inside the attack objective beside "
-                                         "the contrastive loss (0: contrastive only)")
-
-    def validate(self):
-        _check_contrastive("contrastive_at", self)
-        check_param("contrastive_at", "attack_ce_weight", self.attack_ce_weight >= 0,
-                    f"must be >= 0, got {self.attack_ce_weight}")
+                                         "the contrastive loss (0: contrastive only)", minimum=0)
 
 
 @register("contrastive_at")

@@ -34,10 +34,11 @@ import tensorflow as tf
 
 from robustcl.losses import cosine_alignment_per_example, cross_entropy_per_example, \
     kl_per_example, mart_terms, multi_positive_per_example
-from robustcl.methods.base import LossTerm, Method, check_param, param, register
-from robustcl.registry import unknown_message
+from robustcl.methods.base import LossTerm, Method, param, register
+from robustcl.methods.trades import START_SIGMA_HELP, GaussianStart
+from robustcl.registry import Registry
 
-ACCURACY_TERMS = ("trades", "mart")
+ACCURACY_TERMS = Registry("term", ("trades", "mart"))
 
 
 @keras.saving.register_keras_serializable(package="robustcl")
@@ -74,34 +75,24 @@ class ClassAttention(keras.layers.Layer):
 
 @dataclasses.dataclass(frozen=True)
 class MorelParams:
-    accuracy_term: str = param("mart", "accuracy objective: trades (KL attack) or mart (CE attack)")
-    beta: float = param(6.0, "beta of the TRADES/MART accuracy term")
-    alpha: float = param(1e-5, "weight of the contrastive loss inside the feature objective")
-    temperature: float = param(0.1, "temperature of the multi-positive contrastive loss")
-    k_feature: float = param(0.1, "preference weight of the feature objective (cone scalarization)")
-    k_accuracy: float = param(0.9, "preference weight of the accuracy objective")
+    accuracy_term: str = param("mart", "accuracy objective: trades (KL attack) or mart (CE attack)",
+                               choices=ACCURACY_TERMS)
+    beta: float = param(6.0, "beta of the TRADES/MART accuracy term", minimum=0)
+    alpha: float = param(1e-5, "weight of the contrastive loss inside the feature objective", minimum=0)
+    temperature: float = param(0.1, "temperature of the multi-positive contrastive loss", above=0)
+    k_feature: float = param(0.1, "preference weight of the feature objective (cone scalarization)",
+                             minimum=0)
+    k_accuracy: float = param(0.9, "preference weight of the accuracy objective", minimum=0)
     reference_feature: float = param(0.0, "reference point of the feature objective")
     reference_accuracy: float = param(0.0, "reference point of the accuracy objective")
-    gamma: float = param(2e-5, "augmentation coefficient of the cone scalarization")
-    attention_heads: int = param(2, "heads of the class-adaptive attention")
-    attention_dropout: float = param(0.0, "dropout of the class-adaptive attention")
-    start_sigma: float = param(0.001, "std of the Gaussian start of the TRADES/MART code's attack; 0 "
-                                      "uses the uniform start in the eps-ball")
-
-    def validate(self):
-        check_param("morel", "accuracy_term", self.accuracy_term in ACCURACY_TERMS,
-                    unknown_message("term", self.accuracy_term, ACCURACY_TERMS))
-        for name in ("beta", "alpha", "k_feature", "k_accuracy", "gamma", "start_sigma"):
-            check_param("morel", name, getattr(self, name) >= 0, f"must be >= 0, got {getattr(self, name)}")
-        check_param("morel", "temperature", self.temperature > 0, f"must be > 0, got {self.temperature}")
-        check_param("morel", "attention_heads", self.attention_heads >= 1,
-                    f"must be >= 1, got {self.attention_heads}")
-        check_param("morel", "attention_dropout", 0 <= self.attention_dropout < 1,
-                    f"must be in [0, 1), got {self.attention_dropout}")
+    gamma: float = param(2e-5, "augmentation coefficient of the cone scalarization", minimum=0)
+    attention_heads: int = param(2, "heads of the class-adaptive attention", minimum=1)
+    attention_dropout: float = param(0.0, "dropout of the class-adaptive attention", minimum=0, below=1)
+    start_sigma: float = param(0.001, START_SIGMA_HELP, minimum=0)
 
 
 @register("morel")
-class Morel(Method):
+class Morel(GaussianStart, Method):
     Params = MorelParams
     embedding_head = "linear"  # MOREL's feat_layer: one Dense to 128
     embedding_dim = 128

@@ -3,28 +3,34 @@
 import dataclasses
 
 from robustcl.losses import cross_entropy_per_example, kl_per_example, mart_terms
-from robustcl.methods.base import LossTerm, Method, check_param, param, register
+from robustcl.methods.base import LossTerm, Method, param, register
 
-_START_HELP = ("std of the Gaussian random start x + sigma * N(0, 1) of the public code; 0 uses the "
-               "uniform start in the eps-ball")
+START_SIGMA_HELP = ("std of the Gaussian random start x + sigma * N(0, 1) of the public TRADES/MART "
+                    "code; 0 uses the uniform start in the eps-ball")
+
+
+class GaussianStart:
+    """A method whose Params has `start_sigma`: its attack starts as the TRADES/MART code's does."""
+
+    @property
+    def attack_start_sigma(self):
+        return self.params.start_sigma or None  # 0: the threat model's uniform start
 
 
 @dataclasses.dataclass(frozen=True)
-class TradesParams:
-    beta: float = param(6.0, "weight of the KL robustness term (1/lambda in the paper)")
-    start_sigma: float = param(0.001, _START_HELP)
+class RobustKLParams:
+    """TRADES' and MART's hyperparameters (the same two)."""
 
-    def validate(self):
-        check_param("trades", "beta", self.beta >= 0, f"must be >= 0, got {self.beta}")
-        check_param("trades", "start_sigma", self.start_sigma >= 0,
-                    f"must be >= 0, got {self.start_sigma}")
+    beta: float = param(6.0, "weight of the KL robustness term (TRADES: 1/lambda of the paper; MART: "
+                             "of the misclassification-aware KL)", minimum=0)
+    start_sigma: float = param(0.001, START_SIGMA_HELP, minimum=0)
 
 
 @register("trades")
-class Trades(Method):
+class Trades(GaussianStart, Method):
     """CE(clean) + beta * KL(p_clean || p_adv); the attack maximizes the same KL (objective "kl")."""
 
-    Params = TradesParams
+    Params = RobustKLParams
     attack_objective = "kl"
     uses_clean = True
     uses_adversarial = True
@@ -36,22 +42,11 @@ class Trades(Method):
                                                                  adversarial["logits"]))}
 
 
-@dataclasses.dataclass(frozen=True)
-class MartParams:
-    beta: float = param(6.0, "weight of the misclassification-aware KL term")
-    start_sigma: float = param(0.001, _START_HELP)
-
-    def validate(self):
-        check_param("mart", "beta", self.beta >= 0, f"must be >= 0, got {self.beta}")
-        check_param("mart", "start_sigma", self.start_sigma >= 0,
-                    f"must be >= 0, got {self.start_sigma}")
-
-
 @register("mart")
-class Mart(Method):
+class Mart(GaussianStart, Method):
     """Boosted CE on adversarial examples + beta * KL weighted by (1 - p_clean[y]); CE attack."""
 
-    Params = MartParams
+    Params = RobustKLParams
     attack_objective = "ce"
     uses_clean = True
     uses_adversarial = True

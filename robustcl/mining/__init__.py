@@ -4,9 +4,9 @@ import tensorflow as tf
 
 from robustcl.losses.base import EPS, as_float
 from robustcl.losses.global_batch import anchor_rows
-from robustcl.registry import unknown_message
+from robustcl.registry import Registry
 
-MINING_RULES = ("none", "exp")
+MINING_RULES = Registry("mining rule", ("none", "exp"))
 
 
 def hard_positive_weights(labels, features, rule="exp", hardness=1.0, anchors=None):
@@ -27,8 +27,7 @@ def hard_positive_weights(labels, features, rule="exp", hardness=1.0, anchors=No
     rows, count = anchor_rows(anchors, batch, views)
     if rule == "none":
         return tf.ones([count * views, n], z.dtype)
-    if rule != "exp":
-        raise ValueError(unknown_message("mining rule", rule, MINING_RULES))
+    MINING_RULES.check(rule)
     contrast_labels = tf.repeat(tf.reshape(labels, [-1]), views)
     positive = tf.cast(tf.logical_and(
         tf.equal(tf.gather(contrast_labels, rows)[:, None], contrast_labels[None, :]),

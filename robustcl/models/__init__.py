@@ -3,10 +3,8 @@
 import keras
 from keras import layers
 
+from robustcl.config import EMBEDDING_HEADS
 from robustcl.models.backbones import BACKBONES, LayerFactory
-from robustcl.registry import unknown_message
-
-EMBEDDING_HEADS = ("mlp", "linear")
 
 
 def build(name, num_classes, mean, std, image_shape=(32, 32, 3), embedding_dim=0,
@@ -32,8 +30,7 @@ def build(name, num_classes, mean, std, image_shape=(32, 32, 3), embedding_dim=0
     variance = [s * s for s in std]
     x = layers.Normalization(mean=list(mean), variance=variance, name="normalize")(images)
     features = backbone(x, LayerFactory(synchronized_bn))
-    if embedding_head not in EMBEDDING_HEADS:
-        raise ValueError(unknown_message("embedding head", embedding_head, EMBEDDING_HEADS))
+    EMBEDDING_HEADS.check(embedding_head)
     if embedding_dim:
         hidden = features
         if embedding_head == "mlp":
