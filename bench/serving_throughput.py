@@ -27,22 +27,10 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from robustcl import hardware  # noqa: E402
+from robustcl.net import free_ports  # noqa: E402
 from robustcl.serving.client import GrpcClient, RestClient  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _free_ports(n):
-    import socket
-
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def _tiny_export(root):
@@ -102,7 +90,7 @@ def main():
     try:
         path = args.saved_model or _tiny_export(os.path.join(work, "models"))
         base_path, name = os.path.dirname(path), os.path.basename(os.path.dirname(path))
-        grpc_port, rest_port = _free_ports(2)
+        grpc_port, rest_port = free_ports(2)
         with open(os.path.join(work, "server.log"), "wb") as log:
             server = _start(base_path, name, grpc_port, rest_port, log)
             results = []

@@ -109,7 +109,8 @@ def check_fields(obj, prefix="", flags=None):
         if registry is not None and value not in registry:
             raise ConfigError(f"--{flag}: {registry.unknown_message(value)}")
         bounded = any(meta[k] is not None for k in ("minimum", "maximum", "above", "below"))
-        if (bounded or meta["finite"]) and not (isinstance(value, (int, float)) and _within(meta, value)):
+        if (value is not None and (bounded or meta["finite"])
+                and not (isinstance(value, (int, float)) and _within(meta, value))):
             raise ConfigError(f"--{flag}: {_bounds_message(meta, value)}")
         if meta["exists"] and value and not os.path.exists(value):
             raise ConfigError(f"--{flag}: {value} does not exist")
@@ -469,26 +470,34 @@ REPRO_EVAL_ATTACKS = ("fgsm", "pgd", "cw", "autoattack")
 class ReproduceConfig:
     """bench/reproduce.py: which cells, seeds and protocol; where runs and the record go."""
 
-    cells: Tuple[ReproCell, ...]
-    seeds: Tuple[int, ...]
-    train_flagfile: str  # the protocol's training settings, applied after each method flagfile
-    data_dir: str
-    runs_dir: str
-    record_dir: str
-    record_name: str
-    eval_examples: int = 1000
-    eval_attacks: Tuple[str, ...] = REPRO_EVAL_ATTACKS
-    pgd_steps: int = 20
-    apgd_iterations: int = 100
-    square_queries: int = 5000
-    eval_batch_size: int = 500
-    parallel: int = 1
-    threads_per_cell: int = 0  # 0: TensorFlow's default (every core)
+    cells: Tuple[ReproCell, ...] = option((), "", flag=False)  # --cell, repeated (cli.flags)
+    seeds: Tuple[int, ...] = option((0, 1), "Seeds; every cell trains once per seed.")
+    train_flagfile: str = option("", "Training settings of the protocol (network, data subset, epochs, "
+                                 "batch, optimizer, schedule, threat model), applied after each cell's "
+                                 "method flagfile so every method trains alike.")
+    data_dir: str = option("", "CIFAR-10 in the official layout (archive or folder).")
+    runs_dir: str = option("", "Where the runs go: RUNS_DIR/<cell>/seed<S>/ (TensorBoard logs, "
+                           "checkpoints, evaluation reports).")
+    record_dir: str = option("docs/results", "Where the record goes.")
+    record_name: str = option("", "The record's file name: RECORD_DIR/NAME.md, .json, .png.")
+    eval_examples: int = option(1000, "First N test images evaluated.", minimum=1)
+    eval_attacks: Tuple[str, ...] = option(REPRO_EVAL_ATTACKS, "Attacks on the best checkpoint (the last "
+                                           "checkpoint gets clean and PGD).")
+    pgd_steps: int = option(20, "PGD and CW steps.", minimum=1)
+    apgd_iterations: int = option(100, "APGD iterations (AutoAttack: 100).", minimum=1)
+    square_queries: int = option(5000, "Square queries (AutoAttack: 5000).", minimum=1)
+    eval_batch_size: int = option(500, "Attack batch size.", minimum=1)
+    parallel: int = option(1, "Cells run at once (one process each).", minimum=1)
+    threads_per_cell: int = option(0, "TensorFlow threads per cell's process (0: TensorFlow's default, "
+                                   "every core).", minimum=0)
     # Black-box transfer: a network trained once with this method flagfile (and the protocol's
     # training flags) at this seed crafts examples that every cell's best checkpoint is scored on.
-    surrogate_flagfile: str = ""  # "": no transfer stage
-    surrogate_seed: int = 1000
-    record_only: bool = False  # write the record from the run directories; train and evaluate nothing
+    surrogate_flagfile: str = option("", "Method flagfile of the black-box surrogate: trained once (with "
+                                     "--train_flagfile, at --surrogate_seed), it crafts transfer "
+                                     "attacks on every cell's best checkpoint. Empty: no transfer stage.")
+    surrogate_seed: int = option(1000, "Seed of the surrogate's training (not one of --seeds).")
+    record_only: bool = option(False, "Write the record from the finished stages in --runs_dir and "
+                               "stop: nothing is trained or evaluated.")
 
     def validate(self):
         _check(bool(self.cells), "cell", "name at least one cell (--cell=NAME METHOD_FLAGFILE [FLAGS])")
@@ -513,10 +522,7 @@ class ReproduceConfig:
             _check(bool(getattr(self, name)), name, "is required")
         _check(bool(self.eval_attacks), "eval_attacks", "name at least one attack")
         _check("pgd" in self.eval_attacks, "eval_attacks", "must include pgd (the last checkpoint's row)")
-        for name in ("eval_examples", "pgd_steps", "apgd_iterations", "square_queries",
-                     "eval_batch_size", "parallel"):
-            _check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
-        _check(self.threads_per_cell >= 0, "threads_per_cell", f"must be >= 0, got {self.threads_per_cell}")
+        check_fields(self)
         if self.surrogate_flagfile:
             _check(os.path.isfile(self.surrogate_flagfile), "surrogate_flagfile",
                    f"no flagfile {self.surrogate_flagfile!r}")
@@ -524,4 +530,102 @@ class ReproduceConfig:
             # its transfer rows would be white-box.
             _check(self.surrogate_seed not in self.seeds, "surrogate_seed",
                    f"{self.surrogate_seed} is one of --seeds; give the surrogate a seed of its own")
+        return self
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportConfig:
+    """scripts/export.py: a training run's checkpoint as a SavedModel for TF Serving."""
+
+    model_dir: str = option("", "Training run directory.")
+    export_dir: str = option("", "Base directory; the model goes to EXPORT_DIR/<model_name>/<version>/.")
+    model_name: Optional[str] = option(None, "Name under EXPORT_DIR (default: the run directory's name).")
+    version: Optional[int] = option(None, "Version directory (default: one above the highest).", minimum=1)
+    checkpoint: str = option("best", "best or last.")
+
+    def validate(self):
+        _check(bool(self.model_dir) and os.path.isdir(self.model_dir), "model_dir",
+               f"{self.model_dir!r} is not a directory")
+        _check(bool(self.export_dir), "export_dir", "is required")
+        check_fields(self)
+        _check(self.checkpoint in ("best", "last"), "checkpoint", f"must be best or last, got {self.checkpoint!r}")
+        _check(self.model_name is None or (bool(self.model_name) and "/" not in self.model_name), "model_name",
+               f"{self.model_name!r} is not a directory name")
+        return self
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeTestConfig:
+    """scripts/serve_test.py: robustness tests of a served model (REST or gRPC) or an export."""
+
+    server: str = option("", "TF Serving REST address, e.g. http://127.0.0.1:8501.")
+    grpc: str = option("", "Or TF Serving's gRPC address, HOST:PORT (e.g. 127.0.0.1:8500): images go as "
+                       "TensorProtos.")
+    model: str = option("", "Model name on the server.")
+    model_version: Optional[int] = option(None, "Version on the server (default: its latest).", minimum=1)
+    saved_model: str = option("", "The export, in process: the target when no --server is given, else "
+                              "the white-box model for transfer attacks.")
+    data_dir: Optional[str] = option(None, "Official archive/folder or tfds directory.", exists=True)
+    dataset: str = option("", "The test data, any --dataset of training (default: the export's config).")
+    num_examples: int = option(200, "First N test images.", minimum=1)
+    eps: float = option(8 / 255, "L-inf budget.", minimum=0, maximum=1)
+    pgd_steps: int = option(20, "Steps of the white-box transfer attack.", minimum=1)
+    square_queries: int = option(1000, "Square query budget per image.", minimum=1)
+    chunk: int = option(32, "Images per unit of resumable work.", minimum=1)
+    output_dir: str = option("", "Where results.jsonl and the reports go.")
+    timeout: float = option(30.0, "Seconds before a request times out.", above=0)
+    max_retries: int = option(4, "Retries of a failed idempotent request.", minimum=0)
+    max_batch: int = option(64, "Images per request at most.", minimum=1)
+    seed: int = option(0, "Seed of the attacks.")
+
+    def validate(self):
+        if self.server and self.grpc:
+            raise ConfigError("--server and --grpc: give one (REST or gRPC)")
+        if not (self.server or self.grpc or self.saved_model):
+            raise ConfigError("--server, --grpc or --saved_model: give at least one")
+        _check(not (self.server or self.grpc) or bool(self.model), "model",
+               f"required with --{'server' if self.server else 'grpc'}")
+        _check(not self.grpc or (not self.grpc.startswith(("http://", "https://")) and ":" in self.grpc),
+               "grpc", f"expected HOST:PORT, got {self.grpc!r}")
+        _check(not self.server or self.server.startswith(("http://", "https://")), "server",
+               f"expected http://HOST:PORT, got {self.server!r}")
+        _check(not self.saved_model or os.path.isfile(os.path.join(self.saved_model, "saved_model.pb")),
+               "saved_model", f"no saved_model.pb in {self.saved_model}")
+        _check(bool(self.output_dir), "output_dir", "is required")
+        check_fields(self)
+        return self
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelServerConfig:
+    """python -m robustcl.serving.model_server: tensorflow_model_server's flags (model_servers/main.cc)
+    that the stand-in implements, with their defaults, and its own failure injection for tests."""
+
+    port: int = option(8500, "Port for gRPC (0: no gRPC).", minimum=0, maximum=65535)
+    rest_api_port: int = option(0, "Port for the HTTP/REST API (0: no REST).", minimum=0, maximum=65535)
+    model_name: str = option("default", "Name of the model (with --model_base_path).")
+    model_base_path: str = option("", "Path holding the model's numeric version directories.")
+    model_config_file: str = option("", "A ModelServerConfig text proto: the models, their base paths, "
+                                    "version policies and labels (instead of --model_name/"
+                                    "--model_base_path).")
+    file_system_poll_wait_seconds: int = option(1, "Seconds between polls of the base paths for new (and "
+                                                "removed) versions; 0 polls once, < 0 never.")
+    host: str = option("0.0.0.0", "Address to listen on (tensorflow_model_server listens on every "
+                       "interface).")
+    delay_s: float = option(0.0, "Stand-in only, for failure tests: sleep before every predict.", minimum=0)
+    fail_first: int = option(0, "Stand-in only, for failure tests: answer the first N predicts as "
+                             "unavailable (REST 503, gRPC UNAVAILABLE).", minimum=0)
+    die_after: int = option(0, "Stand-in only, for failure tests: exit abruptly at predict N+1.", minimum=0)
+
+    def validate(self):
+        if self.model_config_file and self.model_base_path:
+            raise ConfigError("--model_config_file and --model_base_path: give one (the config file "
+                              "names every model's base path)")
+        if not (self.model_config_file or self.model_base_path):
+            raise ConfigError("--model_base_path (with --model_name) or --model_config_file: give one")
+        check_fields(self)
+        if not (self.port or self.rest_api_port):
+            raise ConfigError("--port and --rest_api_port are both 0: nothing would be served")
+        if self.port and self.port == self.rest_api_port:
+            raise ConfigError(f"--port and --rest_api_port: both {self.port}; gRPC and REST need two ports")
         return self

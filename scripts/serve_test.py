@@ -40,10 +40,10 @@ def main(argv):
     dataset, image_size = args["dataset"], 0
     exported = (os.path.join(args["saved_model"], artifacts.EXPORT_ASSETS)
                 if args["saved_model"] else None)
-    if dataset is None and exported and os.path.isfile(os.path.join(exported, artifacts.CONFIG)):
+    if not dataset and exported and os.path.isfile(os.path.join(exported, artifacts.CONFIG)):
         config = artifacts.read_config(exported)
         dataset, image_size = config.data.dataset, config.data.image_size
-    if dataset is None:
+    if not dataset:
         sys.exit("error: --dataset: required without a robustcl export (--saved_model)")
     try:
         x, y = data.first_test_images(data.load_dataset(dataset, args["data_dir"], image_size=image_size),

@@ -19,6 +19,7 @@ tf.config.set_logical_device_configuration(
 import keras  # noqa: E402  (after the device split)
 
 from robustcl import models  # noqa: E402
+from robustcl.net import free_ports  # noqa: E402
 
 CIFAR10_ENV = "ROBUSTCL_CIFAR10_DIR"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -58,18 +59,6 @@ def undefended():
                        keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     classifier.fit(x, y, epochs=30, batch_size=32, verbose=0)
     return network, x, y
-
-
-def free_ports(n=1):
-    """n distinct free TCP ports on 127.0.0.1 (all bound at once, so none is given twice)."""
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 @pytest.fixture(scope="session")

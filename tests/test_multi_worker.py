@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from robustcl.training.distribute import ClusterConfigError, parse_tf_config
-from tests.conftest import free_ports
+from robustcl.net import free_ports
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 2 epochs of 3 steps; 49 validation images in batches of 32: the last batch (17) splits unevenly.

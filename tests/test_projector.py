@@ -13,7 +13,7 @@ import pytest
 
 from robustcl.embeddings import embedding_space_stats
 from tests.cifar_files import write_official
-from tests.conftest import free_ports
+from robustcl.net import free_ports
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -72,18 +72,25 @@ def define_field_flag(field, flag_values, name=None, help_suffix="", default=_FI
         help_text = help_text.rstrip(".") + "." + choices
     if default is _FIELD_DEFAULT:
         default = field.default
-    elif isinstance(field.default, (bool, int, float)):  # the type comes from the field
-        default = type(field.default)(default)
-    if isinstance(default, bool):
+    kind = _value_type(field)
+    if kind is bool:
         flags.DEFINE_bool(name, default, help_text, flag_values=flag_values)
-    elif isinstance(default, int):
+    elif kind is int:
         flags.DEFINE_integer(name, default, help_text, flag_values=flag_values)
-    elif isinstance(default, float):
+    elif kind is float:
         _define_fraction(name, default, help_text, flag_values)
-    elif isinstance(default, tuple):
+    elif kind is tuple:
         flags.DEFINE_list(name, [str(v) for v in default], help_text, flag_values=flag_values)
     else:
         flags.DEFINE_string(name, default, help_text, flag_values=flag_values)
+
+
+def _value_type(field):
+    """bool, int, float, tuple or str: a field's type, Optional[...] unwrapped."""
+    kind = field.type
+    if typing.get_origin(kind) is typing.Union:
+        kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
+    return tuple if typing.get_origin(kind) is tuple else kind
 
 
 def _define_data_flags(defaults, flag_values):
@@ -113,7 +120,7 @@ def define_config_flags(config_class, flag_values, skip=()):
 
 
 def _field_value(field, value, flag):
-    if isinstance(field.default, tuple):
+    if _value_type(field) is tuple:
         args = typing.get_args(field.type)
         return _int_list(flag, value) if args and args[0] is int else tuple(value)
     if field.type is str and value is None:
@@ -253,13 +260,6 @@ def config_from_flags(flag_values=FLAGS):
     return config.validate()
 
 
-def _define_attack_budget_flags(defaults, flag_values):
-    """The evaluation attacks' budgets (EvaluationConfig's fields), for reproduce.py's defaults."""
-    fields = cfg.EvaluationConfig.__dataclass_fields__
-    for name in ("pgd_steps", "apgd_iterations", "square_queries"):
-        define_field_flag(fields[name], flag_values, default=getattr(defaults, name))
-
-
 def define_evaluate_flags(flag_values=FLAGS):
     """One flag per EvaluationConfig field, and the data flags training has."""
     define_config_flags(cfg.EvaluationConfig, flag_values)
@@ -283,185 +283,50 @@ def evaluation_config_from_flags(flag_values=FLAGS):
 
 
 def define_export_flags(flag_values=FLAGS):
-    flags.DEFINE_string("model_dir", None, "Training run directory.", flag_values=flag_values)
-    flags.DEFINE_string("export_dir", None, "Base directory; the model goes to "
-                        "EXPORT_DIR/<model_name>/<version>/.", flag_values=flag_values)
-    flags.DEFINE_string("model_name", None, "Name under EXPORT_DIR (default: the run directory's "
-                        "name).", flag_values=flag_values)
-    flags.DEFINE_integer("version", None, "Version directory (default: one above the highest).",
-                         flag_values=flag_values)
-    flags.DEFINE_string("checkpoint", "best", "best or last.", flag_values=flag_values)
+    define_config_flags(cfg.ExportConfig, flag_values)
 
 
 def export_args_from_flags(flag_values=FLAGS):
     """Validated export arguments as a dict (flags are read nowhere else)."""
-    f = flag_values
-    if not f.model_dir or not os.path.isdir(f.model_dir):
-        raise cfg.ConfigError(f"--model_dir: {f.model_dir!r} is not a directory")
-    if not f.export_dir:
-        raise cfg.ConfigError("--export_dir: is required")
-    if f.version is not None and f.version < 1:
-        raise cfg.ConfigError(f"--version: must be >= 1, got {f.version}")
-    if f.checkpoint not in ("best", "last"):
-        raise cfg.ConfigError(f"--checkpoint: must be best or last, got {f.checkpoint!r}")
-    if f.model_name is not None and (not f.model_name or "/" in f.model_name):
-        raise cfg.ConfigError(f"--model_name: {f.model_name!r} is not a directory name")
-    return {"model_dir": f.model_dir, "export_dir": f.export_dir, "model_name": f.model_name,
-            "version": f.version, "checkpoint": f.checkpoint}
+    return dataclasses.asdict(config_from_field_flags(cfg.ExportConfig, flag_values).validate())
 
 
 def define_model_server_flags(flag_values=FLAGS):
-    """tensorflow_model_server's flags (model_servers/main.cc) that the stand-in implements, with
-    their defaults, and the stand-in's own failure-injection flags for tests."""
-    flags.DEFINE_integer("port", 8500, "Port for gRPC (0: no gRPC).", flag_values=flag_values)
-    flags.DEFINE_integer("rest_api_port", 0, "Port for the HTTP/REST API (0: no REST).",
-                         flag_values=flag_values)
-    flags.DEFINE_string("model_name", "default", "Name of the model (with --model_base_path).",
-                        flag_values=flag_values)
-    flags.DEFINE_string("model_base_path", "", "Path holding the model's numeric version "
-                        "directories.", flag_values=flag_values)
-    flags.DEFINE_string("model_config_file", "", "A ModelServerConfig text proto: the models, their "
-                        "base paths, version policies and labels (instead of --model_name/"
-                        "--model_base_path).", flag_values=flag_values)
-    flags.DEFINE_integer("file_system_poll_wait_seconds", 1, "Seconds between polls of the base "
-                         "paths for new (and removed) versions; 0 polls once, < 0 never.",
-                         flag_values=flag_values)
-    flags.DEFINE_string("host", "0.0.0.0", "Address to listen on (tensorflow_model_server listens "
-                        "on every interface).", flag_values=flag_values)
-    flags.DEFINE_float("delay_s", 0.0, "Stand-in only, for failure tests: sleep before every "
-                       "predict.", flag_values=flag_values)
-    flags.DEFINE_integer("fail_first", 0, "Stand-in only, for failure tests: answer the first N "
-                         "predicts as unavailable (REST 503, gRPC UNAVAILABLE).", flag_values=flag_values)
-    flags.DEFINE_integer("die_after", 0, "Stand-in only, for failure tests: exit abruptly at predict "
-                         "N+1.", flag_values=flag_values)
+    define_config_flags(cfg.ModelServerConfig, flag_values)
 
 
 def model_server_args_from_flags(flag_values=FLAGS):
     """The server's settings, checked: the models as servables.ModelConfig entries."""
     from robustcl.serving.servables import ModelConfig, parse_model_config_file
 
-    f = flag_values
-    if f.model_config_file:
-        if f.model_base_path:
-            raise cfg.ConfigError("--model_config_file and --model_base_path: give one (the config "
-                                  "file names every model's base path)")
+    config = config_from_field_flags(cfg.ModelServerConfig, flag_values).validate()
+    if config.model_config_file:
         try:
-            models = parse_model_config_file(f.model_config_file)
+            models = parse_model_config_file(config.model_config_file)
         except ValueError as error:
             raise cfg.ConfigError(str(error)) from None
-    elif f.model_base_path:
-        models = [ModelConfig(f.model_name, f.model_base_path)]
     else:
-        raise cfg.ConfigError("--model_base_path (with --model_name) or --model_config_file: give one")
+        models = [ModelConfig(config.model_name, config.model_base_path)]
     for model in models:
         if not os.path.isdir(model.base_path):
             raise cfg.ConfigError(f"model {model.name}: base path {model.base_path} is not a directory")
-    for name in ("port", "rest_api_port"):
-        if not 0 <= f[name].value <= 65535:
-            raise cfg.ConfigError(f"--{name}: must be a port in [0, 65535], got {f[name].value}")
-    if not f.port and not f.rest_api_port:
-        raise cfg.ConfigError("--port and --rest_api_port are both 0: nothing would be served")
-    if f.port and f.port == f.rest_api_port:
-        raise cfg.ConfigError(f"--port and --rest_api_port: both {f.port}; gRPC and REST need two ports")
-    for name in ("fail_first", "die_after"):
-        if f[name].value < 0:
-            raise cfg.ConfigError(f"--{name}: must be >= 0, got {f[name].value}")
-    return {"models": models, "grpc_port": f.port, "rest_port": f.rest_api_port, "host": f.host,
-            "poll_wait_seconds": f.file_system_poll_wait_seconds, "delay_s": max(f.delay_s, 0.0),
-            "fail_first": f.fail_first, "die_after": f.die_after}
+    return {"models": models, "grpc_port": config.port, "rest_port": config.rest_api_port,
+            "host": config.host, "poll_wait_seconds": config.file_system_poll_wait_seconds,
+            "delay_s": config.delay_s, "fail_first": config.fail_first, "die_after": config.die_after}
 
 
 def define_serve_test_flags(flag_values=FLAGS):
-    flags.DEFINE_string("server", None, "TF Serving REST address, e.g. http://127.0.0.1:8501.",
-                        flag_values=flag_values)
-    flags.DEFINE_string("grpc", None, "Or TF Serving's gRPC address, HOST:PORT (e.g. "
-                        "127.0.0.1:8500): images go as TensorProtos.", flag_values=flag_values)
-    flags.DEFINE_string("model", None, "Model name on the server.", flag_values=flag_values)
-    flags.DEFINE_integer("model_version", None, "Version on the server (default: its latest).",
-                         flag_values=flag_values)
-    flags.DEFINE_string("saved_model", None, "The export, in process: the target when no --server "
-                        "is given, else the white-box model for transfer attacks.",
-                        flag_values=flag_values)
-    flags.DEFINE_string("data_dir", None, "Official archive/folder or tfds directory.",
-                        flag_values=flag_values)
-    flags.DEFINE_string("dataset", None, "The test data, any --dataset of training (default: the "
-                        "export's config).",
-                        flag_values=flag_values)
-    flags.DEFINE_integer("num_examples", 200, "First N test images.", flag_values=flag_values)
-    _define_fraction("eps", 8 / 255, "L-inf budget.", flag_values)
-    flags.DEFINE_integer("pgd_steps", 20, "Steps of the white-box transfer attack.", flag_values=flag_values)
-    flags.DEFINE_integer("square_queries", 1000, "Square query budget per image.", flag_values=flag_values)
-    flags.DEFINE_integer("chunk", 32, "Images per unit of resumable work.", flag_values=flag_values)
-    flags.DEFINE_string("output_dir", None, "Where results.jsonl and the reports go.",
-                        flag_values=flag_values)
-    flags.DEFINE_float("timeout", 30.0, "Seconds before a request times out.", flag_values=flag_values)
-    flags.DEFINE_integer("max_retries", 4, "Retries of a failed idempotent request.", flag_values=flag_values)
-    flags.DEFINE_integer("max_batch", 64, "Images per request at most.", flag_values=flag_values)
-    flags.DEFINE_integer("seed", 0, "Seed of the attacks.", flag_values=flag_values)
+    define_config_flags(cfg.ServeTestConfig, flag_values)
 
 
 def serve_test_args_from_flags(flag_values=FLAGS):
-    f = flag_values
-    if f.server and f.grpc:
-        raise cfg.ConfigError("--server and --grpc: give one (REST or gRPC)")
-    if not f.server and not f.grpc and not f.saved_model:
-        raise cfg.ConfigError("--server, --grpc or --saved_model: give at least one")
-    if (f.server or f.grpc) and not f.model:
-        raise cfg.ConfigError(f"--model: required with --{'server' if f.server else 'grpc'}")
-    if f.grpc and (f.grpc.startswith(("http://", "https://")) or ":" not in f.grpc):
-        raise cfg.ConfigError(f"--grpc: expected HOST:PORT, got {f.grpc!r}")
-    if f.server and not f.server.startswith(("http://", "https://")):
-        raise cfg.ConfigError(f"--server: expected http://HOST:PORT, got {f.server!r}")
-    if f.saved_model and not os.path.isfile(os.path.join(f.saved_model, "saved_model.pb")):
-        raise cfg.ConfigError(f"--saved_model: no saved_model.pb in {f.saved_model}")
-    if not f.output_dir:
-        raise cfg.ConfigError("--output_dir: is required")
-    for name in ("num_examples", "pgd_steps", "square_queries", "chunk", "max_batch"):
-        if f[name].value < 1:
-            raise cfg.ConfigError(f"--{name}: must be >= 1, got {f[name].value}")
-    if not 0 <= f.eps <= 1:
-        raise cfg.ConfigError(f"--eps: must be in [0, 1], got {f.eps}")
-    return {k: f[k].value for k in ("server", "grpc", "model", "model_version", "saved_model", "data_dir",
-                                    "dataset", "num_examples", "eps", "pgd_steps", "square_queries",
-                                    "chunk", "output_dir", "timeout", "max_retries", "max_batch", "seed")}
+    return dataclasses.asdict(config_from_field_flags(cfg.ServeTestConfig, flag_values).validate())
 
 
 def define_reproduce_flags(flag_values=FLAGS):
-    r = cfg.ReproduceConfig
     flags.DEFINE_multi_string("cell", [], "A cell of the grid: 'NAME METHOD_FLAGFILE [--flag=value "
                               "...]' (repeat the flag, one cell each).", flag_values=flag_values)
-    flags.DEFINE_list("seeds", ["0", "1"], "Seeds; every cell trains once per seed.",
-                      flag_values=flag_values)
-    flags.DEFINE_string("train_flagfile", None, "Training settings of the protocol (network, data "
-                        "subset, epochs, batch, optimizer, schedule, threat model), applied after "
-                        "each cell's method flagfile so every method trains alike.",
-                        flag_values=flag_values)
-    flags.DEFINE_string("data_dir", None, "CIFAR-10 in the official layout (archive or folder).",
-                        flag_values=flag_values)
-    flags.DEFINE_string("runs_dir", None, "Where the runs go: RUNS_DIR/<cell>/seed<S>/ (TensorBoard "
-                        "logs, checkpoints, evaluation reports).", flag_values=flag_values)
-    flags.DEFINE_string("record_dir", "docs/results", "Where the record goes.", flag_values=flag_values)
-    flags.DEFINE_string("record_name", None, "The record's file name: RECORD_DIR/NAME.md, .json, .png.",
-                        flag_values=flag_values)
-    flags.DEFINE_integer("eval_examples", r.eval_examples, "First N test images evaluated.",
-                         flag_values=flag_values)
-    flags.DEFINE_list("eval_attacks", list(r.eval_attacks), "Attacks on the best checkpoint (the "
-                      "last checkpoint gets clean and PGD).", flag_values=flag_values)
-    _define_attack_budget_flags(r, flag_values)
-    flags.DEFINE_integer("eval_batch_size", r.eval_batch_size, "Attack batch size.",
-                         flag_values=flag_values)
-    flags.DEFINE_integer("parallel", r.parallel, "Cells run at once (one process each).",
-                         flag_values=flag_values)
-    flags.DEFINE_integer("threads_per_cell", r.threads_per_cell, "TensorFlow threads per cell's "
-                         "process (0: TensorFlow's default).", flag_values=flag_values)
-    flags.DEFINE_string("surrogate_flagfile", r.surrogate_flagfile, "Method flagfile of the black-box "
-                        "surrogate: trained once (with --train_flagfile, at --surrogate_seed), it "
-                        "crafts transfer attacks on every cell's best checkpoint. Empty: no transfer "
-                        "stage.", flag_values=flag_values)
-    flags.DEFINE_integer("surrogate_seed", r.surrogate_seed, "Seed of the surrogate's training (not "
-                         "one of --seeds).", flag_values=flag_values)
-    flags.DEFINE_bool("record_only", r.record_only, "Write the record from the finished stages in "
-                      "--runs_dir and stop: nothing is trained or evaluated.", flag_values=flag_values)
+    define_config_flags(cfg.ReproduceConfig, flag_values)
 
 
 def _repro_cell(spec):
@@ -472,13 +337,5 @@ def _repro_cell(spec):
 
 
 def reproduce_config_from_flags(flag_values=FLAGS):
-    f = flag_values
-    return cfg.ReproduceConfig(
-        cells=tuple(_repro_cell(spec) for spec in f.cell), seeds=_int_list("seeds", f.seeds),
-        train_flagfile=f.train_flagfile or "", data_dir=f.data_dir or "", runs_dir=f.runs_dir or "",
-        record_dir=f.record_dir or "", record_name=f.record_name or "",
-        eval_examples=f.eval_examples, eval_attacks=tuple(f.eval_attacks), pgd_steps=f.pgd_steps,
-        apgd_iterations=f.apgd_iterations, square_queries=f.square_queries,
-        eval_batch_size=f.eval_batch_size, parallel=f.parallel,
-        threads_per_cell=f.threads_per_cell, surrogate_flagfile=f.surrogate_flagfile or "",
-        surrogate_seed=f.surrogate_seed, record_only=f.record_only).validate()
+    cells = tuple(_repro_cell(spec) for spec in flag_values.cell)
+    return config_from_field_flags(cfg.ReproduceConfig, flag_values, cells=cells).validate()

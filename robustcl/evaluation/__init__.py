@@ -12,7 +12,7 @@ from robustcl.config import EVAL_ATTACKS as ATTACKS  # the default list; names: 
 from robustcl.evaluation import autoattack, checks
 from robustcl.evaluation.attacks import EVALUATION_ATTACKS
 from robustcl.evaluation.checks import EvaluationError
-from robustcl.evaluation.suite import Attacker
+from robustcl.evaluation.suite import Attacker, AttackResult, AttackRun
 
 LARGE_LINF_EPS = 0.5
 
@@ -61,13 +61,7 @@ class Plan:
     def runs(self):
         """The registered attacks to run, in order: with --version=custom the listed stages are
         one cascade, run where the first of them is listed."""
-        out = []
-        for name in self.attacks:
-            if name in autoattack.STAGES:
-                name = "autoattack"
-            if name not in out:
-                out.append(name)
-        return out
+        return autoattack.registered_attacks(self.attacks)
 
     @property
     def step_size(self):
@@ -101,7 +95,6 @@ def transfer_results(attacker, surrogate, x, y, clean_correct, plan, seed):
     crafted on the surrogate; a point is robust if the model classifies it correctly clean and on
     the surrogate's example."""
     from robustcl.attacks.apgd import apgd
-    from robustcl.evaluation.suite import AttackResult
 
     results = []
     crafted = surrogate.gradient_attack("surrogate pgd", x, y, plan.norm, plan.eps, plan.pgd_steps,
@@ -254,15 +247,9 @@ def _autoattack_summary(plan, by_name):
 
 
 @dataclasses.dataclass
-class MergedResult:
+class MergedResult(AttackRun):
     """One attack over every point: the verdicts and statistics of its chunks put together."""
 
-    name: str
-    norm: str
-    eps: float
-    steps: int
-    restarts: int
-    seed: int
     robust: np.ndarray
     seconds: float
     queries: Optional[np.ndarray]
@@ -316,7 +303,6 @@ def evaluate(network, x, y, class_names, norm="linf", eps=8 / 255, attacks=ATTAC
 def _sweep_point(attacker, attack, x, y, clean_correct, norm, eps, steps, apgd_iterations, seed):
     """Robust mask of one sweep point; its adversarial inputs pass the same hard checks."""
     from robustcl.attacks.apgd import apgd
-    from robustcl.evaluation.suite import AttackResult
 
     if attack == "apgd-ce":
         x_adv, correct = apgd(attacker.logits_fn, x, y, threat_model(norm, eps), apgd_iterations, seed=seed)

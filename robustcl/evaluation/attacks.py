@@ -44,9 +44,8 @@ def check(flag, names, norm=None, version="standard"):
                           f"{', '.join(EVALUATION_ATTACKS.names())} (and, with --version=custom, "
                           f"the AutoAttack stages {', '.join(autoattack.STAGES)})")
     autoattack.check(version, names, flag)
-    names = ["autoattack" if n in autoattack.STAGES else n for n in names]
     if norm is not None:
-        for name in names:
+        for name in autoattack.registered_attacks(names):
             attack = EVALUATION_ATTACKS.get(name)
             if norm not in attack.norms:
                 raise ConfigError(f"--{flag}: {name} supports {', '.join(attack.norms)}, not {norm}")

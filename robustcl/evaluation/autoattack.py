@@ -68,6 +68,17 @@ class Cascade:
                 f"restart, Square {self.square_queries} queries x {self.square_restarts} restart(s)")
 
 
+def registered_attacks(attacks):
+    """The registered evaluation attacks `attacks` names, in order, once each: AutoAttack stage
+    names (--version=custom) stand for the one cascade, 'autoattack', where the first is listed."""
+    out = []
+    for name in attacks:
+        name = "autoattack" if name in STAGES else name
+        if name not in out:
+            out.append(name)
+    return out
+
+
 def cascade_stages(version, attacks):
     """The stages a version runs: its own, or (custom) the stage names among `attacks`, in order."""
     if version == "custom":

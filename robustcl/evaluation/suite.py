@@ -17,13 +17,19 @@ from robustcl.attacks import OBJECTIVES, pgd, threat_model
 
 
 @dataclasses.dataclass
-class AttackResult:
+class AttackRun:
+    """What an attack was run with (its report row's settings)."""
+
     name: str
     norm: str
     eps: float
     steps: int
     restarts: int
     seed: int
+
+
+@dataclasses.dataclass
+class AttackResult(AttackRun):
     robust: np.ndarray  # [N] bool: correct clean and under this attack
     x_adv: np.ndarray
     seconds: float

@@ -38,61 +38,92 @@ class _Stats:
         return {f"p{p}_ms": float(np.percentile(values, p)) for p in (50, 90, 99)}
 
 
-class RestClient(_Stats):
-    def __init__(self, server, model, version=None, timeout=30.0, max_retries=4, backoff=0.5,
-                 max_batch=64):
-        super().__init__()
-        base = server.rstrip("/")
-        path = f"/v1/models/{model}" + (f"/versions/{version}" if version else "")
-        self.status_url = base + path
-        self.predict_url = base + path + ":predict"
-        self.timeout, self.max_retries, self.backoff, self.max_batch = (
-            timeout, max_retries, backoff, max_batch)
+class _Retryable(Exception):
+    """One attempt failed in a way that may be retried (the answer's status and message)."""
 
-    def _request(self, url, payload=None):
-        data = None if payload is None else json.dumps(payload).encode()
+    def __init__(self, status, message):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+class _RemoteClient(_Stats):
+    """What the REST and gRPC clients share: requests of at most `max_batch` images, each retried
+    with exponential backoff at most `max_retries` times when `_attempt` says it may be."""
+
+    def __init__(self, timeout, max_retries, backoff, max_batch):
+        super().__init__()
+        self.timeout, self.max_retries, self.backoff, self.max_batch = timeout, max_retries, backoff, max_batch
+
+    def _retrying(self, attempt_once, where):
+        """attempt_once() returns the answer, raises _Retryable, or raises ServerError (final)."""
         for attempt in range(self.max_retries + 1):
-            request = urllib.request.Request(url, data=data,
-                                             headers={"Content-Type": "application/json"})
             start = time.perf_counter()
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    body = json.loads(response.read())
-                self.latencies.append(time.perf_counter() - start)
-                self.requests += 1
-                return body
-            except urllib.error.HTTPError as error:
-                try:
-                    message = json.loads(error.read()).get("error", "")
-                except (ValueError, AttributeError):
-                    message = error.reason
-                if error.code < 500 or attempt == self.max_retries:
-                    raise ServerError(error.code, message, url) from None
-            except (urllib.error.URLError, socket.timeout, ConnectionError, TimeoutError) as error:
+                answer = attempt_once()
+            except _Retryable as error:
                 if attempt == self.max_retries:
-                    raise ServerError("unreachable", f"{error} after {attempt + 1} attempts", url) from None
-            self.retried += 1
-            time.sleep(self.backoff * 2 ** attempt)
+                    raise ServerError(error.status, f"{error.message} after {attempt + 1} attempts",
+                                      where) from None
+                self.retried += 1
+                time.sleep(self.backoff * 2 ** attempt)
+                continue
+            self.latencies.append(time.perf_counter() - start)
+            self.requests += 1
+            return answer
         raise AssertionError("the loop returns or raises")
-
-    def status(self):
-        return self._request(self.status_url)
 
     def predict(self, images, signature="serving_default", output="logits"):
         images = np.asarray(images)
         parts = []
         for start in range(0, len(images), self.max_batch):
             batch = images[start:start + self.max_batch]
-            body = self._request(self.predict_url, {"signature_name": signature,
-                                                    "instances": batch.tolist()})
-            predictions = body["predictions"]
-            parts.append(np.asarray([p[output] if isinstance(p, dict) else p for p in predictions],
-                                    np.float32))
+            parts.append(self._predict_batch(batch, signature, output))
             self.queries += len(batch)
         return np.concatenate(parts) if parts else np.zeros((0,), np.float32)
 
+    def _predict_batch(self, batch, signature, output):
+        raise NotImplementedError
 
-class GrpcClient(_Stats):
+
+class RestClient(_RemoteClient):
+    def __init__(self, server, model, version=None, timeout=30.0, max_retries=4, backoff=0.5,
+                 max_batch=64):
+        super().__init__(timeout, max_retries, backoff, max_batch)
+        base = server.rstrip("/")
+        path = f"/v1/models/{model}" + (f"/versions/{version}" if version else "")
+        self.status_url = base + path
+        self.predict_url = base + path + ":predict"
+
+    def _request(self, url, payload=None):
+        data = None if payload is None else json.dumps(payload).encode()
+
+        def attempt():
+            request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                    return json.loads(response.read())
+            except urllib.error.HTTPError as error:
+                try:
+                    message = json.loads(error.read()).get("error", "")
+                except (ValueError, AttributeError):
+                    message = error.reason
+                if error.code < 500:
+                    raise ServerError(error.code, message, url) from None
+                raise _Retryable(error.code, message) from None
+            except (urllib.error.URLError, socket.timeout, ConnectionError, TimeoutError) as error:
+                raise _Retryable("unreachable", str(error)) from None
+
+        return self._retrying(attempt, url)
+
+    def status(self):
+        return self._request(self.status_url)
+
+    def _predict_batch(self, batch, signature, output):
+        body = self._request(self.predict_url, {"signature_name": signature, "instances": batch.tolist()})
+        return np.asarray([p[output] if isinstance(p, dict) else p for p in body["predictions"]], np.float32)
+
+
+class GrpcClient(_RemoteClient):
     RETRIED = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED")
 
     def __init__(self, address, model, version=None, timeout=30.0, max_retries=4, backoff=0.5,
@@ -100,10 +131,8 @@ class GrpcClient(_Stats):
         import grpc
         from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
-        super().__init__()
+        super().__init__(timeout, max_retries, backoff, max_batch)
         self.address, self.model, self.version = address, model, version
-        self.timeout, self.max_retries, self.backoff, self.max_batch = (
-            timeout, max_retries, backoff, max_batch)
         options = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
         self.channel = grpc.insecure_channel(address, options=options)
         self.prediction = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
@@ -119,23 +148,16 @@ class GrpcClient(_Stats):
     def _call(self, method, request, what):
         import grpc
 
-        for attempt in range(self.max_retries + 1):
-            start = time.perf_counter()
+        def attempt():
             try:
-                response = method(request, timeout=self.timeout)
-                self.latencies.append(time.perf_counter() - start)
-                self.requests += 1
-                return response
+                return method(request, timeout=self.timeout)
             except grpc.RpcError as error:
                 code = error.code().name
                 if code not in self.RETRIED:
                     raise ServerError(code, error.details(), f"{self.address} {what}") from None
-                if attempt == self.max_retries:
-                    raise ServerError(code, f"{error.details()} after {attempt + 1} attempts",
-                                      f"{self.address} {what}") from None
-            self.retried += 1
-            time.sleep(self.backoff * 2 ** attempt)
-        raise AssertionError("the loop returns or raises")
+                raise _Retryable(code, error.details()) from None
+
+        return self._retrying(attempt, f"{self.address} {what}")
 
     def status(self):
         from google.protobuf import json_format
@@ -146,21 +168,15 @@ class GrpcClient(_Stats):
         response = self._call(self.models.GetModelStatus, request, "GetModelStatus")
         return json_format.MessageToDict(response, always_print_fields_with_no_presence=True)
 
-    def predict(self, images, signature="serving_default", output="logits"):
+    def _predict_batch(self, batch, signature, output):
         from tensorflow_serving.apis import predict_pb2
 
-        images = np.asarray(images)
-        parts = []
-        for start in range(0, len(images), self.max_batch):
-            batch = images[start:start + self.max_batch]
-            request = predict_pb2.PredictRequest()
-            self._spec(request.model_spec, signature)
-            request.inputs["images"].CopyFrom(tf.make_tensor_proto(batch))
-            request.output_filter.append(output)
-            response = self._call(self.prediction.Predict, request, "Predict")
-            parts.append(tf.make_ndarray(response.outputs[output]).astype(np.float32))
-            self.queries += len(batch)
-        return np.concatenate(parts) if parts else np.zeros((0,), np.float32)
+        request = predict_pb2.PredictRequest()
+        self._spec(request.model_spec, signature)
+        request.inputs["images"].CopyFrom(tf.make_tensor_proto(batch))
+        request.output_filter.append(output)
+        response = self._call(self.prediction.Predict, request, "Predict")
+        return tf.make_ndarray(response.outputs[output]).astype(np.float32)
 
 
 class SavedModelBackend(_Stats):
