@@ -28,35 +28,45 @@ def main():
     parser.add_argument("--methods", default=None, help="default: every registered method")
     parser.add_argument("--train_images", type=int, default=49000)
     parser.add_argument("--attack_steps", type=int, default=10)
-    parser.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "results",
-                                                         "epoch_estimate.json"))
+    parser.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "results", "epoch_estimate.json"))
     args = parser.parse_args()
     from robustcl import methods, models
 
     with open(args.throughput) as f:
         measured = json.load(f)
-    fractions = {(r["method"], r["model"]): r for r in measured["results"]
-                 if r["precision"] == "float32" and r["replicas"] == 1}
-    print(f"measured on: {measured['cpu_model']} {measured['cpu_flags']}, float32 conv peak "
-          f"{measured['peaks_gflop_s']['conv_float32']:.1f} GFLOP/s")
+    fractions = {
+        (r["method"], r["model"]): r for r in measured["results"] if r["precision"] == "float32" and r["replicas"] == 1
+    }
+    print(
+        f"measured on: {measured['cpu_model']} {measured['cpu_flags']}, float32 conv peak "
+        f"{measured['peaks_gflop_s']['conv_float32']:.1f} GFLOP/s"
+    )
     method_names = args.methods.split(",") if args.methods else methods.METHODS.names()
     results = []
     for model_name in args.models.split(","):
         for method_name in method_names:
             method = methods.get(method_name)()
-            network = models.build(model_name, 10, (0.5,) * 3, (0.25,) * 3,
-                                   embedding_dim=method.embedding_dim,
-                                   embedding_head=method.embedding_head or "mlp")
+            network = models.build(
+                model_name,
+                10,
+                (0.5,) * 3,
+                (0.25,) * 3,
+                embedding_dim=method.embedding_dim,
+                embedding_head=method.embedding_head or "mlp",
+            )
             step_flops = models.forward_flops(network) * method.forward_passes_per_step(args.attack_steps)
             epoch_flops = step_flops * args.train_images
-            row = {"method": method_name, "model": model_name, "gflop_per_image_step": step_flops / 1e9,
-                   "epoch_pflop": epoch_flops / 1e15}
+            row = {
+                "method": method_name,
+                "model": model_name,
+                "gflop_per_image_step": step_flops / 1e9,
+                "epoch_pflop": epoch_flops / 1e15,
+            }
             # The fraction of peak: this method on this network if measured, else the same method
             # on ResNet-18 (a WRN is at least as efficient per FLOP), else the mean over the
             # methods measured on ResNet-18 (the step is the same network's convolutions).
             source = fractions.get((method_name, model_name)) or fractions.get((method_name, "resnet18"))
-            measured_resnet = [r["fraction_of_conv_peak"] for (_, m), r in fractions.items()
-                               if m == "resnet18"]
+            measured_resnet = [r["fraction_of_conv_peak"] for (_, m), r in fractions.items() if m == "resnet18"]
             if source is not None or measured_resnet:
                 if source is not None:
                     fraction = source["fraction_of_conv_peak"]
@@ -68,20 +78,34 @@ def main():
                 cpu_rate = measured["peaks_gflop_s"]["conv_float32"] * fraction * 1e9
                 row["cpu_epoch_hours"] = epoch_flops / cpu_rate / 3600
                 row["gpu_epoch_seconds_estimate"] = {
-                    gpu: epoch_flops / (peak * 1e12 * fraction) for gpu, peak in GPU_PEAKS.items()}
+                    gpu: epoch_flops / (peak * 1e12 * fraction) for gpu, peak in GPU_PEAKS.items()
+                }
             results.append(row)
-            line = (f"{method_name} {model_name}: {row['gflop_per_image_step']:.1f} GFLOP/image/step, "
-                    f"{row['epoch_pflop']:.2f} PFLOP/epoch")
+            line = (
+                f"{method_name} {model_name}: {row['gflop_per_image_step']:.1f} GFLOP/image/step, "
+                f"{row['epoch_pflop']:.2f} PFLOP/epoch"
+            )
             if "cpu_fraction_of_peak" in row:
-                line += (f"; CPU {row['cpu_epoch_hours']:.1f} h/epoch at {100 * fraction:.1f}% of peak "
-                         f"({row['fraction_from']}); GPU estimate s/epoch: "
-                         + ", ".join(f"{gpu} {s:.0f}" for gpu, s in row["gpu_epoch_seconds_estimate"].items()))
+                line += (
+                    f"; CPU {row['cpu_epoch_hours']:.1f} h/epoch at {100 * fraction:.1f}% of peak "
+                    f"({row['fraction_from']}); GPU estimate s/epoch: "
+                    + ", ".join(f"{gpu} {s:.0f}" for gpu, s in row["gpu_epoch_seconds_estimate"].items())
+                )
             print(line, flush=True)
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     with open(args.output, "w") as f:
-        json.dump({"benchmark": "epoch_estimate", "throughput_source": args.throughput,
-                   "gpu_peaks_tflop_s": GPU_PEAKS, "train_images": args.train_images,
-                   "attack_steps": args.attack_steps, "results": results}, f, indent=2)
+        json.dump(
+            {
+                "benchmark": "epoch_estimate",
+                "throughput_source": args.throughput,
+                "gpu_peaks_tflop_s": GPU_PEAKS,
+                "train_images": args.train_images,
+                "attack_steps": args.attack_steps,
+                "results": results,
+            },
+            f,
+            indent=2,
+        )
     print(f"wrote {args.output}")
 
 

@@ -66,25 +66,29 @@ def main():
     parser.add_argument("--chunk_size", type=int, default=60)
     parser.add_argument("--batch_size", type=int, default=60)
     parser.add_argument("--attacks", default="pgd,autoattack")
-    parser.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "results",
-                                                         "eval_scale.json"))
+    parser.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "results", "eval_scale.json"))
     args = parser.parse_args()
 
     import tensorflow as tf
 
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(
-        cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
+        cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
+    )
 
     from robustcl import hardware
     from robustcl.evaluation import Plan, chunk_starts, evaluate, merge
     from robustcl.evaluation.run import _devices, _evaluate_chunks, _read_all
 
     machine = hardware.detect()
-    print(f"cpu: {machine.describe()}, {os.cpu_count()} cores; model {args.model}, "
-          f"{args.num_examples} points in chunks of {args.chunk_size}, attacks {args.attacks}", flush=True)
-    plan = Plan(attacks=tuple(args.attacks.split(",")), sweep=False, batch_size=args.batch_size,
-                chunk_size=args.chunk_size)
+    print(
+        f"cpu: {machine.describe()}, {os.cpu_count()} cores; model {args.model}, "
+        f"{args.num_examples} points in chunks of {args.chunk_size}, attacks {args.attacks}",
+        flush=True,
+    )
+    plan = Plan(
+        attacks=tuple(args.attacks.split(",")), sweep=False, batch_size=args.batch_size, chunk_size=args.chunk_size
+    )
     network, x, y = _setup(args.model, args.num_examples)
     names = [str(i) for i in range(10)]
     starts = chunk_starts(len(x), plan.chunk_size)
@@ -94,18 +98,46 @@ def main():
     def figure(mode, seconds, report):
         reports[mode] = report
         same = report["per_point"] == reports["memory"]["per_point"]
-        results.append({"mode": mode, "seconds": seconds, "points_per_s": len(x) / seconds,
-                        "worst_case_robust_accuracy": report["worst_case_robust_accuracy"],
-                        "equals_memory": same})
-        print(f"{mode}: {len(x) / seconds:.2f} points/s ({seconds:.1f} s; worst case "
-              f"{report['worst_case_robust_accuracy']:.3f}; per point equal to memory: {same})", flush=True)
+        results.append(
+            {
+                "mode": mode,
+                "seconds": seconds,
+                "points_per_s": len(x) / seconds,
+                "worst_case_robust_accuracy": report["worst_case_robust_accuracy"],
+                "equals_memory": same,
+            }
+        )
+        print(
+            f"{mode}: {len(x) / seconds:.2f} points/s ({seconds:.1f} s; worst case "
+            f"{report['worst_case_robust_accuracy']:.3f}; per point equal to memory: {same})",
+            flush=True,
+        )
 
     try:
-        evaluate(network, x[:plan.chunk_size], y[:plan.chunk_size], names, attacks=("pgd",),
-                 sweep=False, progress=False, batch_size=plan.batch_size)  # warm-up: tracing
+        evaluate(
+            network,
+            x[: plan.chunk_size],
+            y[: plan.chunk_size],
+            names,
+            attacks=("pgd",),
+            sweep=False,
+            progress=False,
+            batch_size=plan.batch_size,
+        )  # warm-up: tracing
         start = time.perf_counter()
-        report = evaluate(network, x, y, names, plan.norm, plan.eps, plan.attacks, sweep=False,
-                          progress=False, batch_size=plan.batch_size, chunk_size=plan.chunk_size)
+        report = evaluate(
+            network,
+            x,
+            y,
+            names,
+            plan.norm,
+            plan.eps,
+            plan.attacks,
+            sweep=False,
+            progress=False,
+            batch_size=plan.batch_size,
+            chunk_size=plan.chunk_size,
+        )
         figure("memory", time.perf_counter() - start, report)
 
         write_seconds = []
@@ -124,15 +156,15 @@ def main():
             start = time.perf_counter()
             _evaluate_chunks(network, x, y, starts, plan, store, devices, progress=False)
             report = merge(_read_all(store, starts, 1), y, names, plan)
-            figure(f"{mode} ({len(devices)} device{'s' if len(devices) > 1 else ''})",
-                   time.perf_counter() - start, report)
+            figure(
+                f"{mode} ({len(devices)} device{'s' if len(devices) > 1 else ''})", time.perf_counter() - start, report
+            )
 
         directory = os.path.join(root, "shards")
         _store(directory, plan, args.model)
         context = multiprocessing.get_context("spawn")
         start = time.perf_counter()
-        processes = [context.Process(target=_shard_process, args=(vars(args), plan, directory, i, 2))
-                     for i in range(2)]
+        processes = [context.Process(target=_shard_process, args=(vars(args), plan, directory, i, 2)) for i in range(2)]
         for process in processes:
             process.start()
         for process in processes:
@@ -144,17 +176,31 @@ def main():
     finally:
         shutil.rmtree(root, ignore_errors=True)
     persisted = results[1]["seconds"]
-    print(f"persisting: {sum(write_seconds):.3f} s writing {len(write_seconds)} chunk files "
-          f"({100 * sum(write_seconds) / persisted:.2f}% of the persisted run)", flush=True)
+    print(
+        f"persisting: {sum(write_seconds):.3f} s writing {len(write_seconds)} chunk files "
+        f"({100 * sum(write_seconds) / persisted:.2f}% of the persisted run)",
+        flush=True,
+    )
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     with open(args.output, "w") as f:
-        json.dump({"benchmark": "eval_scale", "tensorflow": tf.__version__,
-                   "machine": platform.machine(), "cpu_model": machine.cpu_model,
-                   "cpu_flags": list(machine.cpu_flags), "cpus": os.cpu_count(),
-                   "model": args.model, "num_examples": args.num_examples,
-                   "chunk_size": args.chunk_size, "attacks": args.attacks,
-                   "chunk_write_seconds": write_seconds, "results": results},
-                  f, indent=2)
+        json.dump(
+            {
+                "benchmark": "eval_scale",
+                "tensorflow": tf.__version__,
+                "machine": platform.machine(),
+                "cpu_model": machine.cpu_model,
+                "cpu_flags": list(machine.cpu_flags),
+                "cpus": os.cpu_count(),
+                "model": args.model,
+                "num_examples": args.num_examples,
+                "chunk_size": args.chunk_size,
+                "attacks": args.attacks,
+                "chunk_write_seconds": write_seconds,
+                "results": results,
+            },
+            f,
+            indent=2,
+        )
     print(f"wrote {args.output}")
 
 

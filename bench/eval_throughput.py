@@ -33,8 +33,7 @@ def main():
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--norm", default="linf", choices=["linf", "l2"])
     parser.add_argument("--eps", type=float, default=None, help="default: 8/255 for linf, 0.5 for l2")
-    parser.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "results",
-                                                         "eval_throughput.json"))
+    parser.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "results", "eval_throughput.json"))
     args = parser.parse_args()
     eps = args.eps if args.eps is not None else {"linf": 8 / 255, "l2": 0.5}[args.norm]
     machine = hardware.detect()
@@ -47,16 +46,28 @@ def main():
         attacker = Attacker(network, args.batch_size, progress=False)
         x = rng.uniform(size=(args.num_examples, 32, 32, 3)).astype(np.float32)
         y = attacker.predict(x).astype(np.int32)
-        attacker.gradient_attack("warmup", x[:args.batch_size], y[:args.batch_size], args.norm, eps,
-                                 2, eps / 4, 1, "ce", 0)
+        attacker.gradient_attack(
+            "warmup", x[: args.batch_size], y[: args.batch_size], args.norm, eps, 2, eps / 4, 1, "ce", 0
+        )
+
         def record(name, seconds, robust, **extra):
-            r = {"model": model_name, "attack": name, "norm": args.norm, "eps": eps,
-                 "num_examples": args.num_examples,
-                 "seconds": seconds, "images_per_s": args.num_examples / seconds,
-                 "robust_accuracy": float(robust), **extra}
+            r = {
+                "model": model_name,
+                "attack": name,
+                "norm": args.norm,
+                "eps": eps,
+                "num_examples": args.num_examples,
+                "seconds": seconds,
+                "images_per_s": args.num_examples / seconds,
+                "robust_accuracy": float(robust),
+                **extra,
+            }
             results.append(r)
-            print(f"{model_name} {name} {args.norm}: {r['images_per_s']:.2f} images/s ({seconds:.1f} s for "
-                  f"{args.num_examples} images, robust after: {r['robust_accuracy']:.3f})", flush=True)
+            print(
+                f"{model_name} {name} {args.norm}: {r['images_per_s']:.2f} images/s ({seconds:.1f} s for "
+                f"{args.num_examples} images, robust after: {r['robust_accuracy']:.3f})",
+                flush=True,
+            )
 
         start = time.perf_counter()
         pgd = attacker.gradient_attack("pgd", x, y, args.norm, eps, 20, 2.5 * eps / 20, 1, "ce", 0)
@@ -69,17 +80,28 @@ def main():
             print(f"{model_name} cascade {args.norm}: +{now - stage_start[0]:.1f} s, {message}", flush=True)
             stage_start[0] = now
 
-        stages = autoattack.run(attacker, x, y, args.norm, eps, autoattack.resolve("standard"),
-                                log=log_stage)
-        record("autoattack-cascade", time.perf_counter() - start, stages[-1].robust.mean(),
-               stages={s.name: {"seconds": round(s.seconds, 2), "robust_after": float(s.robust.mean())}
-                       for s in stages})
+        stages = autoattack.run(attacker, x, y, args.norm, eps, autoattack.resolve("standard"), log=log_stage)
+        record(
+            "autoattack-cascade",
+            time.perf_counter() - start,
+            stages[-1].robust.mean(),
+            stages={s.name: {"seconds": round(s.seconds, 2), "robust_after": float(s.robust.mean())} for s in stages},
+        )
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     with open(args.output, "w") as f:
-        json.dump({"benchmark": "eval_throughput", "tensorflow": tf.__version__,
-                   "machine": platform.machine(), "cpu_model": machine.cpu_model,
-                   "cpu_flags": list(machine.cpu_flags), "cpus": os.cpu_count(), "results": results},
-                  f, indent=2)
+        json.dump(
+            {
+                "benchmark": "eval_throughput",
+                "tensorflow": tf.__version__,
+                "machine": platform.machine(),
+                "cpu_model": machine.cpu_model,
+                "cpu_flags": list(machine.cpu_flags),
+                "cpus": os.cpu_count(),
+                "results": results,
+            },
+            f,
+            indent=2,
+        )
     print(f"wrote {args.output}")
 
 

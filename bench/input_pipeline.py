@@ -55,8 +55,7 @@ def write_jpegs(root, count, height, width, classes=10, seed=0):
 
 
 def pipeline_images_per_s(examples, size, batch_size, batches, views):
-    dataset = data.train_dataset(examples, (size, size, 3), batch_size, augment=True, seed=0,
-                                 views=views)
+    dataset = data.train_dataset(examples, (size, size, 3), batch_size, augment=True, seed=0, views=views)
     iterator = iter(dataset)
     for _ in range(3):  # warm-up: tracing, the prefetch buffer filling
         next(iterator)
@@ -69,16 +68,16 @@ def pipeline_images_per_s(examples, size, batch_size, batches, views):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="64,224")
-    parser.add_argument("--models", default="preact_resnet18,resnet18_imagenet",
-                        help="one backbone per size, in the order of --sizes")
+    parser.add_argument(
+        "--models", default="preact_resnet18,resnet18_imagenet", help="one backbone per size, in the order of --sizes"
+    )
     parser.add_argument("--method", default="pgd_at")
     parser.add_argument("--images", type=int, default=512, help="files written per size")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--pipeline_batches", type=int, default=12)
     parser.add_argument("--attack_steps", type=int, default=10)
     parser.add_argument("--steps", type=int, default=3, help="timed training steps")
-    parser.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "results",
-                                                         "input_pipeline.json"))
+    parser.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "results", "input_pipeline.json"))
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     model_names = args.models.split(",")
@@ -100,37 +99,84 @@ def main():
             examples = write_jpegs(os.path.join(root, str(size)), args.images, height, width)
             file_kb = np.mean([os.path.getsize(f) for f in examples.files]) / 1024
             pipeline = pipeline_images_per_s(examples, size, args.batch_size, args.pipeline_batches, views)
-            print(f"pipeline {size} px ({width}x{height} JPEGs, {file_kb:.0f} KB mean, decode + fit "
-                  f"+ pad-crop-flip, {views} view(s)): {pipeline:.1f} images/s", flush=True)
-            step = train_throughput.measure(args.method, model_name, "graph", "float32",
-                                            args.batch_size, args.attack_steps, args.steps, 1,
-                                            strategy, "global", image_size=size)
-            print(f"step {args.method} {model_name} {size} px batch {args.batch_size}, fixed batch: "
-                  f"{step['images_per_s']:.2f} images/s", flush=True)
-            streamed = data.train_dataset(examples, (size, size, 3), args.batch_size, augment=True,
-                                          seed=0, views=views)
-            fed = train_throughput.measure(args.method, model_name, "graph", "float32",
-                                           args.batch_size, args.attack_steps, args.steps, 1,
-                                           strategy, "global", image_size=size, dataset=streamed)
-            print(f"step+pipe {args.method} {model_name} {size} px batch {args.batch_size}, fed from "
-                  f"the JPEG folder: {fed['images_per_s']:.2f} images/s "
-                  f"({100 * fed['images_per_s'] / step['images_per_s']:.0f}% of the fixed-batch step; "
-                  f"the pipeline alone is {pipeline / step['images_per_s']:.0f}x the step)", flush=True)
-            results.append({"image_size": size, "model": model_name, "method": args.method,
-                            "batch_size": args.batch_size, "source_file_shape": [height, width],
-                            "source_file_kb": file_kb, "views": views,
-                            "pipeline_images_per_s": pipeline,
-                            "step_images_per_s": step["images_per_s"],
-                            "step_fed_by_pipeline_images_per_s": fed["images_per_s"]})
+            print(
+                f"pipeline {size} px ({width}x{height} JPEGs, {file_kb:.0f} KB mean, decode + fit "
+                f"+ pad-crop-flip, {views} view(s)): {pipeline:.1f} images/s",
+                flush=True,
+            )
+            step = train_throughput.measure(
+                args.method,
+                model_name,
+                "graph",
+                "float32",
+                args.batch_size,
+                args.attack_steps,
+                args.steps,
+                1,
+                strategy,
+                "global",
+                image_size=size,
+            )
+            print(
+                f"step {args.method} {model_name} {size} px batch {args.batch_size}, fixed batch: "
+                f"{step['images_per_s']:.2f} images/s",
+                flush=True,
+            )
+            streamed = data.train_dataset(examples, (size, size, 3), args.batch_size, augment=True, seed=0, views=views)
+            fed = train_throughput.measure(
+                args.method,
+                model_name,
+                "graph",
+                "float32",
+                args.batch_size,
+                args.attack_steps,
+                args.steps,
+                1,
+                strategy,
+                "global",
+                image_size=size,
+                dataset=streamed,
+            )
+            print(
+                f"step+pipe {args.method} {model_name} {size} px batch {args.batch_size}, fed from "
+                f"the JPEG folder: {fed['images_per_s']:.2f} images/s "
+                f"({100 * fed['images_per_s'] / step['images_per_s']:.0f}% of the fixed-batch step; "
+                f"the pipeline alone is {pipeline / step['images_per_s']:.0f}x the step)",
+                flush=True,
+            )
+            results.append(
+                {
+                    "image_size": size,
+                    "model": model_name,
+                    "method": args.method,
+                    "batch_size": args.batch_size,
+                    "source_file_shape": [height, width],
+                    "source_file_kb": file_kb,
+                    "views": views,
+                    "pipeline_images_per_s": pipeline,
+                    "step_images_per_s": step["images_per_s"],
+                    "step_fed_by_pipeline_images_per_s": fed["images_per_s"],
+                }
+            )
     finally:
         shutil.rmtree(root, ignore_errors=True)
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     with open(args.output, "w") as f:
-        json.dump({"benchmark": "input_pipeline", "tensorflow": tf.__version__,
-                   "keras": keras.__version__, "machine": platform.machine(),
-                   "cpu_model": machine.cpu_model, "cpu_flags": list(machine.cpu_flags),
-                   "cpus": os.cpu_count(), "attack_steps": args.attack_steps, "results": results},
-                  f, indent=2)
+        json.dump(
+            {
+                "benchmark": "input_pipeline",
+                "tensorflow": tf.__version__,
+                "keras": keras.__version__,
+                "machine": platform.machine(),
+                "cpu_model": machine.cpu_model,
+                "cpu_flags": list(machine.cpu_flags),
+                "cpus": os.cpu_count(),
+                "attack_steps": args.attack_steps,
+                "results": results,
+            },
+            f,
+            indent=2,
+        )
     print(f"wrote {args.output}")
 
 

@@ -81,8 +81,11 @@ class _StageLog:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--autoattack_dir", required=True,
-                        help="checkout of github.com/fra31/auto-attack (holds the autoattack package)")
+    parser.add_argument(
+        "--autoattack_dir",
+        required=True,
+        help="checkout of github.com/fra31/auto-attack (holds the autoattack package)",
+    )
     parser.add_argument("--model_dir", required=True, help="a robustcl training run")
     parser.add_argument("--checkpoint", default="best", choices=["best", "last"])
     parser.add_argument("--data_dir", default=None)
@@ -92,8 +95,7 @@ def main():
     parser.add_argument("--eps_l2", type=float, default=0.5)
     parser.add_argument("--batch_size", type=int, default=200)
     parser.add_argument("--version", default="standard", choices=["standard", "plus", "rand"])
-    parser.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "results",
-                                                         "reference_check.json"))
+    parser.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "results", "reference_check.json"))
     args = parser.parse_args()
     if not os.path.isfile(os.path.join(args.autoattack_dir, "autoattack", "autoattack.py")):
         parser.error(f"--autoattack_dir={args.autoattack_dir} has no autoattack/autoattack.py")
@@ -107,8 +109,11 @@ def main():
     run = artifacts.load_run(args.model_dir, args.checkpoint)
     config, network = run.config, run.network
     x, y = data.first_test_images(
-        data.load_dataset(config.data.dataset, args.data_dir or config.data.data_dir,
-                          image_size=config.data.image_size), args.num_examples)
+        data.load_dataset(
+            config.data.dataset, args.data_dir or config.data.data_dir, image_size=config.data.image_size
+        ),
+        args.num_examples,
+    )
     n = len(x)
     attacker = Attacker(network, args.batch_size, progress=False)
     clean = float(np.mean(attacker.predict(x) == y))
@@ -117,35 +122,69 @@ def main():
     for norm in args.norms.split(","):
         eps = {"linf": args.eps_linf, "l2": args.eps_l2}[norm]
         start = time.perf_counter()
-        ours = autoattack.run(attacker, x, y, norm, eps, autoattack.resolve(args.version), seed=0,
-                              log=lambda *_: None)
+        ours = autoattack.run(attacker, x, y, norm, eps, autoattack.resolve(args.version), seed=0, log=lambda *_: None)
         ours_seconds = time.perf_counter() - start
 
-        reference = AutoAttack(torch_module(network), norm={"linf": "Linf", "l2": "L2"}[norm], eps=eps,
-                               version=args.version, device="cpu", seed=0, verbose=True)
+        reference = AutoAttack(
+            torch_module(network),
+            norm={"linf": "Linf", "l2": "L2"}[norm],
+            eps=eps,
+            version=args.version,
+            device="cpu",
+            seed=0,
+            verbose=True,
+        )
         stage_log = _StageLog()
         reference.logger = reference.apgd.logger = reference.apgd_targeted.logger = stage_log
         start = time.perf_counter()
-        reference.run_standard_evaluation(torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(),
-                                          torch.from_numpy(y.astype(np.int64)), bs=args.batch_size)
+        reference.run_standard_evaluation(
+            torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(),
+            torch.from_numpy(y.astype(np.int64)),
+            bs=args.batch_size,
+        )
         reference_seconds = time.perf_counter() - start
         for stage in ours:
             theirs = stage_log.robust_after.get(stage.name)
-            row = {"norm": norm, "eps": eps, "stage": stage.name, "num_examples": n,
-                   "ours_robust_after": float(stage.robust.mean()), "reference_robust_after": theirs}
+            row = {
+                "norm": norm,
+                "eps": eps,
+                "stage": stage.name,
+                "num_examples": n,
+                "ours_robust_after": float(stage.robust.mean()),
+                "reference_robust_after": theirs,
+            }
             results.append(row)
-            print(f"{norm} eps {eps:.5g} robust after {stage.name}: ours {row['ours_robust_after']:.4f}, "
-                  f"reference {theirs if theirs is None else f'{theirs:.4f}'}", flush=True)
-        results.append({"norm": norm, "eps": eps, "stage": "seconds", "ours": round(ours_seconds, 1),
-                        "reference": round(reference_seconds, 1)})
-        print(f"{norm} eps {eps:.5g} seconds: ours {ours_seconds:.1f}, reference {reference_seconds:.1f}",
-              flush=True)
+            print(
+                f"{norm} eps {eps:.5g} robust after {stage.name}: ours {row['ours_robust_after']:.4f}, "
+                f"reference {theirs if theirs is None else f'{theirs:.4f}'}",
+                flush=True,
+            )
+        results.append(
+            {
+                "norm": norm,
+                "eps": eps,
+                "stage": "seconds",
+                "ours": round(ours_seconds, 1),
+                "reference": round(reference_seconds, 1),
+            }
+        )
+        print(f"{norm} eps {eps:.5g} seconds: ours {ours_seconds:.1f}, reference {reference_seconds:.1f}", flush=True)
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     with open(args.output, "w") as f:
-        json.dump({"benchmark": "reference_check", "model_dir": args.model_dir,
-                   "checkpoint": args.checkpoint, "clean_accuracy": clean, "torch": torch.__version__,
-                   "tensorflow": tf.__version__, "machine": platform.machine(), "results": results},
-                  f, indent=2)
+        json.dump(
+            {
+                "benchmark": "reference_check",
+                "model_dir": args.model_dir,
+                "checkpoint": args.checkpoint,
+                "clean_accuracy": clean,
+                "torch": torch.__version__,
+                "tensorflow": tf.__version__,
+                "machine": platform.machine(),
+                "results": results,
+            },
+            f,
+            indent=2,
+        )
     print(f"wrote {args.output}")
 
 

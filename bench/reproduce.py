@@ -36,11 +36,11 @@ def main(argv):
     from robustcl import hardware, reproduce
 
     machine = f"{hardware.detect().describe()}, {os.cpu_count()} cores"
-    software = (f"Python {platform.python_version()}, TensorFlow {tf.__version__}, "
-                f"Keras {keras.__version__}")
+    software = f"Python {platform.python_version()}, TensorFlow {tf.__version__}, Keras {keras.__version__}"
     # The command that makes the grid (--record_only only rewrites the record).
     command = "python bench/reproduce.py " + " ".join(
-        a for a in sys.argv[1:] if a not in ("--record_only", "--record_only=true"))
+        a for a in sys.argv[1:] if a not in ("--record_only", "--record_only=true")
+    )
     print(f"machine: {machine}\nsoftware: {software}", flush=True)
 
     def record():

@@ -46,9 +46,20 @@ def _tiny_export(root):
 
 def _start(base_path, name, grpc_port, rest_port, log):
     process = subprocess.Popen(
-        [sys.executable, "-m", "robustcl.serving.model_server", "--host=127.0.0.1",
-         f"--port={grpc_port}", f"--rest_api_port={rest_port}", f"--model_name={name}",
-         f"--model_base_path={base_path}"], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        [
+            sys.executable,
+            "-m",
+            "robustcl.serving.model_server",
+            "--host=127.0.0.1",
+            f"--port={grpc_port}",
+            f"--rest_api_port={rest_port}",
+            f"--model_name={name}",
+            f"--model_base_path={base_path}",
+        ],
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     client = RestClient(f"http://127.0.0.1:{rest_port}", name, max_retries=0)
     deadline = time.time() + 180
     while time.time() < deadline:
@@ -72,8 +83,12 @@ def measure(client, images, requests):
         client.predict(images)
     seconds = time.perf_counter() - start
     latencies = np.asarray(client.latencies) * 1000
-    return {"requests_per_s": requests / seconds, "images_per_s": requests * len(images) / seconds,
-            "p50_ms": float(np.percentile(latencies, 50)), "p99_ms": float(np.percentile(latencies, 99))}
+    return {
+        "requests_per_s": requests / seconds,
+        "images_per_s": requests * len(images) / seconds,
+        "p50_ms": float(np.percentile(latencies, 50)),
+        "p99_ms": float(np.percentile(latencies, 99)),
+    }
 
 
 def main():
@@ -98,14 +113,18 @@ def main():
                 rng = np.random.default_rng(0)
                 for batch in [int(b) for b in args.batches.split(",")]:
                     images = rng.uniform(size=(batch, 32, 32, 3)).astype(np.float32)
-                    for api, client in (("rest", RestClient(f"http://127.0.0.1:{rest_port}", name,
-                                                            max_batch=batch)),
-                                        ("grpc", GrpcClient(f"127.0.0.1:{grpc_port}", name, max_batch=batch))):
+                    for api, client in (
+                        ("rest", RestClient(f"http://127.0.0.1:{rest_port}", name, max_batch=batch)),
+                        ("grpc", GrpcClient(f"127.0.0.1:{grpc_port}", name, max_batch=batch)),
+                    ):
                         figures = measure(client, images, args.requests)
                         results.append({"api": api, "batch": batch, **figures})
-                        print(f"serving {api} batch {batch}: {figures['requests_per_s']:.1f} requests/s, "
-                              f"{figures['images_per_s']:.0f} images/s, p50 {figures['p50_ms']:.2f} ms, "
-                              f"p99 {figures['p99_ms']:.2f} ms ({header})", flush=True)
+                        print(
+                            f"serving {api} batch {batch}: {figures['requests_per_s']:.1f} requests/s, "
+                            f"{figures['images_per_s']:.0f} images/s, p50 {figures['p50_ms']:.2f} ms, "
+                            f"p99 {figures['p99_ms']:.2f} ms ({header})",
+                            flush=True,
+                        )
             finally:
                 server.terminate()
                 server.wait(timeout=30)
@@ -113,9 +132,19 @@ def main():
         shutil.rmtree(work, ignore_errors=True)
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     with open(args.output, "w") as f:
-        json.dump({"benchmark": "serving_throughput", "machine": platform.machine(),
-                   "cpu_model": machine.cpu_model, "cpu_flags": list(machine.cpu_flags),
-                   "cpus": os.cpu_count(), "requests": args.requests, "results": results}, f, indent=2)
+        json.dump(
+            {
+                "benchmark": "serving_throughput",
+                "machine": platform.machine(),
+                "cpu_model": machine.cpu_model,
+                "cpu_flags": list(machine.cpu_flags),
+                "cpus": os.cpu_count(),
+                "requests": args.requests,
+                "results": results,
+            },
+            f,
+            indent=2,
+        )
     print(f"wrote {args.output}")
 
 

@@ -40,7 +40,8 @@ def _split_cpu(replicas):
     if replicas > 1:
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(
-            cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(replicas)])
+            cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(replicas)]
+        )
 
 
 def _fastest(fn, repeats):
@@ -77,7 +78,7 @@ def measure_peaks(repeats=10):
         a = tf.cast(a, dtype)
         matmul = tf.function(lambda: tf.matmul(a, a))
         seconds = _fastest(lambda: matmul().numpy(), repeats)
-        peaks[f"matmul_{dtype}"] = 2 * 2048 ** 3 / seconds / 1e9
+        peaks[f"matmul_{dtype}"] = 2 * 2048**3 / seconds / 1e9
         x = tf.cast(tf.random.uniform([32, 32, 32, 128]), dtype)
         k = tf.cast(tf.random.uniform([3, 3, 128, 128]), dtype)
         conv = tf.function(lambda: tf.nn.conv2d(x, k, 1, "SAME"))
@@ -86,8 +87,20 @@ def measure_peaks(repeats=10):
     return peaks
 
 
-def measure(method_name, model_name, mode, precision, batch_size, attack_steps, steps, warmup,
-            strategy, scope, image_size=32, dataset=None):
+def measure(
+    method_name,
+    model_name,
+    mode,
+    precision,
+    batch_size,
+    attack_steps,
+    steps,
+    warmup,
+    strategy,
+    scope,
+    image_size=32,
+    dataset=None,
+):
     """One configuration's step time. `dataset` (batches of images and labels) replaces the fixed
     random batch, to time the step fed by a real input pipeline."""
     keras.mixed_precision.set_global_policy(precision)
@@ -96,13 +109,20 @@ def measure(method_name, model_name, mode, precision, batch_size, attack_steps, 
         method_class = methods.get(method_name)
         with strategy.scope():
             method = method_class(contrastive_scope=scope)
-            network = models.build(model_name, 10, (0.49, 0.48, 0.45), (0.25, 0.24, 0.26),
-                                   (image_size, image_size, 3), embedding_dim=method.embedding_dim,
-                                   embedding_head=method.embedding_head or "mlp",
-                                   synchronized_bn=strategy.num_replicas_in_sync > 1)
+            network = models.build(
+                model_name,
+                10,
+                (0.49, 0.48, 0.45),
+                (0.25, 0.24, 0.26),
+                (image_size, image_size, 3),
+                embedding_dim=method.embedding_dim,
+                embedding_head=method.embedding_head or "mlp",
+                synchronized_bn=strategy.num_replicas_in_sync > 1,
+            )
             attack = AttackConfig(steps=attack_steps)
-            model = AdversarialModel(network, method, attack, attack, weight_decay=5e-4,
-                                     jit_compile_attack=(mode == "xla"))
+            model = AdversarialModel(
+                network, method, attack, attack, weight_decay=5e-4, jit_compile_attack=(mode == "xla")
+            )
             model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), jit_compile=False)
         if dataset is None:
             rng = np.random.default_rng(0)
@@ -112,8 +132,7 @@ def measure(method_name, model_name, mode, precision, batch_size, attack_steps, 
             inputs = (x, x[:, :, ::-1].copy()) if method.data_views == 2 else x
             dataset = tf.data.Dataset.from_tensors((inputs, y)).repeat()
         timer = StepTimer()
-        history = model.fit(dataset, steps_per_epoch=warmup + steps, epochs=1, verbose=0,
-                            callbacks=[timer])
+        history = model.fit(dataset, steps_per_epoch=warmup + steps, epochs=1, verbose=0, callbacks=[timer])
         first = sum(timer.times[:warmup])
         step = float(np.median(timer.times[warmup:]))
         loss = history.history["loss"][-1]
@@ -121,12 +140,23 @@ def measure(method_name, model_name, mode, precision, batch_size, attack_steps, 
         flops = models.forward_flops(network) * method.forward_passes_per_step(attack_steps)
     finally:
         keras.mixed_precision.set_global_policy("float32")
-    return {"method": method_name, "model": model_name, "mode": mode, "precision": precision,
-            "replicas": strategy.num_replicas_in_sync, "contrastive_scope": scope,
-            "image_size": image_size,
-            "batch_size": batch_size, "attack_steps": attack_steps, "steps_timed": steps,
-            "step_s": step, "images_per_s": batch_size / step, "first_step_s": first,
-            "gflop_per_image_step": flops / 1e9, "gflop_per_s": batch_size * flops / step / 1e9}
+    return {
+        "method": method_name,
+        "model": model_name,
+        "mode": mode,
+        "precision": precision,
+        "replicas": strategy.num_replicas_in_sync,
+        "contrastive_scope": scope,
+        "image_size": image_size,
+        "batch_size": batch_size,
+        "attack_steps": attack_steps,
+        "steps_timed": steps,
+        "step_s": step,
+        "images_per_s": batch_size / step,
+        "first_step_s": first,
+        "gflop_per_image_step": flops / 1e9,
+        "gflop_per_s": batch_size * flops / step / 1e9,
+    }
 
 
 def main():
@@ -141,8 +171,7 @@ def main():
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--replicas", type=int, default=1)
     parser.add_argument("--scopes", default="global", help="--contrastive_scope values to time")
-    parser.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "results",
-                                                         "train_throughput.json"))
+    parser.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "results", "train_throughput.json"))
     args = parser.parse_args()
     _split_cpu(args.replicas)
 
@@ -165,25 +194,49 @@ def main():
             for mode in args.modes.split(","):
                 for precision in args.precisions.split(","):
                     for scope in args.scopes.split(","):
-                        r = measure(method_name, model_name, mode, precision, args.batch_size,
-                                    args.attack_steps, args.steps, args.warmup, strategy, scope)
+                        r = measure(
+                            method_name,
+                            model_name,
+                            mode,
+                            precision,
+                            args.batch_size,
+                            args.attack_steps,
+                            args.steps,
+                            args.warmup,
+                            strategy,
+                            scope,
+                        )
                         peak = peaks["conv_bfloat16" if "bfloat16" in precision else "conv_float32"]
                         r["fraction_of_conv_peak"] = r["gflop_per_s"] / peak
                         results.append(r)
-                        print(f"{r['method']} {r['model']} {r['mode']} {r['precision']} "
-                              f"replicas={r['replicas']} scope={scope} batch={args.batch_size}: "
-                              f"{r['images_per_s']:.2f} images/s (step {r['step_s']:.3f} s, "
-                              f"first {r['first_step_s']:.1f} s), {r['gflop_per_s']:.1f} GFLOP/s = "
-                              f"{100 * r['fraction_of_conv_peak']:.1f}% of the {precision} conv "
-                              "peak", flush=True)
+                        print(
+                            f"{r['method']} {r['model']} {r['mode']} {r['precision']} "
+                            f"replicas={r['replicas']} scope={scope} batch={args.batch_size}: "
+                            f"{r['images_per_s']:.2f} images/s (step {r['step_s']:.3f} s, "
+                            f"first {r['first_step_s']:.1f} s), {r['gflop_per_s']:.1f} GFLOP/s = "
+                            f"{100 * r['fraction_of_conv_peak']:.1f}% of the {precision} conv "
+                            "peak",
+                            flush=True,
+                        )
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     with open(args.output, "w") as f:
-        json.dump({"benchmark": "train_throughput", "tensorflow": tf.__version__,
-                   "keras": keras.__version__, "machine": platform.machine(),
-                   "cpu_model": machine.cpu_model, "cpu_flags": list(machine.cpu_flags),
-                   "auto_precision": auto, "cpus": os.cpu_count(),
-                   "gpus": len(tf.config.list_physical_devices("GPU")), "peaks_gflop_s": peaks,
-                   "results": results}, f, indent=2)
+        json.dump(
+            {
+                "benchmark": "train_throughput",
+                "tensorflow": tf.__version__,
+                "keras": keras.__version__,
+                "machine": platform.machine(),
+                "cpu_model": machine.cpu_model,
+                "cpu_flags": list(machine.cpu_flags),
+                "auto_precision": auto,
+                "cpus": os.cpu_count(),
+                "gpus": len(tf.config.list_physical_devices("GPU")),
+                "peaks_gflop_s": peaks,
+                "results": results,
+            },
+            f,
+            indent=2,
+        )
     print(f"wrote {args.output}")
 
 

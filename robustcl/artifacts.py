@@ -66,8 +66,11 @@ def fingerprint(*paths):
 
     digest = hashlib.sha1()
     for path in paths:
-        files = [path] if os.path.isfile(path) else sorted(
-            os.path.join(root, name) for root, _, names in os.walk(path) for name in names)
+        files = (
+            [path]
+            if os.path.isfile(path)
+            else sorted(os.path.join(root, name) for root, _, names in os.walk(path) for name in names)
+        )
         for file_path in files:
             digest.update(os.path.relpath(file_path, path).encode())
             with open(file_path, "rb") as f:
@@ -179,12 +182,26 @@ def load_run(model_dir, checkpoint="best"):
         raise FileNotFoundError(f"{weights} not found (has the run finished an epoch?)")
     info, class_names = read_dataset(model_dir, config)
     keras.mixed_precision.set_global_policy("float32")
-    network = models.build(config.model.name, info.num_classes, info.mean, info.std,
-                           info.image_shape, embedding_dim=config.model.embedding_dim,
-                           embedding_head=config.model.embedding_head)
+    network = models.build(
+        config.model.name,
+        info.num_classes,
+        info.mean,
+        info.std,
+        info.image_shape,
+        embedding_dim=config.model.embedding_dim,
+        embedding_head=config.model.embedding_head,
+    )
     network.load_weights(weights)
-    return Classifier(network, f"{model_dir} ({checkpoint})", info.image_shape, config, info,
-                      class_names, has_embedding=True, files=(weights,))
+    return Classifier(
+        network,
+        f"{model_dir} ({checkpoint})",
+        info.image_shape,
+        config,
+        info,
+        class_names,
+        has_embedding=True,
+        files=(weights,),
+    )
 
 
 class _SignatureNetwork:
@@ -236,11 +253,15 @@ OUTPUT_KINDS = ("logits", "probabilities")
 def _adaptation_notes(input_range, outputs):
     notes = []
     if input_range == "0,255":
-        notes.append("the model takes pixels in [0, 255]: images in [0, 1] and eps are in [0, 1] "
-                     "units and multiplied by 255 on the way in")
+        notes.append(
+            "the model takes pixels in [0, 255]: images in [0, 1] and eps are in [0, 1] "
+            "units and multiplied by 255 on the way in"
+        )
     if outputs == "probabilities":
-        notes.append("the model outputs probabilities: the attacks use their logarithm as logits "
-                     "(softmax of log-probabilities gives the same probabilities back)")
+        notes.append(
+            "the model outputs probabilities: the attacks use their logarithm as logits "
+            "(softmax of log-probabilities gives the same probabilities back)"
+        )
     return tuple(notes)
 
 
@@ -254,12 +275,10 @@ def _pick(keys, wanted, flag, what, prefer=None):
         return keys[0]
     if prefer in keys:
         return prefer
-    raise ModelLoadError(f"--{flag}: {what} has {len(keys)} of them ({', '.join(keys)}); name the "
-                         "one to use")
+    raise ModelLoadError(f"--{flag}: {what} has {len(keys)} of them ({', '.join(keys)}); name the one to use")
 
 
-def load_saved_model(path, signature="", input_key="", output_key="", input_range="0,1",
-                     outputs="logits"):
+def load_saved_model(path, signature="", input_key="", output_key="", input_range="0,1", outputs="logits"):
     """A robustcl export (through its differentiable `logits` signature, with the config it
     carries) or any other SavedModel (through `signature`, default serving_default)."""
     import tensorflow as tf
@@ -273,22 +292,32 @@ def load_saved_model(path, signature="", input_key="", output_key="", input_rang
     signatures = dict(loaded.signatures)
     name = signature or ("logits" if ours else "serving_default")
     if name not in signatures:
-        raise ModelLoadError(f"--signature: {path} has no signature {name!r}; it has "
-                             f"{', '.join(sorted(signatures)) or 'none'}")
+        raise ModelLoadError(
+            f"--signature: {path} has no signature {name!r}; it has {', '.join(sorted(signatures)) or 'none'}"
+        )
     function = signatures[name]
     inputs = function.structured_input_signature[1]
     in_key = _pick(inputs, input_key, "input_key", f"signature {name!r}'s inputs")
     spec = inputs[in_key]
     if not spec.dtype.is_floating:
-        raise ModelLoadError(f"--signature: {name!r} takes {spec.dtype.name} {in_key!r}: attacks need "
-                             "gradients with respect to a float input; choose a float signature")
-    out_key = _pick(function.structured_outputs, output_key, "output_key",
-                    f"signature {name!r}'s outputs", prefer="logits")
-    network = _SignatureNetwork(loaded, function, in_key, out_key, INPUT_RANGES[input_range],
-                                outputs == "probabilities")
+        raise ModelLoadError(
+            f"--signature: {name!r} takes {spec.dtype.name} {in_key!r}: attacks need "
+            "gradients with respect to a float input; choose a float signature"
+        )
+    out_key = _pick(
+        function.structured_outputs, output_key, "output_key", f"signature {name!r}'s outputs", prefer="logits"
+    )
+    network = _SignatureNetwork(
+        loaded, function, in_key, out_key, INPUT_RANGES[input_range], outputs == "probabilities"
+    )
     shape = tuple(spec.shape[1:]) if spec.shape.rank else None
-    classifier = Classifier(network, f"{path} (signature {name}, {in_key} -> {out_key})", shape,
-                            notes=_adaptation_notes(input_range, outputs), files=(path,))
+    classifier = Classifier(
+        network,
+        f"{path} (signature {name}, {in_key} -> {out_key})",
+        shape,
+        notes=_adaptation_notes(input_range, outputs),
+        files=(path,),
+    )
     if ours:
         classifier.config = read_config(extra)
         classifier.info, classifier.class_names = read_dataset(extra, classifier.config)
@@ -304,20 +333,27 @@ def load_keras_model(path, output_key="", input_range="0,1", outputs="logits"):
     try:
         model = keras.saving.load_model(path, compile=False)
     except Exception as error:  # Keras raises many types (unknown layers, bad archives)
-        raise ModelLoadError(f"--keras_model: cannot load {path}: {error} (a model with custom "
-                             "layers needs them registered: keras.saving.register_keras_serializable)"
-                             ) from error
+        raise ModelLoadError(
+            f"--keras_model: cannot load {path}: {error} (a model with custom "
+            "layers needs them registered: keras.saving.register_keras_serializable)"
+        ) from error
     if len(model.inputs) != 1:
-        raise ModelLoadError(f"--keras_model: {path} takes {len(model.inputs)} inputs; robustcl "
-                             "attacks models of one image input")
+        raise ModelLoadError(
+            f"--keras_model: {path} takes {len(model.inputs)} inputs; robustcl attacks models of one image input"
+        )
     key = None
     if isinstance(model.output, dict):
         key = _pick(model.output, output_key, "output_key", f"{path}'s outputs", prefer="logits")
     elif output_key:
         raise ModelLoadError(f"--output_key: {path} has one unnamed output")
     network = _KerasNetwork(model, key, INPUT_RANGES[input_range], outputs == "probabilities")
-    return Classifier(network, f"{path} (Keras model {model.name})", tuple(model.inputs[0].shape[1:]),
-                      notes=_adaptation_notes(input_range, outputs), files=(path,))
+    return Classifier(
+        network,
+        f"{path} (Keras model {model.name})",
+        tuple(model.inputs[0].shape[1:]),
+        notes=_adaptation_notes(input_range, outputs),
+        files=(path,),
+    )
 
 
 def check_against_data(classifier, image_shape, num_classes, x_probe, outputs="logits"):
@@ -328,28 +364,34 @@ def check_against_data(classifier, image_shape, num_classes, x_probe, outputs="l
     expected = tuple(image_shape)
     if classifier.image_shape and len(classifier.image_shape) == 3:
         declared = tuple(classifier.image_shape)
-        if len(declared) != len(expected) or any(d is not None and d != e
-                                                 for d, e in zip(declared, expected)):
-            raise ModelLoadError(f"the model takes images of shape {list(declared)}; the data's are "
-                                 f"{list(expected)} (--dataset, --image_size)")
+        if len(declared) != len(expected) or any(d is not None and d != e for d, e in zip(declared, expected)):
+            raise ModelLoadError(
+                f"the model takes images of shape {list(declared)}; the data's are "
+                f"{list(expected)} (--dataset, --image_size)"
+            )
     elif classifier.image_shape:
-        raise ModelLoadError(f"the model takes inputs of shape {list(classifier.image_shape)}; "
-                             f"expected images [batch, {', '.join(map(str, expected))}]")
+        raise ModelLoadError(
+            f"the model takes inputs of shape {list(classifier.image_shape)}; "
+            f"expected images [batch, {', '.join(map(str, expected))}]"
+        )
     try:
         result = classifier.network(x_probe, training=False)["logits"]
     except Exception as error:  # whatever the user's model raises on the data
-        raise ModelLoadError(f"the model fails on {list(x_probe.shape)} images of the dataset: "
-                             f"{error}") from error
+        raise ModelLoadError(f"the model fails on {list(x_probe.shape)} images of the dataset: {error}") from error
     shape = tuple(result.shape)
     if len(shape) != 2 or shape[0] != len(x_probe) or shape[1] != num_classes:
-        raise ModelLoadError(f"the model's outputs have shape {list(shape)} for {len(x_probe)} "
-                             f"images; class scores of this dataset's {num_classes} classes are "
-                             f"[{len(x_probe)}, {num_classes}] (--output_key picks another output)")
+        raise ModelLoadError(
+            f"the model's outputs have shape {list(shape)} for {len(x_probe)} "
+            f"images; class scores of this dataset's {num_classes} classes are "
+            f"[{len(x_probe)}, {num_classes}] (--output_key picks another output)"
+        )
     values = np.asarray(result)
     if not np.all(np.isfinite(values)):
         raise ModelLoadError("the model's outputs contain NaN or inf on clean test images")
     if outputs == "probabilities":
         sums = np.exp(values).sum(-1)
         if not np.allclose(sums, 1.0, atol=1e-3):
-            raise ModelLoadError(f"--outputs=probabilities: the outputs do not sum to 1 (sums "
-                                 f"{np.round(sums, 3).tolist()}); are they logits (--outputs=logits)?")
+            raise ModelLoadError(
+                f"--outputs=probabilities: the outputs do not sum to 1 (sums "
+                f"{np.round(sums, 3).tolist()}); are they logits (--outputs=logits)?"
+            )

@@ -24,10 +24,15 @@ class Hardware:
         return any(flag in self.cpu_flags for flag in BF16_CPU_FLAGS)
 
     def describe(self):
-        gpu = ("no GPU" if self.gpu_compute_capability is None
-               else "GPU compute capability %d.%d" % self.gpu_compute_capability)
-        return (f"{self.cpu_model} [{' '.join(self.cpu_flags) or 'no avx2/avx512'}], native CPU "
-                f"bfloat16: {'yes' if self.cpu_bfloat16 else 'no'}; {gpu}")
+        gpu = (
+            "no GPU"
+            if self.gpu_compute_capability is None
+            else "GPU compute capability %d.%d" % self.gpu_compute_capability
+        )
+        return (
+            f"{self.cpu_model} [{' '.join(self.cpu_flags) or 'no avx2/avx512'}], native CPU "
+            f"bfloat16: {'yes' if self.cpu_bfloat16 else 'no'}; {gpu}"
+        )
 
 
 def _cpuinfo(path="/proc/cpuinfo"):

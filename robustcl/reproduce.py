@@ -56,9 +56,16 @@ def surrogate_dir(config):
 
 
 def _train_command(config, method_flagfile, extra_flags, seed, model_dir):
-    return [sys.executable, os.path.join("scripts", "train.py"), f"--flagfile={method_flagfile}",
-            f"--flagfile={config.train_flagfile}", *extra_flags, f"--seed={seed}",
-            f"--data_dir={os.path.abspath(config.data_dir)}", f"--model_dir={os.path.abspath(model_dir)}"]
+    return [
+        sys.executable,
+        os.path.join("scripts", "train.py"),
+        f"--flagfile={method_flagfile}",
+        f"--flagfile={config.train_flagfile}",
+        *extra_flags,
+        f"--seed={seed}",
+        f"--data_dir={os.path.abspath(config.data_dir)}",
+        f"--model_dir={os.path.abspath(model_dir)}",
+    ]
 
 
 def surrogate_command(config):
@@ -69,11 +76,20 @@ def commands(config, cell, seed):
     """{stage: argv} for one cell x seed (run from the repository root: flagfiles include others
     by paths relative to it)."""
     model_dir = os.path.abspath(run_dir(config, cell, seed))
-    evaluate = [sys.executable, os.path.join("scripts", "evaluate.py"), f"--model_dir={model_dir}",
-                f"--data_dir={os.path.abspath(config.data_dir)}", f"--num_examples={config.eval_examples}",
-                f"--pgd_steps={config.pgd_steps}", f"--apgd_iterations={config.apgd_iterations}",
-                f"--square_queries={config.square_queries}", f"--batch_size={config.eval_batch_size}",
-                "--nosweep", "--projector_examples=0", "--seed=0"]
+    evaluate = [
+        sys.executable,
+        os.path.join("scripts", "evaluate.py"),
+        f"--model_dir={model_dir}",
+        f"--data_dir={os.path.abspath(config.data_dir)}",
+        f"--num_examples={config.eval_examples}",
+        f"--pgd_steps={config.pgd_steps}",
+        f"--apgd_iterations={config.apgd_iterations}",
+        f"--square_queries={config.square_queries}",
+        f"--batch_size={config.eval_batch_size}",
+        "--nosweep",
+        "--projector_examples=0",
+        "--seed=0",
+    ]
     argvs = {
         "train": _train_command(config, cell.method_flagfile, cell.extra_flags, seed, model_dir),
         "eval_best": evaluate + ["--checkpoint=best", f"--attacks={','.join(config.eval_attacks)}"],
@@ -83,9 +99,11 @@ def commands(config, cell, seed):
         # The evaluation runs at least one white-box attack; FGSM is the cheapest. The transfer
         # rows (PGD and APGD-CE crafted on the surrogate) are what this stage is for.
         argvs[TRANSFER_STAGE] = evaluate + [
-            "--checkpoint=best", "--attacks=fgsm",
+            "--checkpoint=best",
+            "--attacks=fgsm",
             f"--transfer_from={os.path.abspath(surrogate_dir(config))}",
-            f"--output_dir={os.path.join(model_dir, TRANSFER_OUTPUT)}"]
+            f"--output_dir={os.path.join(model_dir, TRANSFER_OUTPUT)}",
+        ]
     return argvs
 
 
@@ -124,12 +142,15 @@ def _portable(argv):
 def settings(config, cell, seed):
     """What a run's results depend on: its commands (less where the data and the run live) and the
     flagfiles' contents; with a transfer stage, also how the surrogate was trained."""
-    current = {"commands": {stage: _portable(argv) for stage, argv in commands(config, cell, seed).items()},
-               "flagfiles": {path: _flagfile_text(path)
-                             for path in (cell.method_flagfile, config.train_flagfile)}}
+    current = {
+        "commands": {stage: _portable(argv) for stage, argv in commands(config, cell, seed).items()},
+        "flagfiles": {path: _flagfile_text(path) for path in (cell.method_flagfile, config.train_flagfile)},
+    }
     if config.surrogate_flagfile:
-        current[SURROGATE] = {"command": _portable(surrogate_command(config)),
-                              "flagfile": _flagfile_text(config.surrogate_flagfile)}
+        current[SURROGATE] = {
+            "command": _portable(surrogate_command(config)),
+            "flagfile": _flagfile_text(config.surrogate_flagfile),
+        }
     return current
 
 
@@ -148,19 +169,24 @@ def _check_same_settings(state, current, directory):
     if not state:
         return
     old_settings = state["settings"]
-    differences = [("commands", stage, old_settings["commands"][stage], current["commands"].get(stage))
-                   for stage in old_settings["commands"]
-                   if old_settings["commands"][stage] != current["commands"].get(stage)]
-    differences += [("flagfiles", path, old_settings["flagfiles"].get(path), current["flagfiles"].get(path))
-                    for path in sorted(set(old_settings["flagfiles"]) | set(current["flagfiles"]))
-                    if old_settings["flagfiles"].get(path) != current["flagfiles"].get(path)]
+    differences = [
+        ("commands", stage, old_settings["commands"][stage], current["commands"].get(stage))
+        for stage in old_settings["commands"]
+        if old_settings["commands"][stage] != current["commands"].get(stage)
+    ]
+    differences += [
+        ("flagfiles", path, old_settings["flagfiles"].get(path), current["flagfiles"].get(path))
+        for path in sorted(set(old_settings["flagfiles"]) | set(current["flagfiles"]))
+        if old_settings["flagfiles"].get(path) != current["flagfiles"].get(path)
+    ]
     if SURROGATE in old_settings and old_settings[SURROGATE] != current.get(SURROGATE):
         differences.append((SURROGATE, "training", old_settings[SURROGATE], current.get(SURROGATE)))
     if differences:
         key, name, old, new = differences[0]
         raise ReproError(
             f"{directory} was made with other settings ({key} {name}: {old} now {new}); rerun with "
-            "the settings it was made with, or delete it")
+            "the settings it was made with, or delete it"
+        )
 
 
 def check_settings(config):
@@ -173,13 +199,11 @@ def check_settings(config):
     record_path = _record_path(config)
     record_rows = {(r["cell"], r["seed"]): r for r in artifacts.read_json(record_path, {}).get("rows", [])}
     if config.surrogate_flagfile:
-        _check_same_settings(load_state(surrogate_dir(config)), surrogate_settings(config),
-                             surrogate_dir(config))
+        _check_same_settings(load_state(surrogate_dir(config)), surrogate_settings(config), surrogate_dir(config))
     for cell in config.cells:
         for seed in config.seeds:
             current = settings(config, cell, seed)
-            _check_same_settings(load_state(run_dir(config, cell, seed)), current,
-                                 run_dir(config, cell, seed))
+            _check_same_settings(load_state(run_dir(config, cell, seed)), current, run_dir(config, cell, seed))
             row = record_rows.get((cell.name, seed))
             if not row:
                 continue
@@ -189,13 +213,15 @@ def check_settings(config):
             if other:
                 raise ReproError(
                     f"{record_path} holds results of {cell.name} seed {seed} made with other settings; "
-                    "rerun with the settings it was made with, or give another --record_name")
+                    "rerun with the settings it was made with, or give another --record_name"
+                )
 
 
 def surrogate_settings(config):
-    return {"commands": {"train": _portable(surrogate_command(config))},
-            "flagfiles": {path: _flagfile_text(path)
-                          for path in (config.surrogate_flagfile, config.train_flagfile)}}
+    return {
+        "commands": {"train": _portable(surrogate_command(config))},
+        "flagfiles": {path: _flagfile_text(path) for path in (config.surrogate_flagfile, config.train_flagfile)},
+    }
 
 
 def _finished(row, names=STAGES):
@@ -218,27 +244,44 @@ def recorded_rows(config):
     grid resumed on another machine (without the run directories) keeps them instead of rerunning.
     A row from before rows named their machine ran on the machine the record names."""
     record = artifacts.read_json(_record_path(config), {})
-    keys = {(c.name, seed): stages_key(settings(config, c, seed), STAGES)
-            for c in config.cells for seed in config.seeds}
+    keys = {
+        (c.name, seed): stages_key(settings(config, c, seed), STAGES) for c in config.cells for seed in config.seeds
+    }
     earlier = {"machine": record["machine"]} if "machine" in record else {}
-    return {(r["cell"], r["seed"]): {**earlier, **r}
-            for r in record.get("rows", [])
-            if _finished(r) and keys.get((r["cell"], r["seed"])) == r.get("settings_key")}
+    return {
+        (r["cell"], r["seed"]): {**earlier, **r}
+        for r in record.get("rows", [])
+        if _finished(r) and keys.get((r["cell"], r["seed"])) == r.get("settings_key")
+    }
 
 
 def run_cell(config, cell, seed, log=print, machine=None):
     """Runs the stages of one cell x seed that have not finished, noting each stage's machine (a grid
     spans sessions on different CPUs, and its times only compare on one). Returns its state dict."""
-    return _run_stages(config, run_dir(config, cell, seed), f"{cell.name} seed {seed}",
-                       commands(config, cell, seed), settings(config, cell, seed),
-                       {"cell": cell.name, "seed": seed}, log, machine)
+    return _run_stages(
+        config,
+        run_dir(config, cell, seed),
+        f"{cell.name} seed {seed}",
+        commands(config, cell, seed),
+        settings(config, cell, seed),
+        {"cell": cell.name, "seed": seed},
+        log,
+        machine,
+    )
 
 
 def train_surrogate(config, log=print, machine=None):
     """Trains the transfer stage's surrogate once for the whole grid (resumable like a cell)."""
-    state = _run_stages(config, surrogate_dir(config), SURROGATE, {"train": surrogate_command(config)},
-                        surrogate_settings(config), {"cell": SURROGATE, "seed": config.surrogate_seed},
-                        log, machine)
+    state = _run_stages(
+        config,
+        surrogate_dir(config),
+        SURROGATE,
+        {"train": surrogate_command(config)},
+        surrogate_settings(config),
+        {"cell": SURROGATE, "seed": config.surrogate_seed},
+        log,
+        machine,
+    )
     if state["stages"]["train"]["status"] != "done":
         raise ReproError(f"the surrogate's training failed: see {surrogate_dir(config)}/train.log")
 
@@ -297,8 +340,10 @@ def pending(config, log=print):
                     log(f"[{cell.name} seed {seed}] finished in the record; its run directory is elsewhere")
                     continue
                 # Its checkpoints stayed on another machine: the new stage needs them trained again.
-                log(f"[{cell.name} seed {seed}] in the record without its {TRANSFER_STAGE} stage and its "
-                    "run directory is elsewhere: training it again")
+                log(
+                    f"[{cell.name} seed {seed}] in the record without its {TRANSFER_STAGE} stage and its "
+                    "run directory is elsewhere: training it again"
+                )
             jobs.append((cell, seed))
     return jobs
 
@@ -310,8 +355,9 @@ def run_grid(config, log=print, on_cell_done=None, machine=None):
     lock = threading.Lock()
     failed = []
     if config.surrogate_flagfile and any(
-            load_state(run_dir(config, cell, seed)).get("stages", {}).get(TRANSFER_STAGE, {}).get("status")
-            not in FINISHED for cell, seed in jobs):
+        load_state(run_dir(config, cell, seed)).get("stages", {}).get(TRANSFER_STAGE, {}).get("status") not in FINISHED
+        for cell, seed in jobs
+    ):
         train_surrogate(config, log, machine)
 
     def job(cell, seed):
@@ -335,6 +381,7 @@ def run_grid(config, log=print, on_cell_done=None, machine=None):
 
 # ---- the record -----------------------------------------------------------------------------------
 
+
 def _row_accuracy(report, attack):
     for row in report["attacks"]:
         if row["attack"] == attack:
@@ -355,54 +402,77 @@ def collect(config):
             row = recorded.get((cell.name, seed))
             # A recorded row stands until its run directory here has finished the same stages (a
             # cell trained again for a stage the grid gained).
-            if row and not (state and _finished({"status": {s: v.get("status") for s, v in
-                                                            state.get("stages", {}).items()}})):
+            if row and not (
+                state and _finished({"status": {s: v.get("status") for s, v in state.get("stages", {}).items()}})
+            ):
                 rows.append(row)
                 continue
             try:
                 _check_same_settings(state, current, directory)
             except ReproError:  # refused by run_cell; not today's figures
-                rows.append({"cell": cell.name, "seed": seed, "settings_key": stages_key(current, STAGES),
-                             "status": dict.fromkeys(names, "made with other settings"),
-                             "train_seconds": None, "train_attempts": 0, "eval_seconds": 0.0,
-                             "best_epoch": None, "epochs": 0})
+                rows.append(
+                    {
+                        "cell": cell.name,
+                        "seed": seed,
+                        "settings_key": stages_key(current, STAGES),
+                        "status": dict.fromkeys(names, "made with other settings"),
+                        "train_seconds": None,
+                        "train_attempts": 0,
+                        "eval_seconds": 0.0,
+                        "best_epoch": None,
+                        "epochs": 0,
+                    }
+                )
                 continue
             best = artifacts.read_json(os.path.join(artifacts.evaluation_dir(directory, "best"), artifacts.REPORT))
             last = artifacts.read_json(os.path.join(artifacts.evaluation_dir(directory, "last"), artifacts.REPORT))
             transfer = artifacts.read_json(os.path.join(directory, TRANSFER_OUTPUT, artifacts.REPORT))
             history = artifacts.read_json(os.path.join(directory, artifacts.HISTORY), {})
             done = state.get("stages", {})
-            row = {"cell": cell.name, "seed": seed,
-                   "settings_key": stages_key(current, STAGES),
-                   "status": {s: done.get(s, {}).get("status", "not run") for s in names},
-                   "train_seconds": done.get("train", {}).get("seconds"),
-                   "train_attempts": done.get("train", {}).get("attempts", 0),
-                   "eval_seconds": sum(done.get(s, {}).get("seconds", 0.0) for s in names[1:]),
-                   "best_epoch": (history.get("best") or {}).get("epoch"),
-                   "epochs": len(history.get("epochs", []))}
+            row = {
+                "cell": cell.name,
+                "seed": seed,
+                "settings_key": stages_key(current, STAGES),
+                "status": {s: done.get(s, {}).get("status", "not run") for s in names},
+                "train_seconds": done.get("train", {}).get("seconds"),
+                "train_attempts": done.get("train", {}).get("attempts", 0),
+                "eval_seconds": sum(done.get(s, {}).get("seconds", 0.0) for s in names[1:]),
+                "best_epoch": (history.get("best") or {}).get("epoch"),
+                "epochs": len(history.get("epochs", [])),
+            }
             if config.surrogate_flagfile:
                 row["transfer_key"] = stages_key(current, names)
-            machines = list(dict.fromkeys(done[s]["machine"] for s in names
-                                          if done.get(s, {}).get("machine")))
+            machines = list(dict.fromkeys(done[s]["machine"] for s in names if done.get(s, {}).get("machine")))
             if machines:
                 row["machine"] = " + ".join(machines)
             if best:
                 # Evaluations from before the chunked evaluation drew their random starts per batch.
                 row["eval_draws"] = "per chunk" if "chunk_size" in best else "per batch"
-                row.update({"clean": best["clean_accuracy"], "fgsm": _row_accuracy(best, "fgsm"),
-                            "pgd": _row_accuracy(best, "pgd"), "cw": _row_accuracy(best, "cw"),
-                            "autoattack": (best.get("autoattack") or {}).get(
-                                "robust_accuracy", _row_accuracy(best, "square")),
-                            "worst_case": best["worst_case_robust_accuracy"],
-                            "num_points": best["num_points"], "warnings": best["warnings"]})
+                row.update(
+                    {
+                        "clean": best["clean_accuracy"],
+                        "fgsm": _row_accuracy(best, "fgsm"),
+                        "pgd": _row_accuracy(best, "pgd"),
+                        "cw": _row_accuracy(best, "cw"),
+                        "autoattack": (best.get("autoattack") or {}).get(
+                            "robust_accuracy", _row_accuracy(best, "square")
+                        ),
+                        "worst_case": best["worst_case_robust_accuracy"],
+                        "num_points": best["num_points"],
+                        "warnings": best["warnings"],
+                    }
+                )
             if last:
                 row.update({"last_clean": last["clean_accuracy"], "last_pgd": _row_accuracy(last, "pgd")})
             if transfer:
-                found = [a["robust_accuracy"] for a in transfer["attacks"]
-                         if a["attack"].startswith("transfer-")]
-                row.update({"transfer_pgd": _row_accuracy(transfer, "transfer-pgd"),
-                            "transfer_apgd_ce": _row_accuracy(transfer, "transfer-apgd-ce"),
-                            "transfer": min(found) if found else None})
+                found = [a["robust_accuracy"] for a in transfer["attacks"] if a["attack"].startswith("transfer-")]
+                row.update(
+                    {
+                        "transfer_pgd": _row_accuracy(transfer, "transfer-pgd"),
+                        "transfer_apgd_ce": _row_accuracy(transfer, "transfer-apgd-ce"),
+                        "transfer": min(found) if found else None,
+                    }
+                )
             rows.append(row)
     return rows
 
@@ -420,35 +490,42 @@ def summarize(rows):
         for metric in METRICS + ("train_seconds",):
             values = [r[metric] for r in rows if r["cell"] == cell and r.get(metric) is not None]
             if values:
-                stats[metric] = (float(np.mean(values)), float((max(values) - min(values)) / 2),
-                                 len(values))
+                stats[metric] = (float(np.mean(values)), float((max(values) - min(values)) / 2), len(values))
         out[cell] = stats
     return out
 
 
 # The seeds' claims, each as: a method cell that should beat baseline cells on metrics.
 CLAIMS = [
-    {"paper": "MOREL (Hotegni & Peitz 2024)",
-     "claim": "MOREL beats TRADES and MART against white-box attacks (and against black-box "
-              "transfer attacks)",
-     "comparisons": [("morel_mart", "mart", ("pgd", "autoattack", "worst_case", "transfer")),
-                     ("morel_trades", "trades", ("pgd", "autoattack", "worst_case", "transfer"))],
-     "not_measured": "query-based black-box attacks on their own (Square runs inside the AutoAttack "
-                     "cascade, on the points the gradient stages left); transfer from surrogates "
-                     "other than one naturally trained network"},
-    {"paper": "Supervised contrastive learning with a margin",
-     "claim": "the margin gains up to 2.5 points of FGSM accuracy (CIFAR-100, ResNet-18)",
-     "comparisons": [("supcon_margin", "supcon_margin_m0", ("fgsm",))],
-     "not_measured": "CIFAR-100 (here CIFAR-10)"},
-    {"paper": "ANCHOR (Bhattacharya et al. 2023)",
-     "claim": "ANCHOR beats standard adversarial training in clean and PGD-20 accuracy (CIFAR-10, "
-              "eps 0.031)",
-     "comparisons": [("anchor", "pgd_at", ("clean", "pgd"))],
-     "not_measured": ""},
-    {"paper": "Contrastive adversarial training",
-     "claim": "+3.2% on average under PGD and AutoAttack over adversarial training",
-     "comparisons": [("contrastive_at", "pgd_at", ("pgd", "autoattack"))],
-     "not_measured": ""},
+    {
+        "paper": "MOREL (Hotegni & Peitz 2024)",
+        "claim": "MOREL beats TRADES and MART against white-box attacks (and against black-box transfer attacks)",
+        "comparisons": [
+            ("morel_mart", "mart", ("pgd", "autoattack", "worst_case", "transfer")),
+            ("morel_trades", "trades", ("pgd", "autoattack", "worst_case", "transfer")),
+        ],
+        "not_measured": "query-based black-box attacks on their own (Square runs inside the AutoAttack "
+        "cascade, on the points the gradient stages left); transfer from surrogates "
+        "other than one naturally trained network",
+    },
+    {
+        "paper": "Supervised contrastive learning with a margin",
+        "claim": "the margin gains up to 2.5 points of FGSM accuracy (CIFAR-100, ResNet-18)",
+        "comparisons": [("supcon_margin", "supcon_margin_m0", ("fgsm",))],
+        "not_measured": "CIFAR-100 (here CIFAR-10)",
+    },
+    {
+        "paper": "ANCHOR (Bhattacharya et al. 2023)",
+        "claim": "ANCHOR beats standard adversarial training in clean and PGD-20 accuracy (CIFAR-10, eps 0.031)",
+        "comparisons": [("anchor", "pgd_at", ("clean", "pgd"))],
+        "not_measured": "",
+    },
+    {
+        "paper": "Contrastive adversarial training",
+        "claim": "+3.2% on average under PGD and AutoAttack over adversarial training",
+        "comparisons": [("contrastive_at", "pgd_at", ("pgd", "autoattack"))],
+        "not_measured": "",
+    },
 ]
 
 
@@ -462,17 +539,17 @@ def judge(summary, method, baseline, metric, num_points=None):
     m, m_spread, m_n = summary[method][metric]
     b, b_spread, b_n = summary[baseline][metric]
     gain = 100 * (m - b)
-    text = (f"{metric}: {100 * m:.1f} +- {100 * m_spread:.1f} vs {100 * b:.1f} +- {100 * b_spread:.1f} "
-            f"({gain:+.1f} points; seeds {m_n}/{b_n})")
+    text = (
+        f"{metric}: {100 * m:.1f} +- {100 * m_spread:.1f} vs {100 * b:.1f} +- {100 * b_spread:.1f} "
+        f"({gain:+.1f} points; seeds {m_n}/{b_n})"
+    )
     if min(m_n, b_n) < 2:  # one seed has no spread: any difference would pass for a result
         return "not resolved", text + ", one seed on a side: no spread to judge by yet"
-    verdict = ("held" if m - m_spread > b + b_spread else
-               "reversed" if m + m_spread < b - b_spread else "not resolved")
+    verdict = "held" if m - m_spread > b + b_spread else "reversed" if m + m_spread < b - b_spread else "not resolved"
     if verdict != "not resolved" and num_points and metric not in ("train_seconds",):
         error = 100 * math.sqrt((m * (1 - m) + b * (1 - b)) / num_points)
         if abs(gain) < 2 * error:
-            text += (f", within twice the sampling error of {num_points} test points "
-                     f"(+-{2 * error:.1f} points)")
+            text += f", within twice the sampling error of {num_points} test points (+-{2 * error:.1f} points)"
     return verdict, text
 
 
@@ -481,57 +558,78 @@ def _fmt(value):
 
 
 def markdown(config, rows, summary, machine, software, command):
-    lines = [f"# Reproduction record: {config.record_name}", "",
-             "Produced by", "", f"    {command}", "",
-             "Rerunning the same command skips every finished cell and continues an interrupted one; "
-             f"the TensorBoard run directories are written to `{config.runs_dir}/<cell>/seed<S>/` "
-             "(not committed).", "",
-             f"This command last ran on: {machine}. Software: {software}.", ""]
+    lines = [
+        f"# Reproduction record: {config.record_name}",
+        "",
+        "Produced by",
+        "",
+        f"    {command}",
+        "",
+        "Rerunning the same command skips every finished cell and continues an interrupted one; "
+        f"the TensorBoard run directories are written to `{config.runs_dir}/<cell>/seed<S>/` "
+        "(not committed).",
+        "",
+        f"This command last ran on: {machine}. Software: {software}.",
+        "",
+    ]
     finished = [r for r in rows if _finished(r, stages(config))]
     # A grid spans sessions, and sessions get different CPUs: times compare only on one machine.
     machines = list(dict.fromkeys(r["machine"] for r in rows if r.get("machine")))
     labels = {m: chr(ord("A") + i) for i, m in enumerate(machines)}
     if machines:
-        lines += ["Machines the rows ran on (the results table's `machine` column; times compare "
-                  "only within one machine):", ""]
+        lines += [
+            "Machines the rows ran on (the results table's `machine` column; times compare only within one machine):",
+            "",
+        ]
         lines += [f"- {labels[m]}: {m}" for m in machines]
         lines.append("")
     lines += [f"Cells finished: {len(finished)} of {len(rows)}."]
     if finished:
         train = np.mean([r["train_seconds"] for r in finished]) / 60
         evaluate = np.mean([r["eval_seconds"] for r in finished]) / 60
-        lines.append(f"Measured per finished cell: {train:.1f} min training + {evaluate:.1f} min "
-                     f"evaluation on average; with {config.parallel} cell(s) at a time "
-                     f"(--threads_per_cell={config.threads_per_cell}) the whole grid of {len(rows)} "
-                     f"takes about {len(rows) * (train + evaluate) / config.parallel / 60:.1f} h of "
-                     "wall time at that rate (averaged over the rows' machines).")
+        lines.append(
+            f"Measured per finished cell: {train:.1f} min training + {evaluate:.1f} min "
+            f"evaluation on average; with {config.parallel} cell(s) at a time "
+            f"(--threads_per_cell={config.threads_per_cell}) the whole grid of {len(rows)} "
+            f"takes about {len(rows) * (train + evaluate) / config.parallel / 60:.1f} h of "
+            "wall time at that rate (averaged over the rows' machines)."
+        )
     draws = {r.get("eval_draws") for r in finished} - {None}
     if len(draws) > 1:
-        by_batch = ", ".join(f"{r['cell']} s{r['seed']}" for r in finished
-                             if r.get("eval_draws") == "per batch")
-        lines.append(f"Evaluation code changed during the grid: the best checkpoints of {by_batch} were "
-                     "evaluated with random starts drawn per batch, the others with draws keyed per "
-                     "chunk of points; the protocol (attacks, budgets, points, seed) is the same.")
+        by_batch = ", ".join(f"{r['cell']} s{r['seed']}" for r in finished if r.get("eval_draws") == "per batch")
+        lines.append(
+            f"Evaluation code changed during the grid: the best checkpoints of {by_batch} were "
+            "evaluated with random starts drawn per batch, the others with draws keyed per "
+            "chunk of points; the protocol (attacks, budgets, points, seed) is the same."
+        )
     lines.append("")
-    lines += ["## Protocol", "",
-              f"- Training: each cell's method flagfile, then `{config.train_flagfile}` (the same "
-              "network, data subset, epochs, batch, optimizer, schedule and training threat model "
-              "for every method), then the cell's own flags:", ""]
+    lines += [
+        "## Protocol",
+        "",
+        f"- Training: each cell's method flagfile, then `{config.train_flagfile}` (the same "
+        "network, data subset, epochs, batch, optimizer, schedule and training threat model "
+        "for every method), then the cell's own flags:",
+        "",
+    ]
     for line in _flagfile_text(config.train_flagfile):
         lines.append(f"      {line}")
     lines += ["", "  Cells:", ""]
     for cell in config.cells:
         extra = " ".join(cell.extra_flags)
         lines.append(f"  - `{cell.name}`: `{cell.method_flagfile}` {('`' + extra + '`') if extra else ''}")
-    lines += ["", "- Model selection: the best epoch by validation robust accuracy (validation "
-                  "held out from training; the test set is never used for selection).",
-              f"- Evaluation of the best checkpoint on the first {config.eval_examples} CIFAR-10 test "
-              f"images (exact pixels: ../shared/data/README.md): clean, "
-              f"{', '.join(config.eval_attacks)} (PGD-{config.pgd_steps}, CW-{config.pgd_steps}, "
-              f"AutoAttack standard cascade APGD-CE/APGD-T/FAB-T/Square with {config.apgd_iterations} "
-              f"iterations and {config.square_queries} queries), per-example worst case over all; the "
-              f"last checkpoint gets clean and PGD-{config.pgd_steps}. Threat model L-inf, the "
-              "training run's eps.", ""]
+    lines += [
+        "",
+        "- Model selection: the best epoch by validation robust accuracy (validation "
+        "held out from training; the test set is never used for selection).",
+        f"- Evaluation of the best checkpoint on the first {config.eval_examples} CIFAR-10 test "
+        f"images (exact pixels: ../shared/data/README.md): clean, "
+        f"{', '.join(config.eval_attacks)} (PGD-{config.pgd_steps}, CW-{config.pgd_steps}, "
+        f"AutoAttack standard cascade APGD-CE/APGD-T/FAB-T/Square with {config.apgd_iterations} "
+        f"iterations and {config.square_queries} queries), per-example worst case over all; the "
+        f"last checkpoint gets clean and PGD-{config.pgd_steps}. Threat model L-inf, the "
+        "training run's eps.",
+        "",
+    ]
     if config.surrogate_flagfile:
         lines[-1:-1] = [
             f"- Black-box transfer (column `transfer`): a surrogate trained once with "
@@ -541,11 +639,15 @@ def markdown(config, rows, summary, machine, software, command):
             "same test points; a point counts as robust when the cell's best checkpoint classifies it "
             "correctly clean and on the surrogate's example. The column is the lower of the two "
             "attacks' accuracies (the TRADES and MART papers' black-box protocol: a naturally "
-            "trained surrogate of the same architecture)."]
-    lines += ["## Results (accuracy %, best checkpoint unless marked last)", "",
-              "| cell | seed | clean | FGSM | PGD | CW | AA | worst case | transfer | last clean | last PGD "
-              "| best epoch | train time | eval time | machine | warnings |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "trained surrogate of the same architecture)."
+        ]
+    lines += [
+        "## Results (accuracy %, best checkpoint unless marked last)",
+        "",
+        "| cell | seed | clean | FGSM | PGD | CW | AA | worst case | transfer | last clean | last PGD "
+        "| best epoch | train time | eval time | machine | warnings |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         if r.get("clean") is None and r["status"]["train"] != "done":
             status = r["status"]["train"]
@@ -561,10 +663,15 @@ def markdown(config, rows, summary, machine, software, command):
             f"{_fmt(r.get('worst_case'))} | {_fmt(r.get('transfer'))} | {_fmt(r.get('last_clean'))} | "
             f"{_fmt(r.get('last_pgd'))} | "
             f"{r['best_epoch'] or '-'}/{r['epochs']} | {train_time} | {r['eval_seconds'] / 60:.1f} min | "
-            f"{labels.get(r.get('machine'), '-')} | {warnings} |")
-    lines += ["", "Mean +- spread over seeds (spread: half the range):", "",
-              "| cell | seeds | clean | FGSM | PGD | CW | AA | worst case | transfer | last clean | last PGD |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+            f"{labels.get(r.get('machine'), '-')} | {warnings} |"
+        )
+    lines += [
+        "",
+        "Mean +- spread over seeds (spread: half the range):",
+        "",
+        "| cell | seeds | clean | FGSM | PGD | CW | AA | worst case | transfer | last clean | last PGD |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for cell, stats in summary.items():
         cells = []
         for metric in METRICS:
@@ -575,14 +682,20 @@ def markdown(config, rows, summary, machine, software, command):
                 cells.append("-")
         seeds = max((s[2] for s in stats.values()), default=0)
         lines.append(f"| {cell} | {seeds} | " + " | ".join(cells) + " |")
-    lines += ["", f"![clean vs AutoAttack]({config.record_name}.png)", "", "## The claims", "",
-              "A claim holds here when the method's range over seeds lies above the baseline's, is "
-              "reversed when below, and is not resolved when the ranges overlap (2 seeds cannot tell "
-              "such a difference from noise) or a side has one seed so far (no spread to judge by). "
-              "Every seed is evaluated on the same test points, so the verdict does not see the test "
-              "set's own sampling error; a held or reversed difference smaller than twice that error "
-              "is marked, as the seeds agreeing on a difference another test set could move.",
-              ""]
+    lines += [
+        "",
+        f"![clean vs AutoAttack]({config.record_name}.png)",
+        "",
+        "## The claims",
+        "",
+        "A claim holds here when the method's range over seeds lies above the baseline's, is "
+        "reversed when below, and is not resolved when the ranges overlap (2 seeds cannot tell "
+        "such a difference from noise) or a side has one seed so far (no spread to judge by). "
+        "Every seed is evaluated on the same test points, so the verdict does not see the test "
+        "set's own sampling error; a held or reversed difference smaller than twice that error "
+        "is marked, as the seeds agreeing on a difference another test set could move.",
+        "",
+    ]
     for claim in CLAIMS:
         lines.append(f"- **{claim['paper']}**: {claim['claim']}.")
         verdicts = []
@@ -590,8 +703,9 @@ def markdown(config, rows, summary, machine, software, command):
             for metric in metrics:
                 verdict, text = judge(summary, method, baseline, metric, config.eval_examples)
                 noisy = "within twice the sampling error" in text
-                verdicts.append((verdict, method, baseline,
-                                 f"{metric} (within the test set's sampling error)" if noisy else metric))
+                verdicts.append(
+                    (verdict, method, baseline, f"{metric} (within the test set's sampling error)" if noisy else metric)
+                )
                 lines.append(f"  - `{method}` vs `{baseline}`, {text}: **{verdict}**")
         lines.append(f"  - In plain words: {in_plain_words(verdicts)}")
         if claim["not_measured"]:
@@ -635,11 +749,12 @@ def in_plain_words(verdicts):
     if reversed_ and not held:
         parts.append("it did not hold here: " + "; ".join(reversed_) + ", beyond the seeds' spread")
     elif held:
-        parts.append("held in part: " + "; ".join(held) + (
-            "; reversed: " + "; ".join(reversed_) if reversed_ else ""))
+        parts.append("held in part: " + "; ".join(held) + ("; reversed: " + "; ".join(reversed_) if reversed_ else ""))
     if unresolved:
-        parts.append(f"{unresolved} of {len(measured)} comparisons are within the seeds' spread (or "
-                     "have one seed so far), so they say nothing either way")
+        parts.append(
+            f"{unresolved} of {len(measured)} comparisons are within the seeds' spread (or "
+            "have one seed so far), so they say nothing either way"
+        )
     if pending:
         parts.append(f"{pending} not measured yet")
     return "; ".join(parts) + "."
@@ -674,11 +789,16 @@ def write_record(config, machine, software, command):
     summary = summarize(rows)
     os.makedirs(config.record_dir, exist_ok=True)
     base = os.path.join(config.record_dir, config.record_name)
-    _write_json(base + ".json", {"command": command, "machine": machine, "software": software,
-                                 "rows": rows,
-                                 "summary": {c: {m: list(v) for m, v in s.items()}
-                                             for c, s in summary.items()}})
-    plot(summary, base + ".png", f"{config.record_name}: best checkpoint, first "
-                                 f"{config.eval_examples} test images")
+    _write_json(
+        base + ".json",
+        {
+            "command": command,
+            "machine": machine,
+            "software": software,
+            "rows": rows,
+            "summary": {c: {m: list(v) for m, v in s.items()} for c, s in summary.items()},
+        },
+    )
+    plot(summary, base + ".png", f"{config.record_name}: best checkpoint, first {config.eval_examples} test images")
     artifacts.atomic_write_text(base + ".md", markdown(config, rows, summary, machine, software, command))
     return rows, summary

@@ -39,17 +39,21 @@ def main(argv):
     try:
         report, output_dir = evaluate_run(config)
         if report is None:
-            print(f"shard {config.shard_index} of {config.num_shards} done: its chunks are in "
-                  f"{output_dir}/chunks; merge with the same command, --num_shards="
-                  f"{config.num_shards} and no --shard_index")
+            print(
+                f"shard {config.shard_index} of {config.num_shards} done: its chunks are in "
+                f"{output_dir}/chunks; merge with the same command, --num_shards="
+                f"{config.num_shards} and no --shard_index"
+            )
             return
     except (DataNotFoundError, DataFormatError, FileNotFoundError, ModelLoadError, ConfigError) as error:
         sys.exit(f"error: {error}")
     except EvaluationError as error:
         print(f"evaluation failed a hard check: {error}", file=sys.stderr)
         sys.exit(3)
-    print(f"clean accuracy {report['clean_accuracy']:.4f}, worst-case robust accuracy "
-          f"{report['worst_case_robust_accuracy']:.4f} over {report['num_points']} points")
+    print(
+        f"clean accuracy {report['clean_accuracy']:.4f}, worst-case robust accuracy "
+        f"{report['worst_case_robust_accuracy']:.4f} over {report['num_points']} points"
+    )
     for note in report["model_notes"]:
         print(f"  note: {note}")
     for row in report["attacks"]:

@@ -38,30 +38,45 @@ def main(argv):
 
     local = SavedModelBackend(args["saved_model"]) if args["saved_model"] else None
     dataset, image_size = args["dataset"], 0
-    exported = (os.path.join(args["saved_model"], artifacts.EXPORT_ASSETS)
-                if args["saved_model"] else None)
+    exported = os.path.join(args["saved_model"], artifacts.EXPORT_ASSETS) if args["saved_model"] else None
     if not dataset and exported and os.path.isfile(os.path.join(exported, artifacts.CONFIG)):
         config = artifacts.read_config(exported)
         dataset, image_size = config.data.dataset, config.data.image_size
     if not dataset:
         sys.exit("error: --dataset: required without a robustcl export (--saved_model)")
     try:
-        x, y = data.first_test_images(data.load_dataset(dataset, args["data_dir"], image_size=image_size),
-                                      args["num_examples"])
+        x, y = data.first_test_images(
+            data.load_dataset(dataset, args["data_dir"], image_size=image_size), args["num_examples"]
+        )
     except (data.DataNotFoundError, data.DataFormatError) as error:
         sys.exit(f"error: {error}")
     if args["server"] or args["grpc"]:
         client = RestClient if args["server"] else GrpcClient
-        target = client(args["server"] or args["grpc"], args["model"], args["model_version"],
-                        args["timeout"], args["max_retries"], max_batch=args["max_batch"])
+        target = client(
+            args["server"] or args["grpc"],
+            args["model"],
+            args["model_version"],
+            args["timeout"],
+            args["max_retries"],
+            max_batch=args["max_batch"],
+        )
     else:
         target, local = local, local
     try:
-        report = robustness.run(target, local, x, y, args["output_dir"], args["eps"], args["pgd_steps"],
-                                args["square_queries"], args["chunk"], args["seed"])
+        report = robustness.run(
+            target,
+            local,
+            x,
+            y,
+            args["output_dir"],
+            args["eps"],
+            args["pgd_steps"],
+            args["square_queries"],
+            args["chunk"],
+            args["seed"],
+        )
     except ServerError as error:
-        sys.exit(f"error: {error} (finished results are kept in {args['output_dir']}/results.jsonl; "
-                 "rerun to resume)")
+        sys.exit(f"error: {error} (finished results are kept in {args['output_dir']}/results.jsonl; rerun to resume)")
     print(robustness.markdown(report))
 
 

@@ -23,8 +23,11 @@ def write_official(root, name="cifar10", per_file=20, seed=0, tar=False):
         n = per_file * (5 if name == "cifar100" and file_name == "train" else 1)
         x = rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8)
         y = rng.integers(0, info.num_classes, size=n)
-        batch = {b"data": x.transpose(0, 3, 1, 2).reshape(n, 3072), info.label_key: y.tolist(),
-                 b"filenames": [f"{i}.png".encode() for i in range(n)]}
+        batch = {
+            b"data": x.transpose(0, 3, 1, 2).reshape(n, 3072),
+            info.label_key: y.tolist(),
+            b"filenames": [f"{i}.png".encode() for i in range(n)],
+        }
         if name == "cifar100":
             batch[b"coarse_labels"] = (y // 5).tolist()
         with open(os.path.join(folder, file_name), "wb") as f:

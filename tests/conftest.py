@@ -14,7 +14,8 @@ import tensorflow as tf
 
 _cpus = tf.config.list_physical_devices("CPU")
 tf.config.set_logical_device_configuration(
-    _cpus[0], [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
+    _cpus[0], [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
+)
 
 import keras  # noqa: E402  (after the device split)
 
@@ -30,8 +31,9 @@ def cifar10_dir():
     """Directory with real CIFAR-10 in the official layout (set by .ci/run), or skip."""
     path = os.environ.get(CIFAR10_ENV)
     if not path:
-        pytest.skip(f"{CIFAR10_ENV} is not set: no real CIFAR-10 here (.ci/run builds it from "
-                    "../shared/data/make_cifar10.py)")
+        pytest.skip(
+            f"{CIFAR10_ENV} is not set: no real CIFAR-10 here (.ci/run builds it from ../shared/data/make_cifar10.py)"
+        )
     if not os.path.exists(path):
         pytest.skip(f"{CIFAR10_ENV}={path} does not exist")
     return path
@@ -55,8 +57,7 @@ def undefended():
     x, y = template_batch()
     network = models.build("tiny", 10, (0.5,) * 3, (0.25,) * 3)
     classifier = keras.Model(network.input, network.output["logits"])
-    classifier.compile(keras.optimizers.Adam(1e-2),
-                       keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    classifier.compile(keras.optimizers.Adam(1e-2), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     classifier.fit(x, y, epochs=30, batch_size=32, verbose=0)
     return network, x, y
 
@@ -80,11 +81,21 @@ class ModelServer:
         self.grpc = f"127.0.0.1:{self.grpc_port}"
         self.log = tempfile.TemporaryFile()  # a pipe nobody reads would block a chatty server
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "robustcl.serving.model_server", "--host=127.0.0.1",
-             *([f"--model_base_path={base_path}"] if base_path else []),
-             f"--file_system_poll_wait_seconds={poll}", f"--port={self.grpc_port}",
-             f"--rest_api_port={self.port}", *args],
-            cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "robustcl.serving.model_server",
+                "--host=127.0.0.1",
+                *([f"--model_base_path={base_path}"] if base_path else []),
+                f"--file_system_poll_wait_seconds={poll}",
+                f"--port={self.grpc_port}",
+                f"--rest_api_port={self.port}",
+                *args,
+            ],
+            cwd=REPO,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.time() + 120
         while time.time() < deadline:
             assert self.process.poll() is None, self.output()[-2000:]

@@ -18,8 +18,7 @@ def _image(rng, label, height, width):
     return np.clip(colour + noise, 0, 255).astype(np.uint8)
 
 
-def write_folder_tree(root, classes=("cat", "dog", "emu"), per_class=(12, 4), size=(40, 56), seed=0,
-                      extension="png"):
+def write_folder_tree(root, classes=("cat", "dog", "emu"), per_class=(12, 4), size=(40, 56), seed=0, extension="png"):
     """root/train/<class>/*.{extension} and root/val/<class>/*; returns {split: [(path, label)]}."""
     rng = np.random.default_rng(seed)
     written = {"train": [], "val": []}
@@ -32,8 +31,7 @@ def write_folder_tree(root, classes=("cat", "dog", "emu"), per_class=(12, 4), si
     return written
 
 
-def write_tiny_imagenet(root, wnids=("n01443537", "n01629819", "n01641577"), per_class=40, val=30,
-                        seed=0):
+def write_tiny_imagenet(root, wnids=("n01443537", "n01629819", "n01641577"), per_class=40, val=30, seed=0):
     """The official layout: wnids.txt, words.txt, train/<wnid>/images/*.JPEG, val/images/*.JPEG and
     val/val_annotations.txt. Returns (path, val labels in annotation order)."""
     rng = np.random.default_rng(seed)

@@ -30,8 +30,10 @@ THREATS = [(attacks.LinfBall, 8 / 255, _linf), (attacks.L2Ball, 0.5, _l2)]
 def test_eps_zero_returns_input(undefended, threat_class):
     network, x, y = undefended
     threat = threat_class(0.0)
-    for x_adv in (attacks.pgd(_loss_fn(network, y), x, threat, 5, 0.01, True, (1, 2)),
-                  attacks.fgsm(_loss_fn(network, y), x, threat)):
+    for x_adv in (
+        attacks.pgd(_loss_fn(network, y), x, threat, 5, 0.01, True, (1, 2)),
+        attacks.fgsm(_loss_fn(network, y), x, threat),
+    ):
         np.testing.assert_array_equal(np.asarray(x_adv), x)
 
 
@@ -72,8 +74,7 @@ def test_pgd_breaks_undefended_model_far_more_than_fgsm(undefended):
     threat = attacks.LinfBall(1 / 255)
     clean = _accuracy(network, x, y)
     fgsm = _accuracy(network, attacks.fgsm(_loss_fn(network, y), x, threat), y)
-    pgd = _accuracy(network, attacks.pgd(_loss_fn(network, y), x, threat, 20, 0.25 / 255, True,
-                                         (7, 8)), y)
+    pgd = _accuracy(network, attacks.pgd(_loss_fn(network, y), x, threat, 20, 0.25 / 255, True, (7, 8)), y)
     assert clean == 1.0
     assert pgd <= fgsm - 0.25, (clean, fgsm, pgd)
     assert pgd <= clean - 0.4, (clean, fgsm, pgd)
@@ -110,6 +111,5 @@ def test_attack_from_config():
     loss_fn = lambda x_adv: tf.reduce_sum(x_adv, axis=[1, 2, 3])  # noqa: E731  ascent: every pixel up
     fgsm = attacks.attack_from_config(AttackConfig(name="fgsm", eps=0.1))
     np.testing.assert_allclose(np.asarray(fgsm(loss_fn, x, (0, 0))), 0.6, atol=1e-6)
-    pgd = attacks.attack_from_config(AttackConfig(name="pgd", eps=0.1, step_size=0.03, steps=2,
-                                                  random_start=False))
+    pgd = attacks.attack_from_config(AttackConfig(name="pgd", eps=0.1, step_size=0.03, steps=2, random_start=False))
     np.testing.assert_allclose(np.asarray(pgd(loss_fn, x, (0, 0))), 0.56, atol=1e-6)

@@ -11,8 +11,9 @@ from robustcl.evaluation import autoattack, evaluate
 
 EPS = 1 / 255  # the tiny model fitted to its batch: 2/255 breaks every point whatever the attack
 CLASSES = [str(i) for i in range(10)]
-SMALL = dict(eps=EPS, apgd_iterations=8, square_queries=10, sweep=False, progress=False,
-             attacks=("autoattack",), batch_size=64)
+SMALL = dict(
+    eps=EPS, apgd_iterations=8, square_queries=10, sweep=False, progress=False, attacks=("autoattack",), batch_size=64
+)
 
 
 class RandomGradientSign(keras.layers.Layer):
@@ -58,8 +59,13 @@ def test_plus_runs_its_six_stages_with_restarts_set_by_flags(undefended):
     plus = evaluate(network, x, y, CLASSES, version="plus", apgd_restarts=2, fab_restarts=2, **SMALL)
     rows = _rows(plus)
     assert list(rows) == ["apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"]
-    assert (rows["apgd-ce"]["restarts"], rows["apgd-dlr"]["restarts"], rows["fab"]["restarts"],
-            rows["apgd-t"]["restarts"], rows["fab-t"]["restarts"]) == (2, 2, 2, 1, 1)
+    assert (
+        rows["apgd-ce"]["restarts"],
+        rows["apgd-dlr"]["restarts"],
+        rows["fab"]["restarts"],
+        rows["apgd-t"]["restarts"],
+        rows["fab-t"]["restarts"],
+    ) == (2, 2, 2, 1, 1)
     assert rows["apgd-ce"]["steps"] == 8 and rows["square"]["steps"] == 10
     after = [a["robust_accuracy"] for a in plus["attacks"]]
     assert after == sorted(after, reverse=True)  # a cascade: each stage only removes points
@@ -81,19 +87,23 @@ def test_versions_carry_the_reference_settings():
 
 def test_custom_runs_the_listed_stages_in_order_beside_other_attacks(undefended):
     network, x, y = undefended
-    report = evaluate(network, x[:32], y[:32], CLASSES, version="custom",
-                      **dict(SMALL, attacks=("fgsm", "square", "apgd-ce")))
+    report = evaluate(
+        network, x[:32], y[:32], CLASSES, version="custom", **dict(SMALL, attacks=("fgsm", "square", "apgd-ce"))
+    )
     assert [a["attack"] for a in report["attacks"]] == ["fgsm", "square", "apgd-ce"]
     assert report["autoattack"]["stages"] == ["square", "apgd-ce"]
 
 
-@pytest.mark.parametrize("version,attacks,message", [
-    ("standard", ("pgd", "apgd-ce"), "apgd-ce are AutoAttack stages"),
-    ("custom", ("pgd",), "name at least one of apgd-ce"),
-    ("custom", ("apgd-ce", "autoattack"), "not 'autoattack'"),
-    ("strong", ("autoattack",), "--version: unknown version 'strong'"),
-    ("custom", ("apgd-x",), "unknown apgd-x"),
-])
+@pytest.mark.parametrize(
+    "version,attacks,message",
+    [
+        ("standard", ("pgd", "apgd-ce"), "apgd-ce are AutoAttack stages"),
+        ("custom", ("pgd",), "name at least one of apgd-ce"),
+        ("custom", ("apgd-ce", "autoattack"), "not 'autoattack'"),
+        ("strong", ("autoattack",), "--version: unknown version 'strong'"),
+        ("custom", ("apgd-x",), "unknown apgd-x"),
+    ],
+)
 def test_versions_and_attacks_that_do_not_fit_are_refused(version, attacks, message):
     with pytest.raises(ConfigError, match=message):
         eval_attacks.check("attacks", attacks, "linf", version)

@@ -19,8 +19,7 @@ from robustcl.config import ConfigError, ExperimentConfig
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Training flagfiles; the reproduction grids (bench/reproduce.py's flags) are tested in test_reproduce.
 GRIDS = ("repro_cifar10_cpu.flags", "repro_cifar10_gpu.flags")
-CONFIGS = sorted(c for c in glob.glob(os.path.join(REPO, "configs", "*.flags"))
-                 if os.path.basename(c) not in GRIDS)
+CONFIGS = sorted(c for c in glob.glob(os.path.join(REPO, "configs", "*.flags")) if os.path.basename(c) not in GRIDS)
 METHOD_NAMES = methods.METHODS.names()  # a newly registered method is smoke-tested with its flagfile
 
 
@@ -50,15 +49,23 @@ def test_every_flagfile_parses(flagfile, tmp_path):
 
 
 def test_image_size_applies_to_datasets_of_any_size(tmp_path):
-    assert parse("--flagfile=configs/pgd_at_cifar10.flags", "--flagfile=configs/data_folder.flags",
-                 "--image_size=96", f"--model_dir={tmp_path}").data.image_size == 96
+    assert (
+        parse(
+            "--flagfile=configs/pgd_at_cifar10.flags",
+            "--flagfile=configs/data_folder.flags",
+            "--image_size=96",
+            f"--model_dir={tmp_path}",
+        ).data.image_size
+        == 96
+    )
     with pytest.raises(ConfigError, match=r"--image_size: cifar10 images are 32x32"):
         parse("--flagfile=configs/pgd_at_cifar10.flags", "--image_size=64", f"--model_dir={tmp_path}")
 
 
 def test_flagfile_includes_base_and_overrides_it(tmp_path):
-    config = parse("--flagfile=configs/pgd_at_cifar10.flags", "--flagfile=configs/smoke.flags",
-                   f"--model_dir={tmp_path}")
+    config = parse(
+        "--flagfile=configs/pgd_at_cifar10.flags", "--flagfile=configs/smoke.flags", f"--model_dir={tmp_path}"
+    )
     assert config.method.name == "pgd_at" and config.train_attack.name == "pgd"
     assert config.train_attack.eps == pytest.approx(8 / 255)  # from the base, written as 8/255
     assert config.optimizer.lr_decay_epochs == (75, 90)
@@ -79,25 +86,28 @@ def test_config_json_round_trip(method, tmp_path):
     assert ExperimentConfig.from_json(config.to_json(), params_class) == config
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--eps=-0.1"], "--eps: must be a finite number >= 0"),
-    (["--attack_steps=0"], "--attack_steps: must be >= 1"),
-    (["--val_attack_steps=0"], "--val_attack_steps: must be >= 1"),
-    (["--step_size=0"], "--step_size: must be a finite number > 0"),
-    (["--dataset=mnist"], "--dataset: unknown dataset 'mnist'"),
-    (["--model=resnet19"], "--model: unknown model 'resnet19'; known: "),
-    (["--method=pgd"], "--method: unknown method 'pgd'"),
-    (["--attack=cw"], "--attack: unknown attack 'cw'"),
-    (["--norm=l1"], "--norm: unknown norm 'l1'"),
-    (["--data_dir=/no/such/dir"], "--data_dir: /no/such/dir does not exist"),
-    (["--precision=float16"], "--precision: unknown precision"),
-    (["--strategy=tpu"], "--strategy: unknown strategy"),
-    (["--lr_decay_epochs=90,75"], "--lr_decay_epochs: must be increasing"),
-    (["--lr_decay_epochs=150"], "--lr_decay_epochs: [150] lie past --epochs=100"),
-    (["--lr_decay_epochs=a"], "--lr_decay_epochs: expected whole numbers"),
-    (["--jit_compile=maybe"], "--jit_compile: expected true, false or auto"),
-    (["--batch_size=0"], "--batch_size: must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--eps=-0.1"], "--eps: must be a finite number >= 0"),
+        (["--attack_steps=0"], "--attack_steps: must be >= 1"),
+        (["--val_attack_steps=0"], "--val_attack_steps: must be >= 1"),
+        (["--step_size=0"], "--step_size: must be a finite number > 0"),
+        (["--dataset=mnist"], "--dataset: unknown dataset 'mnist'"),
+        (["--model=resnet19"], "--model: unknown model 'resnet19'; known: "),
+        (["--method=pgd"], "--method: unknown method 'pgd'"),
+        (["--attack=cw"], "--attack: unknown attack 'cw'"),
+        (["--norm=l1"], "--norm: unknown norm 'l1'"),
+        (["--data_dir=/no/such/dir"], "--data_dir: /no/such/dir does not exist"),
+        (["--precision=float16"], "--precision: unknown precision"),
+        (["--strategy=tpu"], "--strategy: unknown strategy"),
+        (["--lr_decay_epochs=90,75"], "--lr_decay_epochs: must be increasing"),
+        (["--lr_decay_epochs=150"], "--lr_decay_epochs: [150] lie past --epochs=100"),
+        (["--lr_decay_epochs=a"], "--lr_decay_epochs: expected whole numbers"),
+        (["--jit_compile=maybe"], "--jit_compile: expected true, false or auto"),
+        (["--batch_size=0"], "--batch_size: must be >= 1"),
+    ],
+)
 def test_bad_flags_fail_naming_the_flag(args, message, tmp_path):
     with pytest.raises(ConfigError) as error:
         parse("--flagfile=configs/pgd_at_cifar10.flags", f"--model_dir={tmp_path}", *args)
@@ -117,10 +127,17 @@ def test_model_dir_is_required():
 
 # ---- the script, as a user runs it ----------------------------------------------------------
 
+
 def _train_command(method_flagfile, data_dir, model_dir, *extra):
-    return [sys.executable, os.path.join(REPO, "scripts", "train.py"),
-            f"--flagfile=configs/{method_flagfile}", "--flagfile=configs/smoke.flags",
-            f"--data_dir={data_dir}", f"--model_dir={model_dir}", *extra]
+    return [
+        sys.executable,
+        os.path.join(REPO, "scripts", "train.py"),
+        f"--flagfile=configs/{method_flagfile}",
+        "--flagfile=configs/smoke.flags",
+        f"--data_dir={data_dir}",
+        f"--model_dir={model_dir}",
+        *extra,
+    ]
 
 
 def _run(command, **kwargs):
@@ -133,8 +150,16 @@ def test_smoke_run_writes_its_files(method, synthetic_cifar10, tmp_path):
     result = _run(_train_command(f"{method}_cifar10.flags", synthetic_cifar10, tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
     files = set(os.listdir(tmp_path))
-    assert {"config.json", "flags.txt", "history.json", "best.weights.h5", "last.weights.h5",
-            "backup", "train", "validation"} <= files
+    assert {
+        "config.json",
+        "flags.txt",
+        "history.json",
+        "best.weights.h5",
+        "last.weights.h5",
+        "backup",
+        "train",
+        "validation",
+    } <= files
     config = json.load(open(tmp_path / "config.json"))
     assert config["method"]["name"] == method and config["model"]["name"] == "tiny"
     assert f"--method={method}" in open(tmp_path / "flags.txt").read()
@@ -157,11 +182,9 @@ def test_bad_flag_stops_the_script_with_the_message(tmp_path):
 
 @pytest.mark.slow
 def test_killed_run_resumes_from_last_finished_epoch(synthetic_cifar10, tmp_path):
-    command = _train_command("pgd_at_cifar10.flags", synthetic_cifar10, tmp_path, "--epochs=6",
-                             "--steps_per_epoch=4")
+    command = _train_command("pgd_at_cifar10.flags", synthetic_cifar10, tmp_path, "--epochs=6", "--steps_per_epoch=4")
     history_path = tmp_path / "history.json"
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
     while time.time() < deadline and process.poll() is None:
         if history_path.exists() and json.load(open(history_path))["epochs"][-1]["epoch"] >= 2:
@@ -222,16 +245,23 @@ def user_mlp(x, layer_factory):
 
 
 @pytest.mark.slow
-def test_a_users_method_and_backbone_train_without_editing_robustcl(synthetic_cifar10, tmp_path,
-                                                                     monkeypatch):
+def test_a_users_method_and_backbone_train_without_editing_robustcl(synthetic_cifar10, tmp_path, monkeypatch):
     (tmp_path / "user_code").mkdir()
     (tmp_path / "user_code" / "my_methods.py").write_text(USER_MODULE)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [str(tmp_path / "user_code"), os.environ.get("PYTHONPATH", "")]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path / "user_code"), os.environ.get("PYTHONPATH", "")]))
     run_dir = tmp_path / "run"
-    result = _run(_train_command("pgd_at_cifar10.flags", synthetic_cifar10, run_dir,
-                                 "--extra_modules=my_methods", "--method=scaled_pgd_at",
-                                 "--scaled_pgd_at_scale=3", "--model=user_mlp"), env=env)
+    result = _run(
+        _train_command(
+            "pgd_at_cifar10.flags",
+            synthetic_cifar10,
+            run_dir,
+            "--extra_modules=my_methods",
+            "--method=scaled_pgd_at",
+            "--scaled_pgd_at_scale=3",
+            "--model=user_mlp",
+        ),
+        env=env,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     config = json.load(open(run_dir / "config.json"))
     assert config["method"] == {"name": "scaled_pgd_at", "params": {"scale": 3.0}}
@@ -242,7 +272,8 @@ def test_a_users_method_and_backbone_train_without_editing_robustcl(synthetic_ci
 
     classifier = artifacts.load_run(str(run_dir))
     assert classifier.network.name == "user_mlp"
-    missing = _run(_train_command("pgd_at_cifar10.flags", synthetic_cifar10, tmp_path / "other",
-                                  "--extra_modules=no_such_module"))
+    missing = _run(
+        _train_command("pgd_at_cifar10.flags", synthetic_cifar10, tmp_path / "other", "--extra_modules=no_such_module")
+    )
     assert missing.returncode != 0
     assert "--extra_modules: cannot import 'no_such_module': ModuleNotFoundError" in missing.stderr

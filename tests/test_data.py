@@ -91,8 +91,7 @@ def test_pipelines_give_unit_range_floats_and_augment_per_image():
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, size=(64, 32, 32, 3), dtype=np.uint8)
     y = np.arange(64) % 10
-    batch_x, batch_y = next(iter(data.train_dataset(data.Examples(y, images=x), (32, 32, 3), 16,
-                                                    augment=True, seed=0)))
+    batch_x, batch_y = next(iter(data.train_dataset(data.Examples(y, images=x), (32, 32, 3), 16, augment=True, seed=0)))
     assert batch_x.shape == (16, 32, 32, 3) and batch_x.dtype.name == "float32"
     assert 0.0 <= float(np.min(batch_x)) and float(np.max(batch_x)) <= 1.0
     # Each augmented image is a shifted (and maybe mirrored) copy of its source with zero padding:
@@ -104,7 +103,7 @@ def test_pipelines_give_unit_range_floats_and_augment_per_image():
         found = None
         for i in range(8 + 1):
             for j in range(8 + 1):
-                crops = padded[:, i:i + 32, j:j + 32]
+                crops = padded[:, i : i + 32, j : j + 32]
                 for flip in (False, True):
                     candidate = crops[:, :, ::-1] if flip else crops
                     if np.any(np.all(np.abs(candidate - image) < 1e-6, axis=(1, 2, 3))):
@@ -115,5 +114,3 @@ def test_pipelines_give_unit_range_floats_and_augment_per_image():
     eval_x, eval_y = next(iter(data.eval_dataset(x, y, 64)))
     np.testing.assert_allclose(np.asarray(eval_x), x / 255, atol=1e-7)
     np.testing.assert_array_equal(np.asarray(eval_y), y)
-
-

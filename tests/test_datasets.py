@@ -59,8 +59,10 @@ def test_folder_tree_streams_from_disk_with_names_labels_and_computed_statistics
     assert splits.val.in_memory and splits.val.images.shape == (6, 32, 32, 3)
     batch_x, batch_y = next(iter(data.train_dataset(splits.train, (32, 32, 3), 8, augment=False)))
     assert batch_x.shape == (8, 32, 32, 3) and batch_x.dtype == tf.float32
-    colours = {label: np.asarray(fit_to_size(np.asarray(Image.open(path)), 32)).reshape(-1, 3).mean(0) / 255
-               for path, label in written["train"][::12]}
+    colours = {
+        label: np.asarray(fit_to_size(np.asarray(Image.open(path)), 32)).reshape(-1, 3).mean(0) / 255
+        for path, label in written["train"][::12]
+    }
     for image, label in zip(np.asarray(batch_x), np.asarray(batch_y)):
         np.testing.assert_allclose(image.reshape(-1, 3).mean(0), colours[int(label)], atol=0.02)
     x, y = data.first_test_images(dataset, 5)

@@ -52,8 +52,9 @@ def _inputs(method_class, x):
 
 def _network(method_name, embedding):
     head = methods.get(method_name).embedding_head or "mlp"
-    return models.build("tiny", 4, (0.5,) * 3, (0.25,) * 3, embedding_dim=embedding,
-                        embedding_head=head, synchronized_bn=True)
+    return models.build(
+        "tiny", 4, (0.5,) * 3, (0.25,) * 3, embedding_dim=embedding, embedding_head=head, synchronized_bn=True
+    )
 
 
 def _one_step(strategy, method_name, x, y, initial_weights, scope="global"):
@@ -62,9 +63,14 @@ def _one_step(strategy, method_name, x, y, initial_weights, scope="global"):
     with strategy.scope():
         network = _network(method_name, 16)
         network.set_weights(initial_weights)
-        model = AdversarialModel(network, method_class(contrastive_scope=scope),
-                                 AttackConfig(norm="l2", eps=EPS, step_size=EPS / 4, steps=3),
-                                 AttackConfig(steps=2), weight_decay=5e-4, seed=11)
+        model = AdversarialModel(
+            network,
+            method_class(contrastive_scope=scope),
+            AttackConfig(norm="l2", eps=EPS, step_size=EPS / 4, steps=3),
+            AttackConfig(steps=2),
+            weight_decay=5e-4,
+            seed=11,
+        )
         model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
     inputs = _inputs(method_class, x)
     dataset = tf.data.Dataset.from_tensor_slices((inputs, y)).batch(len(y))
@@ -98,8 +104,9 @@ def test_mirrored_step_matches_one_device(devices, method_name):
     loss_names = methods.get(method_name)().loss_names
     assert set(loss_names) | {"loss", "accuracy"} <= set(one_logs) == set(two_logs)
     for name in one_logs:
-        np.testing.assert_allclose(two_logs[name], one_logs[name], rtol=2e-5, atol=1e-6,
-                                   err_msg=f"{method_name}: {name}")
+        np.testing.assert_allclose(
+            two_logs[name], one_logs[name], rtol=2e-5, atol=1e-6, err_msg=f"{method_name}: {name}"
+        )
     moved = max(np.abs(w - w0).max() for w, w0 in zip(one_weights, initial))
     assert moved > 1e-3, "the step changed the weights"
     assert len(one_weights) == len(two_weights)
@@ -131,7 +138,7 @@ def test_gather_concatenates_uneven_parts_and_sends_back_the_global_gradient(dev
     def loss_of(features, labels, anchors):
         # A loss coupling every pair: each anchor's softmax over all samples' similarities.
         start, count = anchors
-        logits = tf.matmul(features[start:start + count], features, transpose_b=True)
+        logits = tf.matmul(features[start : start + count], features, transpose_b=True)
         return tf.reduce_sum(tf.nn.log_softmax(logits) * tf.cast(labels[None, :], tf.float32))
 
     def replica_step(x, labels):
@@ -141,8 +148,7 @@ def test_gather_concatenates_uneven_parts_and_sends_back_the_global_gradient(dev
             loss = loss_of(all_x, all_labels, anchors)
         return all_x, all_labels, tf.stack(anchors), tape.gradient(loss, x)
 
-    dataset = mirrored.experimental_distribute_dataset(
-        tf.data.Dataset.from_tensor_slices((x, labels)).batch(5))
+    dataset = mirrored.experimental_distribute_dataset(tf.data.Dataset.from_tensor_slices((x, labels)).batch(5))
     outputs = tf.function(lambda batch: mirrored.run(replica_step, args=batch))(next(iter(dataset)))
     all_x, all_labels, anchors, grads = (mirrored.experimental_local_results(o) for o in outputs)
 
@@ -155,5 +161,6 @@ def test_gather_concatenates_uneven_parts_and_sends_back_the_global_gradient(dev
     with tf.GradientTape() as tape:
         tape.watch(xt)
         one_device = loss_of(tf.matmul(xt, w), tf.constant(labels), (0, 5))
-    np.testing.assert_allclose(np.concatenate([g.numpy() for g in grads]),
-                               tape.gradient(one_device, xt).numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        np.concatenate([g.numpy() for g in grads]), tape.gradient(one_device, xt).numpy(), rtol=1e-5, atol=1e-6
+    )

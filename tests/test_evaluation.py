@@ -37,14 +37,12 @@ def _all_attacks(network, x, y, eps, norm="linf"):
         "cw": attacker.gradient_attack("cw", x, y, norm, eps, 5, eps / 2, 1, "cw", 0).x_adv,
         "apgd-ce": np.asarray(apgd(_logits_fn(network), x, y, threat, 10)[0]),
         "apgd-dlr": np.asarray(apgd(_logits_fn(network), x, y, threat, 10, loss="dlr")[0]),
-        "apgd-t": np.asarray(apgd(_logits_fn(network), x, y, threat, 10, loss="dlr-targeted",
-                                  targets=(y + 1) % 10)[0]),
+        "apgd-t": np.asarray(apgd(_logits_fn(network), x, y, threat, 10, loss="dlr-targeted", targets=(y + 1) % 10)[0]),
         "apgd-ce-eot": np.asarray(apgd(_logits_fn(network), x, y, threat, 5, eot_iterations=3)[0]),
     }
     out["square"] = square(attacker.logits, x, y, threat, n_queries=50)[0]
     order = np.argsort(attacker.logits(x), -1)
-    out["fab-t"] = fab(attacker.logits_fn, attacker.predict, x, y, threat, 10,
-                       targets_by_rank=[order[:, -2]])[0]
+    out["fab-t"] = fab(attacker.logits_fn, attacker.predict, x, y, threat, 10, targets_by_rank=[order[:, -2]])[0]
     # Two restarts: the second starts from a random point.
     out["fab"] = fab(attacker.logits_fn, attacker.predict, x, y, threat, 10, n_restarts=2)[0]
     return out
@@ -64,7 +62,7 @@ def test_every_attack_stays_in_the_ball_and_changes_nothing(undefended, norm, ep
         assert np.isfinite(x_adv).all(), name
         assert x_adv.min() >= 0 and x_adv.max() <= 1, name
         delta = (x_adv - x).reshape(len(x), -1)
-        distance = np.abs(delta).max(1) if norm == "linf" else np.sqrt((delta ** 2).sum(1))
+        distance = np.abs(delta).max(1) if norm == "linf" else np.sqrt((delta**2).sum(1))
         assert distance.max() <= eps * (1 + 1e-5) + 1e-7, (name, distance.max())
     np.testing.assert_array_equal(x, x_copy)
     for before, variable in zip(weights, network.variables):
@@ -93,14 +91,25 @@ def test_fgsm_and_pgd_match_cleverhans(undefended):
     model_fn = _logits_fn(network)
     attacker = Attacker(network, progress=False)
     ours_fgsm = attacker.gradient_attack("fgsm", x, y, "linf", EPS, 1, EPS, 1, "ce", 0, False)
-    theirs_fgsm = fast_gradient_method(model_fn, tf.constant(x), EPS, np.inf, clip_min=0.0,
-                                       clip_max=1.0, y=tf.constant(y))
+    theirs_fgsm = fast_gradient_method(
+        model_fn, tf.constant(x), EPS, np.inf, clip_min=0.0, clip_max=1.0, y=tf.constant(y)
+    )
     # Same seed-free settings: FGSM is deterministic, so the points agree to float rounding.
     np.testing.assert_allclose(ours_fgsm.x_adv, theirs_fgsm.numpy(), atol=1e-6)
     ours_pgd = attacker.gradient_attack("pgd", x, y, "linf", EPS, 20, EPS / 4, 1, "ce", 0, False)
     theirs_pgd = cleverhans.projected_gradient_descent(
-        model_fn, tf.constant(x), EPS, EPS / 4, 20, np.inf, clip_min=0.0, clip_max=1.0,
-        y=tf.constant(y), rand_init=False, sanity_checks=False)
+        model_fn,
+        tf.constant(x),
+        EPS,
+        EPS / 4,
+        20,
+        np.inf,
+        clip_min=0.0,
+        clip_max=1.0,
+        y=tf.constant(y),
+        rand_init=False,
+        sanity_checks=False,
+    )
     ours, theirs = ours_pgd.robust.mean(), _accuracy(network, theirs_pgd.numpy(), y)
     assert abs(ours - theirs) <= 0.03, (ours, theirs)
 
@@ -120,8 +129,19 @@ def test_gradient_masking_model_triggers_warnings_and_falls_to_square(undefended
     keras_logits = _logits_fn(masked)
     correct = np.argmax(keras_logits(tf.constant(x)), -1) == y
     x, y = x[correct][:48], y[correct][:48]
-    report = evaluate(masked, x, y, [str(i) for i in range(10)], norm=norm, eps=eps, pgd_steps=5,
-                      apgd_iterations=10, square_queries=300, sweep=False, progress=False)
+    report = evaluate(
+        masked,
+        x,
+        y,
+        [str(i) for i in range(10)],
+        norm=norm,
+        eps=eps,
+        pgd_steps=5,
+        apgd_iterations=10,
+        square_queries=300,
+        sweep=False,
+        progress=False,
+    )
     warnings = " | ".join(report["warnings"])
     assert "zero input gradients" in warnings
     assert "Square (black-box) breaks" in warnings
@@ -132,8 +152,7 @@ def test_gradient_masking_model_triggers_warnings_and_falls_to_square(undefended
 
 def test_report_is_reproducible_with_a_seed(undefended):
     network, x, y = undefended
-    kwargs = dict(eps=EPS, pgd_steps=5, apgd_iterations=10, square_queries=30, progress=False,
-                  seed=7)
+    kwargs = dict(eps=EPS, pgd_steps=5, apgd_iterations=10, square_queries=30, progress=False, seed=7)
     first = evaluate(network, x[:32], y[:32], [str(i) for i in range(10)], **kwargs)
     second = evaluate(network, x[:32], y[:32], [str(i) for i in range(10)], **kwargs)
     for report in (first, second):
@@ -184,7 +203,7 @@ def test_projection_is_feasible_and_no_feasible_point_is_closer(norm):
     w[:5, 0] = 0.0  # coordinates the hyperplane does not constrain
     b = np.sum(w * p, 1) + rng.normal(scale=0.3, size=60)
     d = project_onto_hyperplane(p, w, b, norm)
-    size = np.abs(d).max(1) if norm == "linf" else np.sqrt((d ** 2).sum(1))
+    size = np.abs(d).max(1) if norm == "linf" else np.sqrt((d**2).sum(1))
     assert np.all(p + d >= -1e-12) and np.all(p + d <= 1 + 1e-12)
     feasible = np.abs(np.sum(w * (p + d), 1) - b) < 1e-9
     assert feasible.mean() > 0.8
@@ -196,12 +215,13 @@ def test_projection_is_feasible_and_no_feasible_point_is_closer(norm):
         inside = np.all((on_plane >= 0) & (on_plane <= 1), axis=1)
         if inside.any():
             steps = on_plane[inside] - p[i]
-            sizes = np.abs(steps).max(1) if norm == "linf" else np.sqrt((steps ** 2).sum(1))
+            sizes = np.abs(steps).max(1) if norm == "linf" else np.sqrt((steps**2).sum(1))
             assert sizes.min() >= size[i] - 1e-9
 
 
-@pytest.mark.parametrize("norm,eps,targeted", [("linf", 2 / 255, True), ("l2", 0.2, True),
-                                               ("linf", 2 / 255, False), ("l2", 0.2, False)])
+@pytest.mark.parametrize(
+    "norm,eps,targeted", [("linf", 2 / 255, True), ("l2", 0.2, True), ("linf", 2 / 255, False), ("l2", 0.2, False)]
+)
 def test_fab_finds_close_adversarials_inside_the_ball(undefended, norm, eps, targeted):
     network, x, y = undefended
     # Untargeted FAB linearizes every class each step: fewer points keep the test fast.
@@ -209,12 +229,13 @@ def test_fab_finds_close_adversarials_inside_the_ball(undefended, norm, eps, tar
     attacker = Attacker(network, progress=False)
     order = np.argsort(attacker.logits(x), -1)
     targets = [order[:, -rank] for rank in range(2, 5)] if targeted else None
-    x_adv, robust = fab(attacker.logits_fn, attacker.predict, x, y, threat_model(norm, eps), 20,
-                        targets_by_rank=targets)
+    x_adv, robust = fab(
+        attacker.logits_fn, attacker.predict, x, y, threat_model(norm, eps), 20, targets_by_rank=targets
+    )
     broken = ~robust
     assert broken.mean() > 0.5
     delta = (x_adv - x).reshape(len(x), -1)
-    size = np.abs(delta).max(1) if norm == "linf" else np.sqrt((delta ** 2).sum(1))
+    size = np.abs(delta).max(1) if norm == "linf" else np.sqrt((delta**2).sum(1))
     assert size.max() <= eps * (1 + 1e-6)
     assert np.all(attacker.predict(x_adv[broken]) != y[broken])
     np.testing.assert_array_equal(x_adv[robust], x[robust])
@@ -282,12 +303,32 @@ def test_a_new_attack_is_one_registration(undefended):
     def corner_noise(attacker, x, y, clean_correct, plan, seed, log):
         signs = np.random.default_rng(seed).choice([-1.0, 1.0], size=x.shape).astype(np.float32)
         x_adv = np.clip(x + plan.eps * signs, 0, 1)
-        return [AttackResult("zz-corner-noise", plan.norm, plan.eps, 1, 1, seed,
-                             clean_correct & (attacker.predict(x_adv) == y), x_adv, 0.0)]
+        return [
+            AttackResult(
+                "zz-corner-noise",
+                plan.norm,
+                plan.eps,
+                1,
+                1,
+                seed,
+                clean_correct & (attacker.predict(x_adv) == y),
+                x_adv,
+                0.0,
+            )
+        ]
 
     network, x, y = undefended
-    report = evaluate(network, x[:32], y[:32], [str(i) for i in range(10)], eps=8 / 255,
-                      attacks=("pgd", "zz-corner-noise"), pgd_steps=3, sweep=False, progress=False)
+    report = evaluate(
+        network,
+        x[:32],
+        y[:32],
+        [str(i) for i in range(10)],
+        eps=8 / 255,
+        attacks=("pgd", "zz-corner-noise"),
+        pgd_steps=3,
+        sweep=False,
+        progress=False,
+    )
     rows = {row["attack"]: row for row in report["attacks"]}
     assert set(rows) == {"pgd", "zz-corner-noise"}
     assert rows["zz-corner-noise"]["max_perturbation"] <= 8 / 255 + 1e-6

@@ -18,10 +18,20 @@ from robustcl.evaluation.run import evaluate_run
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 POINTS, CHUNK = 45, 15
-BUDGET = dict(attacks=("fgsm", "pgd", "autoattack"), pgd_steps=3, apgd_iterations=4,
-              square_queries=20, sweep=True, sweep_attack="fgsm", num_examples=POINTS,
-              chunk_size=CHUNK, batch_size=15, projector_examples=0, download=False,
-              dataset="cifar10")
+BUDGET = dict(
+    attacks=("fgsm", "pgd", "autoattack"),
+    pgd_steps=3,
+    apgd_iterations=4,
+    square_queries=20,
+    sweep=True,
+    sweep_attack="fgsm",
+    num_examples=POINTS,
+    chunk_size=CHUNK,
+    batch_size=15,
+    projector_examples=0,
+    download=False,
+    dataset="cifar10",
+)
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +43,7 @@ def fitted_model(synthetic_cifar10, tmp_path_factory):
     inputs = keras.Input((32, 32, 3))
     hidden = keras.layers.Dense(64, activation="relu")(keras.layers.Flatten()(inputs))
     model = keras.Model(inputs, keras.layers.Dense(10)(hidden))
-    model.compile(keras.optimizers.Adam(1e-3),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.fit(x, y, epochs=60, batch_size=20, verbose=0)
     path = str(tmp_path_factory.mktemp("model") / "model.keras")
     model.save(path)
@@ -42,22 +51,30 @@ def fitted_model(synthetic_cifar10, tmp_path_factory):
 
 
 def _config(model, data_dir, output_dir, **overrides):
-    return EvaluationConfig(keras_model=model, data_dir=data_dir, output_dir=str(output_dir),
-                            **dict(BUDGET, **overrides)).validate()
+    return EvaluationConfig(
+        keras_model=model, data_dir=data_dir, output_dir=str(output_dir), **dict(BUDGET, **overrides)
+    ).validate()
 
 
 def _comparable(report):
     """The report without timings and paths: what must not depend on how the work was split."""
     rows = [{k: v for k, v in row.items() if k != "seconds"} for row in report["attacks"]]
-    return {"attacks": rows, "per_point": report["per_point"], "eps_sweep": report["eps_sweep"],
-            "clean": report["clean_accuracy"], "worst": report["worst_case_robust_accuracy"],
-            "warnings": report["warnings"], "per_class": report["per_class"]}
+    return {
+        "attacks": rows,
+        "per_point": report["per_point"],
+        "eps_sweep": report["eps_sweep"],
+        "clean": report["clean_accuracy"],
+        "worst": report["worst_case_robust_accuracy"],
+        "warnings": report["warnings"],
+        "per_class": report["per_class"],
+    }
 
 
 @pytest.fixture(scope="module")
 def single(fitted_model, synthetic_cifar10, tmp_path_factory):
-    report, _ = evaluate_run(_config(fitted_model, synthetic_cifar10,
-                                     tmp_path_factory.mktemp("single")), progress=False)
+    report, _ = evaluate_run(
+        _config(fitted_model, synthetic_cifar10, tmp_path_factory.mktemp("single")), progress=False
+    )
     return report
 
 
@@ -71,47 +88,66 @@ def test_single_process_report_is_made_of_chunks(single):
 
 
 @pytest.mark.parametrize("num_shards", [2, 3])
-def test_shards_merge_to_the_single_process_report(num_shards, single, fitted_model,
-                                                   synthetic_cifar10, tmp_path):
+def test_shards_merge_to_the_single_process_report(num_shards, single, fitted_model, synthetic_cifar10, tmp_path):
     for index in reversed(range(num_shards)):
         if index == 0:  # the merge before the last shard ran names the shard that is missing
-            with pytest.raises(ConfigError, match=rf"shard 0 of {num_shards}: \d chunk\(s\) missing "
-                                                  r"\(first point 0\); run it with --shard_index=0"):
-                evaluate_run(_config(fitted_model, synthetic_cifar10, tmp_path, num_shards=num_shards),
-                             progress=False)
-        report, _ = evaluate_run(_config(fitted_model, synthetic_cifar10, tmp_path,
-                                         num_shards=num_shards, shard_index=index), progress=False)
+            with pytest.raises(
+                ConfigError,
+                match=rf"shard 0 of {num_shards}: \d chunk\(s\) missing "
+                r"\(first point 0\); run it with --shard_index=0",
+            ):
+                evaluate_run(_config(fitted_model, synthetic_cifar10, tmp_path, num_shards=num_shards), progress=False)
+        report, _ = evaluate_run(
+            _config(fitted_model, synthetic_cifar10, tmp_path, num_shards=num_shards, shard_index=index), progress=False
+        )
         assert report is None  # a shard leaves the merge to the merge command
-    merged, _ = evaluate_run(_config(fitted_model, synthetic_cifar10, tmp_path,
-                                     num_shards=num_shards), progress=False)
+    merged, _ = evaluate_run(_config(fitted_model, synthetic_cifar10, tmp_path, num_shards=num_shards), progress=False)
     assert _comparable(merged) == _comparable(single)
 
 
 def test_mirrored_over_two_devices_equals_one_device(single, fitted_model, synthetic_cifar10, tmp_path):
-    mirrored, _ = evaluate_run(_config(fitted_model, synthetic_cifar10, tmp_path, strategy="mirrored"),
-                               progress=False)
+    mirrored, _ = evaluate_run(_config(fitted_model, synthetic_cifar10, tmp_path, strategy="mirrored"), progress=False)
     assert _comparable(mirrored) == _comparable(single)
 
 
 def test_other_settings_are_refused_naming_them(single, fitted_model, synthetic_cifar10, tmp_path):
-    evaluate_run(_config(fitted_model, synthetic_cifar10, tmp_path, attacks=("fgsm",), sweep=False),
-                 progress=False)
+    evaluate_run(_config(fitted_model, synthetic_cifar10, tmp_path, attacks=("fgsm",), sweep=False), progress=False)
     with pytest.raises(ConfigError, match=r"other settings \(eps: 0.0313.* there, 0.0156.* now\)"):
-        evaluate_run(_config(fitted_model, synthetic_cifar10, tmp_path, attacks=("fgsm",), sweep=False,
-                             eps=4 / 255), progress=False)
+        evaluate_run(
+            _config(fitted_model, synthetic_cifar10, tmp_path, attacks=("fgsm",), sweep=False, eps=4 / 255),
+            progress=False,
+        )
 
 
 @pytest.mark.slow
-def test_killed_during_the_cascade_resumes_to_the_uninterrupted_report(single, fitted_model,
-                                                                      synthetic_cifar10, tmp_path):
-    command = [sys.executable, os.path.join(REPO, "scripts", "evaluate.py"),
-               f"--keras_model={fitted_model}", "--dataset=cifar10", f"--data_dir={synthetic_cifar10}",
-               f"--output_dir={tmp_path}", "--attacks=fgsm,pgd,autoattack", "--pgd_steps=3",
-               "--apgd_iterations=4", "--square_queries=20", "--sweep_attack=fgsm",
-               f"--num_examples={POINTS}", f"--chunk_size={CHUNK}", "--batch_size=15",
-               "--nodownload"]
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+def test_killed_during_the_cascade_resumes_to_the_uninterrupted_report(
+    single, fitted_model, synthetic_cifar10, tmp_path
+):
+    command = [
+        sys.executable,
+        os.path.join(REPO, "scripts", "evaluate.py"),
+        f"--keras_model={fitted_model}",
+        "--dataset=cifar10",
+        f"--data_dir={synthetic_cifar10}",
+        f"--output_dir={tmp_path}",
+        "--attacks=fgsm,pgd,autoattack",
+        "--pgd_steps=3",
+        "--apgd_iterations=4",
+        "--square_queries=20",
+        "--sweep_attack=fgsm",
+        f"--num_examples={POINTS}",
+        f"--chunk_size={CHUNK}",
+        "--batch_size=15",
+        "--nodownload",
+    ]
+    process = subprocess.Popen(
+        command,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
     chunks = tmp_path / "chunks"
     # Kill once the second chunk is inside the cascade: the first is on disk.
     output, second_chunk = [], False
@@ -158,8 +194,9 @@ def test_attack_ordering_warnings_need_more_than_noise():
 
 def test_transfer_rows_from_a_surrogate(single, fitted_model, synthetic_cifar10, tmp_path):
     # The model as its own surrogate: transfer-PGD is the white-box PGD, draw for draw.
-    report, _ = evaluate_run(_config(fitted_model, synthetic_cifar10, tmp_path / "self",
-                                     transfer_from=fitted_model), progress=False)
+    report, _ = evaluate_run(
+        _config(fitted_model, synthetic_cifar10, tmp_path / "self", transfer_from=fitted_model), progress=False
+    )
     rows = {row["attack"]: row for row in report["attacks"]}
     assert rows["transfer-pgd"]["robust_accuracy"] == rows["pgd"]["robust_accuracy"]
     assert "transfer-apgd-ce" in rows and report["transfer_from"].startswith(fitted_model)
@@ -171,9 +208,16 @@ def test_transfer_rows_from_a_surrogate(single, fitted_model, synthetic_cifar10,
     inputs = keras.Input((32, 32, 3))
     other = keras.Model(inputs, keras.layers.Dense(10)(keras.layers.Flatten()(inputs)))
     other.save(tmp_path / "other.keras")
-    counted, _ = evaluate_run(_config(fitted_model, synthetic_cifar10, tmp_path / "other",
-                                      transfer_from=str(tmp_path / "other.keras"),
-                                      transfer_in_worst_case=True), progress=False)
+    counted, _ = evaluate_run(
+        _config(
+            fitted_model,
+            synthetic_cifar10,
+            tmp_path / "other",
+            transfer_from=str(tmp_path / "other.keras"),
+            transfer_in_worst_case=True,
+        ),
+        progress=False,
+    )
     rows = {row["attack"]: row for row in counted["attacks"]}
     assert rows["transfer-pgd"]["robust_accuracy"] >= rows["pgd"]["robust_accuracy"]
     assert counted["worst_case_robust_accuracy"] <= single["worst_case_robust_accuracy"]

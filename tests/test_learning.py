@@ -16,11 +16,22 @@ def _train(name, splits, **params):
     keras.utils.set_random_seed(0)
     method_class = methods.get(name)
     # The head the method declares, narrower for a fast test.
-    network = models.build("tiny", 10, splits.info.mean, splits.info.std,
-                           embedding_dim=32 if method_class.embedding_dim else 0,
-                           embedding_head=method_class.embedding_head or "mlp")
-    model = AdversarialModel(network, method_class(method_class.Params(**params)), TRAIN_ATTACK,
-                             AttackConfig(steps=2), weight_decay=5e-4, seed=0)
+    network = models.build(
+        "tiny",
+        10,
+        splits.info.mean,
+        splits.info.std,
+        embedding_dim=32 if method_class.embedding_dim else 0,
+        embedding_head=method_class.embedding_head or "mlp",
+    )
+    model = AdversarialModel(
+        network,
+        method_class(method_class.Params(**params)),
+        TRAIN_ATTACK,
+        AttackConfig(steps=2),
+        weight_decay=5e-4,
+        seed=0,
+    )
     model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
     train = data.train_dataset(splits.train, (32, 32, 3), 64, augment=False, seed=0)
     model.fit(train, epochs=1, steps_per_epoch=300, verbose=0, shuffle=False)
@@ -38,8 +49,7 @@ def _accuracies(network, x, y):
 
 @pytest.mark.slow
 def test_robust_methods_beat_standard_training_under_pgd(cifar10_dir):
-    splits = data.split(data.load_dataset("cifar10", cifar10_dir), val_size=500, split_seed=0,
-                        train_examples=20000)
+    splits = data.split(data.load_dataset("cifar10", cifar10_dir), val_size=500, split_seed=0, train_examples=20000)
     x_val = splits.val.images.astype("float32") / 255
     y_val = splits.val.labels
     results = {}

@@ -13,6 +13,7 @@ RNG = np.random.default_rng(0)
 
 # ---- float64 NumPy references, written from the papers' formulas ----------------------------
 
+
 def ref_supcon_margin(labels, features, temperature, margin=0.0, pair_weights=None):
     """Per-anchor loop: returns (per-sample values, per-sample valid fraction)."""
     features = features[:, None, :] if features.ndim == 2 else features
@@ -75,6 +76,7 @@ def ref_mart(labels, clean, adv, beta):
 
 # ---- helpers ---------------------------------------------------------------------------------
 
+
 def tf_values_and_grad(fn, *inputs, wrt=0):
     inputs = [tf.constant(x) for x in inputs]
     with tf.GradientTape() as tape:
@@ -84,8 +86,7 @@ def tf_values_and_grad(fn, *inputs, wrt=0):
         if isinstance(values, tuple):
             values, weights = values
         total = tf.reduce_sum(values if weights is None else values * weights)
-    return values.numpy(), (None if weights is None else weights.numpy()), \
-        tape.gradient(total, inputs[wrt]).numpy()
+    return values.numpy(), (None if weights is None else weights.numpy()), tape.gradient(total, inputs[wrt]).numpy()
 
 
 def numeric_grad(fn, x, eps=1e-6):
@@ -104,10 +105,12 @@ def supcon_total(labels, temperature, margin=0.0, pair_weights=None):
     def total(features):
         values, weights = ref_supcon_margin(labels, features, temperature, margin, pair_weights)
         return float(np.sum(values * weights))
+
     return total
 
 
 # ---- contrastive --------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("views", [1, 2, 3])
 @pytest.mark.parametrize("margin", [0.0, 0.3])
@@ -119,8 +122,7 @@ def test_supcon_margin_matches_reference(views, margin):
     ref_values, ref_weights = ref_supcon_margin(labels, features, 0.2, margin)
     np.testing.assert_allclose(values, ref_values, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(weights, ref_weights)
-    np.testing.assert_allclose(grad, numeric_grad(supcon_total(labels, 0.2, margin), features),
-                               rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(grad, numeric_grad(supcon_total(labels, 0.2, margin), features), rtol=1e-5, atol=1e-7)
     if views == 1:  # singletons have no positive: left out of the mean
         assert weights[3] == 0 and weights[6] == 0 and values[3] == 0
 
@@ -131,11 +133,10 @@ def test_positive_weights_match_reference():
     pair_weights = RNG.uniform(0.1, 3.0, size=(10, 10))
     fn = lambda l, f: losses.supcon_margin_per_example(l, f, 0.5, 0.1, pair_weights)  # noqa: E731
     values, _, grad = tf_values_and_grad(fn, labels, features, wrt=1)
-    np.testing.assert_allclose(values, ref_supcon_margin(labels, features, 0.5, 0.1, pair_weights)[0],
-                               rtol=1e-10)
+    np.testing.assert_allclose(values, ref_supcon_margin(labels, features, 0.5, 0.1, pair_weights)[0], rtol=1e-10)
     np.testing.assert_allclose(
-        grad, numeric_grad(supcon_total(labels, 0.5, 0.1, pair_weights), features), rtol=1e-5,
-        atol=1e-7)
+        grad, numeric_grad(supcon_total(labels, 0.5, 0.1, pair_weights), features), rtol=1e-5, atol=1e-7
+    )
 
 
 @pytest.mark.parametrize("start,count", [(0, 3), (3, 4), (6, 1)])
@@ -149,12 +150,13 @@ def test_anchor_subset_scores_against_the_whole_batch(start, count):
     sub_weights = hard_positive_weights(labels, features, "exp", 1.5, (start, count)).numpy()
     np.testing.assert_allclose(sub_weights, pair_weights[rows], rtol=1e-12)
     values, weights = losses.supcon_margin_per_example(labels, features, 0.2, 0.1, pair_weights)
-    sub_values, sub_valid = losses.supcon_margin_per_example(labels, features, 0.2, 0.1, sub_weights,
-                                                             anchors=(start, count))
-    np.testing.assert_allclose(sub_values.numpy(), values.numpy()[start:start + count], rtol=1e-12)
-    np.testing.assert_allclose(sub_valid.numpy(), weights.numpy()[start:start + count])
+    sub_values, sub_valid = losses.supcon_margin_per_example(
+        labels, features, 0.2, 0.1, sub_weights, anchors=(start, count)
+    )
+    np.testing.assert_allclose(sub_values.numpy(), values.numpy()[start : start + count], rtol=1e-12)
+    np.testing.assert_allclose(sub_valid.numpy(), weights.numpy()[start : start + count])
     ref_values, _ = ref_supcon_margin(labels, features, 0.2, 0.1, pair_weights)
-    np.testing.assert_allclose(sub_values.numpy(), ref_values[start:start + count], rtol=1e-10)
+    np.testing.assert_allclose(sub_values.numpy(), ref_values[start : start + count], rtol=1e-10)
 
 
 def test_margin_zero_equals_supcon_exactly():
@@ -182,13 +184,16 @@ def test_multi_positive_matches_morel_formula():
     np.testing.assert_array_equal(weights.numpy(), np.ones(8))
 
 
-@pytest.mark.parametrize("labels,features", [
-    (np.array([3]), RNG.normal(size=(1, 4))),  # one sample
-    (np.array([2, 2, 2, 2]), RNG.normal(size=(4, 4))),  # one class
-    (np.array([0, 1, 2]), RNG.normal(size=(3, 4))),  # every class a single member
-    (np.array([0, 0, 1]), np.zeros((3, 4))),  # zero-norm features
-    (np.array([0, 0, 1, 1]), RNG.normal(size=(4, 2, 4))),  # views, one sample per class
-])
+@pytest.mark.parametrize(
+    "labels,features",
+    [
+        (np.array([3]), RNG.normal(size=(1, 4))),  # one sample
+        (np.array([2, 2, 2, 2]), RNG.normal(size=(4, 4))),  # one class
+        (np.array([0, 1, 2]), RNG.normal(size=(3, 4))),  # every class a single member
+        (np.array([0, 0, 1]), np.zeros((3, 4))),  # zero-norm features
+        (np.array([0, 0, 1, 1]), RNG.normal(size=(4, 2, 4))),  # views, one sample per class
+    ],
+)
 @pytest.mark.parametrize("temperature", [0.5, 0.01, 1e-3])
 def test_degenerate_batches_are_finite(labels, features, temperature):
     for dtype in ("float32", "bfloat16"):
@@ -229,23 +234,26 @@ def test_mean_skips_anchors_without_positives_and_sample_weights():
     values, weights = ref_supcon_margin(labels, features, 0.1)
     loss = losses.SupConLoss(0.1)
     np.testing.assert_allclose(float(loss(labels, features)), values[:2].mean(), rtol=1e-12)
-    np.testing.assert_allclose(float(loss(labels, features, sample_weight=np.array([1.0, 3.0, 1.0]))),
-                               (values[0] + 3 * values[1]) / 4, rtol=1e-12)
-    np.testing.assert_allclose(float(losses.SupConLoss(0.1, reduction="sum")(labels, features)),
-                               values.sum(), rtol=1e-12)
-    np.testing.assert_allclose(losses.SupConLoss(0.1, reduction=None)(labels, features).numpy(),
-                               values, rtol=1e-12)
+    np.testing.assert_allclose(
+        float(loss(labels, features, sample_weight=np.array([1.0, 3.0, 1.0]))),
+        (values[0] + 3 * values[1]) / 4,
+        rtol=1e-12,
+    )
+    np.testing.assert_allclose(
+        float(losses.SupConLoss(0.1, reduction="sum")(labels, features)), values.sum(), rtol=1e-12
+    )
+    np.testing.assert_allclose(losses.SupConLoss(0.1, reduction=None)(labels, features).numpy(), values, rtol=1e-12)
 
 
 # ---- alignment / TRADES / MART ------------------------------------------------------------------
+
 
 def test_cosine_alignment_matches_reference():
     a, b = RNG.normal(size=(6, 5)), RNG.normal(size=(6, 5))
     b[2] = 0.0  # zero-norm
     values, _, grad = tf_values_and_grad(losses.cosine_alignment_per_example, a, b, wrt=0)
     np.testing.assert_allclose(values, ref_cosine(a, b), rtol=1e-10)
-    np.testing.assert_allclose(grad, numeric_grad(lambda x: ref_cosine(x, b).sum(), a), rtol=1e-5,
-                               atol=1e-7)
+    np.testing.assert_allclose(grad, numeric_grad(lambda x: ref_cosine(x, b).sum(), a), rtol=1e-5, atol=1e-7)
     assert values[2] == 1.0
     np.testing.assert_allclose(losses.cosine_alignment_per_example(a, 3 * a).numpy(), 0, atol=1e-12)
     np.testing.assert_allclose(losses.cosine_alignment_per_example(a, -a).numpy(), 2, atol=1e-12)
@@ -291,9 +299,14 @@ def test_one_sample_and_bfloat16_inputs_are_finite_float32():
     assert value.dtype == tf.float32 and float(value[0]) == 1.0
 
 
-LOSS_CLASSES = [losses.SupConLoss(temperature=0.2), losses.SupConMarginLoss(0.2, margin=0.3),
-                losses.MultiPositiveContrastiveLoss(0.05), losses.CosineAlignmentLoss(),
-                losses.TradesLoss(beta=3.0), losses.MartLoss(beta=5.0)]
+LOSS_CLASSES = [
+    losses.SupConLoss(temperature=0.2),
+    losses.SupConMarginLoss(0.2, margin=0.3),
+    losses.MultiPositiveContrastiveLoss(0.05),
+    losses.CosineAlignmentLoss(),
+    losses.TradesLoss(beta=3.0),
+    losses.MartLoss(beta=5.0),
+]
 
 
 @pytest.mark.parametrize("loss", LOSS_CLASSES, ids=lambda loss: type(loss).__name__)
@@ -322,11 +335,15 @@ def test_a_restored_loss_computes_the_same_values(loss):
     for reduction in ("sum_over_batch_size", "sum", None):
         original = type(loss).from_config({**loss.get_config(), "reduction": reduction})
         restored = keras.losses.deserialize(keras.losses.serialize(original))
-        np.testing.assert_allclose(np.asarray(restored(y_true, y_pred)), np.asarray(original(y_true, y_pred)),
-                                   rtol=1e-12)
+        np.testing.assert_allclose(
+            np.asarray(restored(y_true, y_pred)), np.asarray(original(y_true, y_pred)), rtol=1e-12
+        )
     per_example = loss.call(y_true, y_pred)
-    np.testing.assert_allclose(per_example.numpy(), np.asarray(
-        type(loss).from_config({**loss.get_config(), "reduction": None})(y_true, y_pred)), rtol=1e-12)
+    np.testing.assert_allclose(
+        per_example.numpy(),
+        np.asarray(type(loss).from_config({**loss.get_config(), "reduction": None})(y_true, y_pred)),
+        rtol=1e-12,
+    )
     assert per_example.shape == (6,)
     typed = type(loss).from_config({**loss.get_config(), "dtype": "float64"})
     assert typed(y_true, tf.constant(y_pred, tf.float32)).dtype == tf.float64

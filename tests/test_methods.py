@@ -14,10 +14,10 @@ from tests.conftest import template_batch
 def _model(name, **params):
     method_class = methods.get(name)
     method = method_class(method_class.Params(**params))
-    network = models.build("tiny", 10, (0.5,) * 3, (0.25,) * 3, embedding_dim=16,
-                           embedding_head=method_class.embedding_head or "mlp")
-    model = AdversarialModel(network, method, AttackConfig(steps=2), AttackConfig(steps=2),
-                             weight_decay=5e-4, seed=3)
+    network = models.build(
+        "tiny", 10, (0.5,) * 3, (0.25,) * 3, embedding_dim=16, embedding_head=method_class.embedding_head or "mlp"
+    )
+    model = AdversarialModel(network, method, AttackConfig(steps=2), AttackConfig(steps=2), weight_decay=5e-4, seed=3)
     model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
     return model
 
@@ -73,23 +73,40 @@ def test_class_attention_only_mixes_samples_of_the_same_class():
 
 @pytest.mark.parametrize("accuracy_term", ["trades", "mart"])
 def test_morel_weights_terms_by_cone_scalarization(accuracy_term):
-    params = dict(accuracy_term=accuracy_term, k_feature=0.3, k_accuracy=0.6, gamma=0.05, alpha=0.2,
-                  beta=4.0, reference_feature=0.1, reference_accuracy=0.2)
+    params = dict(
+        accuracy_term=accuracy_term,
+        k_feature=0.3,
+        k_accuracy=0.6,
+        gamma=0.05,
+        alpha=0.2,
+        beta=4.0,
+        reference_feature=0.1,
+        reference_accuracy=0.2,
+    )
     method = methods.get("morel")(methods.get("morel").Params(**params))
     method.build(embedding_dim=8)
     rng = np.random.default_rng(0)
     labels = np.array([0, 1, 0, 1, 2, 2])
-    clean = {"embedding": tf.constant(rng.normal(size=(6, 8)), tf.float32),
-             "logits": tf.constant(rng.normal(size=(6, 5)), tf.float32)}
-    adv = {"embedding": tf.constant(rng.normal(size=(6, 8)), tf.float32),
-           "logits": tf.constant(rng.normal(size=(6, 5)), tf.float32)}
+    clean = {
+        "embedding": tf.constant(rng.normal(size=(6, 8)), tf.float32),
+        "logits": tf.constant(rng.normal(size=(6, 5)), tf.float32),
+    }
+    adv = {
+        "embedding": tf.constant(rng.normal(size=(6, 8)), tf.float32),
+        "logits": tf.constant(rng.normal(size=(6, 5)), tf.float32),
+    }
     terms = method.losses(labels, clean, adv)
-    total = sum(float(tf.reduce_sum(t.values * (1 if t.weights is None else t.weights))
-                      / tf.reduce_sum(tf.ones_like(t.values) if t.weights is None else t.weights))
-                for t in terms.values())
+    total = sum(
+        float(
+            tf.reduce_sum(t.values * (1 if t.weights is None else t.weights))
+            / tf.reduce_sum(tf.ones_like(t.values) if t.weights is None else t.weights)
+        )
+        for t in terms.values()
+    )
     attended = method.class_attention(clean["embedding"], labels, training=True)
-    feature = (float(tf.reduce_mean(losses.cosine_alignment_per_example(clean["embedding"], adv["embedding"])))
-               + 0.2 * float(losses.MultiPositiveContrastiveLoss(0.1)(labels, attended)))
+    feature = float(
+        tf.reduce_mean(losses.cosine_alignment_per_example(clean["embedding"], adv["embedding"]))
+    ) + 0.2 * float(losses.MultiPositiveContrastiveLoss(0.1)(labels, attended))
     loss_class = losses.TradesLoss if accuracy_term == "trades" else losses.MartLoss
     accuracy = float(loss_class(beta=4.0)(labels, tf.stack([clean["logits"], adv["logits"]], 1)))
     f, a = feature - 0.1, accuracy - 0.2
@@ -117,18 +134,22 @@ def test_contrastive_at_attack_maximizes_the_contrastive_objective():
     reference = {"embedding": tf.constant(rng.normal(size=(4, 6)), tf.float32)}
     adv_embedding = tf.Variable(rng.normal(size=(4, 6)), dtype=tf.float32)
     with tf.GradientTape() as tape:
-        loss = tf.reduce_sum(method.objective({"embedding": adv_embedding, "logits": tf.zeros([4, 2])},
-                                              labels, reference))
+        loss = tf.reduce_sum(
+            method.objective({"embedding": adv_embedding, "logits": tf.zeros([4, 2])}, labels, reference)
+        )
     grad = tape.gradient(loss, adv_embedding)
     assert float(loss) > 0 and float(tf.reduce_max(tf.abs(grad))) > 1e-3
 
 
-@pytest.mark.parametrize("name,params,flag", [
-    ("morel", {"accuracy_term": "l2"}, "--morel_accuracy_term"),
-    ("trades", {"beta": -1.0}, "--trades_beta"),
-    ("anchor", {"mining": "random"}, "--anchor_mining"),
-    ("supcon_margin", {"temperature": 0.0}, "--supcon_margin_temperature"),
-])
+@pytest.mark.parametrize(
+    "name,params,flag",
+    [
+        ("morel", {"accuracy_term": "l2"}, "--morel_accuracy_term"),
+        ("trades", {"beta": -1.0}, "--trades_beta"),
+        ("anchor", {"mining": "random"}, "--anchor_mining"),
+        ("supcon_margin", {"temperature": 0.0}, "--supcon_margin_temperature"),
+    ],
+)
 def test_bad_method_params_name_their_flag(name, params, flag):
     with pytest.raises(ConfigError, match=flag):
         methods.check_params(name, methods.get(name).Params(**params))
@@ -148,8 +169,9 @@ def test_xla_compiled_attack_trains(name):
     x, y = template_batch(n=16, seed=2)
     method_class = methods.get(name)
     network = models.build("tiny", 10, (0.5,) * 3, (0.25,) * 3, embedding_dim=8)
-    model = AdversarialModel(network, method_class(), AttackConfig(steps=2), AttackConfig(steps=2),
-                             jit_compile_attack=True)
+    model = AdversarialModel(
+        network, method_class(), AttackConfig(steps=2), AttackConfig(steps=2), jit_compile_attack=True
+    )
     model.compile(optimizer=keras.optimizers.SGD(0.05))
     inputs = (x, x[:, :, ::-1]) if method_class.data_views == 2 else x
     logs = model.train_on_batch(inputs, y, return_dict=True)

@@ -16,8 +16,13 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc,
-                                     predict_pb2, prediction_service_pb2_grpc)
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
 
 from robustcl.serving import robustness
 from robustcl.serving.client import GrpcClient, RestClient, SavedModelBackend, ServerError
@@ -69,8 +74,10 @@ def served(exports, tmp_path_factory):
 
 def _stubs(server):
     channel = grpc.insecure_channel(server.grpc)
-    return (prediction_service_pb2_grpc.PredictionServiceStub(channel),
-            model_service_pb2_grpc.ModelServiceStub(channel))
+    return (
+        prediction_service_pb2_grpc.PredictionServiceStub(channel),
+        model_service_pb2_grpc.ModelServiceStub(channel),
+    )
 
 
 def _predict_request(model, images, version=None, label=None, signature="", alias="images"):
@@ -89,8 +96,9 @@ def _status(stub, model):
     request = get_model_status_pb2.GetModelStatusRequest()
     request.model_spec.name = model
     response = stub.GetModelStatus(request, timeout=30)
-    return [(s.version, get_model_status_pb2.ModelVersionStatus.State.Name(s.state))
-            for s in response.model_version_status]
+    return [
+        (s.version, get_model_status_pb2.ModelVersionStatus.State.Name(s.state)) for s in response.model_version_status
+    ]
 
 
 def test_grpc_services_answer_the_real_stubs(served, exports):
@@ -98,13 +106,17 @@ def test_grpc_services_answer_the_real_stubs(served, exports):
     network, x, _, _ = exports
     prediction, models = _stubs(server)
     response = prediction.Predict(_predict_request("pinned", x[:5], signature="serving_default"), timeout=30)
-    assert (response.model_spec.name, response.model_spec.version.value,
-            response.model_spec.signature_name) == ("pinned", 1, "serving_default")
+    assert (response.model_spec.name, response.model_spec.version.value, response.model_spec.signature_name) == (
+        "pinned",
+        1,
+        "serving_default",
+    )
     assert set(response.outputs) == {"logits", "probabilities"}
     # Outputs in typed fields, as TF Serving's AsProtoField writes them.
     assert len(response.outputs["logits"].float_val) == 50 and not response.outputs["logits"].tensor_content
-    np.testing.assert_allclose(tf.make_ndarray(response.outputs["logits"]),
-                               network(x[:5], training=False)["logits"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        tf.make_ndarray(response.outputs["logits"]), network(x[:5], training=False)["logits"], rtol=1e-5, atol=1e-5
+    )
     by_label = prediction.Predict(_predict_request("pinned", x[:1], label="stable"), timeout=30)
     assert by_label.model_spec.version.value == 1
 
@@ -122,16 +134,31 @@ def test_grpc_services_answer_the_real_stubs(served, exports):
     errors = [
         (_predict_request("nope", x[:1]), grpc.StatusCode.NOT_FOUND, "Servable not found for request: Latest(nope)"),
         (_predict_request("pinned", x[:1], version=2), grpc.StatusCode.NOT_FOUND, "Specific(pinned, 2)"),
-        (_predict_request("pinned", x[:1], label="canary"), grpc.StatusCode.INVALID_ARGUMENT,
-         "Unrecognized servable version label: canary"),
-        (_predict_request("pinned", x[:1], alias="pixels"), grpc.StatusCode.INVALID_ARGUMENT,
-         "input tensor alias not found in signature: pixels. Inputs expected to be in the set {images}."),
-        (_predict_request("pinned", x[:1], signature="nope"), grpc.StatusCode.FAILED_PRECONDITION,
-         'Serving signature key "nope" not found.'),
-        (_predict_request("pinned", x[:1].astype(np.float64)), grpc.StatusCode.INVALID_ARGUMENT,
-         "Expects arg[0] to be float but double is provided"),
-        (_predict_request("pinned", np.zeros((1, 28, 28, 3), np.float32)), grpc.StatusCode.INVALID_ARGUMENT,
-         "images must have shape"),
+        (
+            _predict_request("pinned", x[:1], label="canary"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "Unrecognized servable version label: canary",
+        ),
+        (
+            _predict_request("pinned", x[:1], alias="pixels"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "input tensor alias not found in signature: pixels. Inputs expected to be in the set {images}.",
+        ),
+        (
+            _predict_request("pinned", x[:1], signature="nope"),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            'Serving signature key "nope" not found.',
+        ),
+        (
+            _predict_request("pinned", x[:1].astype(np.float64)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "Expects arg[0] to be float but double is provided",
+        ),
+        (
+            _predict_request("pinned", np.zeros((1, 28, 28, 3), np.float32)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "images must have shape",
+        ),
     ]
     for request, code, message in errors:
         with pytest.raises(grpc.RpcError) as error:
@@ -164,16 +191,14 @@ def test_new_versions_load_and_removed_ones_unload_while_serving(served, exports
     # within the 1 s poll and unloads version 1.
     shutil.copytree(os.path.join(staging, "2"), latest / ".incoming")
     os.rename(latest / ".incoming", latest / "2")
-    assert _wait_for(lambda: _status(models, "latest") == [(2, "AVAILABLE"), (1, "END")]), \
-        _status(models, "latest")
+    assert _wait_for(lambda: _status(models, "latest") == [(2, "AVAILABLE"), (1, "END")]), _status(models, "latest")
     np.testing.assert_allclose(rest.predict(x[:2]), 2 * base, rtol=1e-5, atol=1e-5)
     with pytest.raises(ServerError, match=r"Specific\(latest, 1\)") as error:
         RestClient(server.url, "latest", version=1).predict(x[:1])
     assert error.value.status == 404
     # The newest version is deleted: version 1 is the latest again and is loaded back.
     shutil.rmtree(latest / "2")
-    assert _wait_for(lambda: _status(models, "latest") == [(2, "END"), (1, "AVAILABLE")]), \
-        _status(models, "latest")
+    assert _wait_for(lambda: _status(models, "latest") == [(2, "END"), (1, "AVAILABLE")]), _status(models, "latest")
     np.testing.assert_allclose(rest.predict(x[:2]), base, rtol=1e-6)
 
 
@@ -195,15 +220,37 @@ def _raw(port, data, timeout=30):
 
 
 def _fuzz_requests(rng, image):
-    paths = ["/v1/models/latest:predict", "/v1/models/latest", "/v1/models/latest/metadata",
-             "/v1/models/latest:classify", "/v1/models//:predict", "/v1/models/%ff%fe:predict",
-             "/v1/models/latest/versions/99999999999999999999999:predict", "/" + "a" * 5000,
-             "/v1/models/latest/labels/%00:predict", "/v1/../../etc/passwd", "*", "/v1/models/latest?x=1"]
-    bodies = [b"", b"{", b"}", b"null", b"[]", b"\xff\xfe\x00", b'{"instances": ' + b"[" * 5000,
-              b'{"instances": [' + b"1," * 10000 + b"1]}", json.dumps({"instances": [image] * 3}).encode(),
-              json.dumps({"inputs": {"images": "x"}}).encode(), b'{"instances": [[[[1e999]]]]}',
-              b'{"signature_name": {"a": 1}}', b'{"instances": [{"b64": "!!"}]}', b"\x00" * 100,
-              json.dumps({"instances": [[[[0.5] * 3] * 32] * 31]}).encode()]
+    paths = [
+        "/v1/models/latest:predict",
+        "/v1/models/latest",
+        "/v1/models/latest/metadata",
+        "/v1/models/latest:classify",
+        "/v1/models//:predict",
+        "/v1/models/%ff%fe:predict",
+        "/v1/models/latest/versions/99999999999999999999999:predict",
+        "/" + "a" * 5000,
+        "/v1/models/latest/labels/%00:predict",
+        "/v1/../../etc/passwd",
+        "*",
+        "/v1/models/latest?x=1",
+    ]
+    bodies = [
+        b"",
+        b"{",
+        b"}",
+        b"null",
+        b"[]",
+        b"\xff\xfe\x00",
+        b'{"instances": ' + b"[" * 5000,
+        b'{"instances": [' + b"1," * 10000 + b"1]}",
+        json.dumps({"instances": [image] * 3}).encode(),
+        json.dumps({"inputs": {"images": "x"}}).encode(),
+        b'{"instances": [[[[1e999]]]]}',
+        b'{"signature_name": {"a": 1}}',
+        b'{"instances": [{"b64": "!!"}]}',
+        b"\x00" * 100,
+        json.dumps({"instances": [[[[0.5] * 3] * 32] * 31]}).encode(),
+    ]
     methods = [b"GET", b"POST", b"PUT", b"DELETE", b"HEAD", b"OPTIONS", b"FOO", b"G E T", b""]
     requests = []
     for _ in range(300):
@@ -223,8 +270,9 @@ def _fuzz_requests(rng, image):
             continue
         else:
             headers = b"Content-Length: " + str(len(body)).encode() + b"\r\n"
-        requests.append(method + b" " + path + b" HTTP/1.1\r\nHost: x\r\n" + headers
-                        + b"Connection: close\r\n\r\n" + body)
+        requests.append(
+            method + b" " + path + b" HTTP/1.1\r\nHost: x\r\n" + headers + b"Connection: close\r\n\r\n" + body
+        )
     return requests
 
 
@@ -289,8 +337,10 @@ def test_clients_retry_only_what_may_succeed(exports, tmp_path):
                 client.predict(x[:1])
             assert client.retried == 0  # a 4xx / NOT_FOUND answer is final
         # Timeouts are retried, then reported; a patient client gets the answer.
-        for client in (RestClient(slow.url, "tiny", timeout=0.3, max_retries=1, backoff=0.01),
-                       GrpcClient(slow.grpc, "tiny", timeout=0.3, max_retries=1, backoff=0.01)):
+        for client in (
+            RestClient(slow.url, "tiny", timeout=0.3, max_retries=1, backoff=0.01),
+            GrpcClient(slow.grpc, "tiny", timeout=0.3, max_retries=1, backoff=0.01),
+        ):
             with pytest.raises(ServerError, match="unreachable|DEADLINE_EXCEEDED"):
                 client.predict(x[:1])
             assert client.retried == 1
@@ -311,8 +361,18 @@ def test_serve_test_survives_a_dying_server_and_resumes_over_rest_and_grpc(serve
     try:
         target = RestClient(dying.url, "tiny", max_retries=1, backoff=0.01, max_batch=8)
         with pytest.raises(ServerError):
-            robustness.run(target, local, x, y, str(tmp_path / "rest"), eps=2 / 255, pgd_steps=3,
-                           square_queries=10, chunk=8, log=lambda *_: None)
+            robustness.run(
+                target,
+                local,
+                x,
+                y,
+                str(tmp_path / "rest"),
+                eps=2 / 255,
+                pgd_steps=3,
+                square_queries=10,
+                chunk=8,
+                log=lambda *_: None,
+            )
         dying.process.wait(timeout=30)
         # The server is gone: a dropped or refused connection is retried at most --max_retries times.
         client = GrpcClient(dying.grpc, "tiny", max_retries=2, backoff=0.01, timeout=10)
@@ -324,10 +384,22 @@ def test_serve_test_survives_a_dying_server_and_resumes_over_rest_and_grpc(serve
     kept = [json.loads(line) for line in open(tmp_path / "rest" / "results.jsonl")]
     assert kept and all(r["stage"] == "clean" for r in kept)  # finished chunks survived the crash
     reports = {}
-    for name, target in (("rest", RestClient(server.url, "pinned", max_batch=8)),
-                         ("grpc", GrpcClient(server.grpc, "pinned", max_batch=8))):
-        reports[name] = robustness.run(target, local, x, y, str(tmp_path / name), eps=2 / 255, pgd_steps=3,
-                                       square_queries=10, chunk=8, log=lambda *_: None)
+    for name, target in (
+        ("rest", RestClient(server.url, "pinned", max_batch=8)),
+        ("grpc", GrpcClient(server.grpc, "pinned", max_batch=8)),
+    ):
+        reports[name] = robustness.run(
+            target,
+            local,
+            x,
+            y,
+            str(tmp_path / name),
+            eps=2 / 255,
+            pgd_steps=3,
+            square_queries=10,
+            chunk=8,
+            log=lambda *_: None,
+        )
     records = [json.loads(line) for line in open(tmp_path / "rest" / "results.jsonl")]
     keys = [(r["stage"], r["start"]) for r in records]
     assert len(keys) == len(set(keys)) == 9  # 3 stages x 3 chunks, nothing done twice
@@ -350,8 +422,13 @@ def test_serve_test_survives_a_dying_server_and_resumes_over_rest_and_grpc(serve
 
 def test_flags_are_tensorflow_model_servers_and_bad_ones_are_named(tmp_path):
     def run(*args):
-        return subprocess.run([sys.executable, "-m", "robustcl.serving.model_server", *args], cwd=REPO,
-                              capture_output=True, text=True, timeout=300)
+        return subprocess.run(
+            [sys.executable, "-m", "robustcl.serving.model_server", *args],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
 
     config = tmp_path / "bad.config"
     config.write_text("model_config_list { config { name: 'a' base_path: 3 } }")
@@ -366,6 +443,12 @@ def test_flags_are_tensorflow_model_servers_and_bad_ones_are_named(tmp_path):
         result = run(*args)
         assert result.returncode != 0 and message in result.stderr, (args, result.stderr[-1000:])
     help_text = run("--helpfull").stdout
-    for flag in ("--port", "--rest_api_port", "--model_name", "--model_base_path", "--model_config_file",
-                 "--file_system_poll_wait_seconds"):
+    for flag in (
+        "--port",
+        "--rest_api_port",
+        "--model_name",
+        "--model_base_path",
+        "--model_config_file",
+        "--file_system_poll_wait_seconds",
+    ):
         assert flag in help_text

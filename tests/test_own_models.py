@@ -17,8 +17,15 @@ from robustcl.evaluation.run import evaluate_run
 from tests.image_files import write_tiny_imagenet
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-QUICK = dict(attacks=("fgsm", "pgd"), pgd_steps=2, sweep=False, num_examples=40, projector_examples=0,
-             batch_size=20, download=False)
+QUICK = dict(
+    attacks=("fgsm", "pgd"),
+    pgd_steps=2,
+    sweep=False,
+    num_examples=40,
+    projector_examples=0,
+    batch_size=20,
+    download=False,
+)
 
 
 def _test_points(cifar_path, n=40):
@@ -43,12 +50,27 @@ def test_keras_model_file_evaluated_through_the_script(synthetic_cifar10, tmp_pa
     x, y = _test_points(synthetic_cifar10)
     own_accuracy = float(np.mean(np.argmax(model.predict(x * 255.0, verbose=0), -1) == y))
     result = subprocess.run(
-        [sys.executable, os.path.join(REPO, "scripts", "evaluate.py"),
-         f"--keras_model={tmp_path / 'model.keras'}", "--dataset=cifar10",
-         f"--data_dir={synthetic_cifar10}", "--input_range=0,255", "--outputs=probabilities",
-         f"--output_dir={tmp_path / 'report'}", "--num_examples=40", "--attacks=fgsm,pgd",
-         "--pgd_steps=2", "--nosweep", "--batch_size=20", "--nodownload"],
-        cwd=REPO, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            os.path.join(REPO, "scripts", "evaluate.py"),
+            f"--keras_model={tmp_path / 'model.keras'}",
+            "--dataset=cifar10",
+            f"--data_dir={synthetic_cifar10}",
+            "--input_range=0,255",
+            "--outputs=probabilities",
+            f"--output_dir={tmp_path / 'report'}",
+            "--num_examples=40",
+            "--attacks=fgsm,pgd",
+            "--pgd_steps=2",
+            "--nosweep",
+            "--batch_size=20",
+            "--nodownload",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert report["clean_accuracy"] == pytest.approx(own_accuracy)
@@ -68,8 +90,9 @@ class _ForeignModule(tf.Module):
         self.model = model
         spec = tf.TensorSpec([None, image_size, image_size, 3], tf.float32, name="pixels")
         self.predict = tf.function(self._predict, input_signature=[spec])
-        self.as_uint8 = tf.function(self._uint8, input_signature=[
-            tf.TensorSpec([None, image_size, image_size, 3], tf.uint8, name="pixels")])
+        self.as_uint8 = tf.function(
+            self._uint8, input_signature=[tf.TensorSpec([None, image_size, image_size, 3], tf.uint8, name="pixels")]
+        )
 
     def _predict(self, pixels):
         scores = self.model(pixels)
@@ -86,9 +109,16 @@ def test_any_saved_model_through_its_signature(synthetic_cifar10, tmp_path):
     tf.saved_model.save(module, path, signatures={"predict": module.predict, "as_uint8": module.as_uint8})
     x, y = _test_points(synthetic_cifar10)
     own_accuracy = float(np.mean(np.argmax(model(x), -1) == y))
-    config = EvaluationConfig(saved_model=path, signature="predict", output_key="scores",
-                              dataset="cifar10", data_dir=synthetic_cifar10,
-                              output_dir=str(tmp_path / "report"), eps=4 / 255, **QUICK).validate()
+    config = EvaluationConfig(
+        saved_model=path,
+        signature="predict",
+        output_key="scores",
+        dataset="cifar10",
+        data_dir=synthetic_cifar10,
+        output_dir=str(tmp_path / "report"),
+        eps=4 / 255,
+        **QUICK,
+    ).validate()
     report, _ = evaluate_run(config, progress=False)
     assert report["clean_accuracy"] == pytest.approx(own_accuracy)
     assert report["eps"] == pytest.approx(4 / 255) and report["threat_model_from"] == "flags"
@@ -114,16 +144,28 @@ def test_mismatches_are_named(synthetic_cifar10, tmp_path):
     wide = _ForeignModule(_keras_classifier(size=64), image_size=64)
     path = str(tmp_path / "wide")
     tf.saved_model.save(wide, path, signatures={"serving_default": wide.predict})
-    config = EvaluationConfig(saved_model=path, output_key="scores", dataset="cifar10",
-                              data_dir=synthetic_cifar10, output_dir=str(tmp_path / "r"), **QUICK)
-    with pytest.raises(artifacts.ModelLoadError,
-                       match=r"takes images of shape \[64, 64, 3\]; the data's are \[32, 32, 3\]"):
+    config = EvaluationConfig(
+        saved_model=path,
+        output_key="scores",
+        dataset="cifar10",
+        data_dir=synthetic_cifar10,
+        output_dir=str(tmp_path / "r"),
+        **QUICK,
+    )
+    with pytest.raises(
+        artifacts.ModelLoadError, match=r"takes images of shape \[64, 64, 3\]; the data's are \[32, 32, 3\]"
+    ):
         evaluate_run(config.validate(), progress=False)
     inputs = keras.Input((32, 32, 3))
     five = keras.Model(inputs, keras.layers.Dense(5)(keras.layers.Flatten()(inputs)))
     five.save(tmp_path / "five.keras")
-    config = EvaluationConfig(keras_model=str(tmp_path / "five.keras"), dataset="cifar10",
-                              data_dir=synthetic_cifar10, output_dir=str(tmp_path / "r"), **QUICK)
+    config = EvaluationConfig(
+        keras_model=str(tmp_path / "five.keras"),
+        dataset="cifar10",
+        data_dir=synthetic_cifar10,
+        output_dir=str(tmp_path / "r"),
+        **QUICK,
+    )
     with pytest.raises(artifacts.ModelLoadError, match=r"outputs have shape \[2, 5\].* 10 classes"):
         evaluate_run(config.validate(), progress=False)
     with pytest.raises(ConfigError, match=r"--input_range: must be 0,1 or 0,255, got '0,256'"):
@@ -137,18 +179,32 @@ def test_64px_file_dataset_trains_evaluates_and_exports(tmp_path):
     path, _ = write_tiny_imagenet(str(tmp_path / "data"), per_class=40, val=30)
     run_dir = tmp_path / "run"
     train = subprocess.run(
-        [sys.executable, os.path.join(REPO, "scripts", "train.py"),
-         "--flagfile=configs/pgd_at_cifar10.flags", "--flagfile=configs/data_tiny_imagenet.flags",
-         "--flagfile=configs/smoke.flags", f"--data_dir={path}", f"--model_dir={run_dir}",
-         "--train_examples=0", "--val_size=24", "--projector_examples=16", "--nodownload"],
-        cwd=REPO, capture_output=True, text=True, timeout=900)
+        [
+            sys.executable,
+            os.path.join(REPO, "scripts", "train.py"),
+            "--flagfile=configs/pgd_at_cifar10.flags",
+            "--flagfile=configs/data_tiny_imagenet.flags",
+            "--flagfile=configs/smoke.flags",
+            f"--data_dir={path}",
+            f"--model_dir={run_dir}",
+            "--train_examples=0",
+            "--val_size=24",
+            "--projector_examples=16",
+            "--nodownload",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert train.returncode == 0, train.stderr[-3000:]
     facts = json.loads((run_dir / "dataset.json").read_text())
     assert facts["image_shape"] == [64, 64, 3] and facts["num_classes"] == 3
     assert json.loads((run_dir / "class_names.json").read_text()) == ["thing0", "thing1", "thing2"]
     classifier = artifacts.load_run(str(run_dir), "last")
     assert classifier.network.input.shape[1:] == (64, 64, 3)
-    report, _ = evaluate_run(EvaluationConfig(model_dir=str(run_dir), checkpoint="last",
-                                              data_dir=path, **QUICK).validate(), progress=False)
+    report, _ = evaluate_run(
+        EvaluationConfig(model_dir=str(run_dir), checkpoint="last", data_dir=path, **QUICK).validate(), progress=False
+    )
     assert report["num_points"] == 30 and "tiny_imagenet" in report["data"]
     assert report["eps"] == pytest.approx(8 / 255) and report["threat_model_from"] == "the training config"

@@ -13,25 +13,30 @@ from robustcl.training.model import AdversarialModel
 from tests.conftest import template_batch
 
 
-@pytest.mark.parametrize("cpu_flags, capability, expected", [
-    (("avx512_bf16", "avx512f", "avx2"), None, "mixed_bfloat16"),
-    (("amx_bf16", "avx512f", "avx2"), None, "mixed_bfloat16"),
-    (("avx2",), None, "float32"),  # bfloat16 emulated: measured 10x slower
-    (("avx512f", "avx2"), None, "float32"),
-    (("avx2",), (8, 0), "mixed_bfloat16"),
-    (("avx2",), (9, 0), "mixed_bfloat16"),
-    (("avx2",), (7, 5), "mixed_float16"),
-    (("avx2",), (7, 0), "mixed_float16"),
-    (("avx512_bf16",), (6, 1), "float32"),  # the GPU trains, and it has no fast half precision
-])
+@pytest.mark.parametrize(
+    "cpu_flags, capability, expected",
+    [
+        (("avx512_bf16", "avx512f", "avx2"), None, "mixed_bfloat16"),
+        (("amx_bf16", "avx512f", "avx2"), None, "mixed_bfloat16"),
+        (("avx2",), None, "float32"),  # bfloat16 emulated: measured 10x slower
+        (("avx512f", "avx2"), None, "float32"),
+        (("avx2",), (8, 0), "mixed_bfloat16"),
+        (("avx2",), (9, 0), "mixed_bfloat16"),
+        (("avx2",), (7, 5), "mixed_float16"),
+        (("avx2",), (7, 0), "mixed_float16"),
+        (("avx512_bf16",), (6, 1), "float32"),  # the GPU trains, and it has no fast half precision
+    ],
+)
 def test_auto_precision_follows_the_hardware(cpu_flags, capability, expected):
     assert hardware.auto_precision(hardware.Hardware("cpu", cpu_flags, capability)) == expected
 
 
 def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
     cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text("processor\t: 0\nmodel name\t: AMD EPYC 9R14\nflags\t\t: fpu sse avx2 avx512f "
-                       "avx512_bf16 sha_ni\n\nprocessor\t: 1\nmodel name\t: AMD EPYC 9R14\nflags\t\t: fpu\n")
+    cpuinfo.write_text(
+        "processor\t: 0\nmodel name\t: AMD EPYC 9R14\nflags\t\t: fpu sse avx2 avx512f "
+        "avx512_bf16 sha_ni\n\nprocessor\t: 1\nmodel name\t: AMD EPYC 9R14\nflags\t\t: fpu\n"
+    )
     found = hardware.detect(str(cpuinfo))
     assert found.cpu_model == "AMD EPYC 9R14"
     assert found.cpu_flags == ("avx512_bf16", "avx512f", "avx2") and found.cpu_bfloat16
@@ -72,8 +77,7 @@ def _decay_dominated_step(precision):
         keras.utils.set_random_seed(0)
         network = models.build("tiny", 10, (0.5,) * 3, (0.25,) * 3)
         before = [w.numpy().astype("float32") for w in network.trainable_weights]
-        model = AdversarialModel(network, methods.get("standard")(), AttackConfig(), AttackConfig(),
-                                 weight_decay=5.0)
+        model = AdversarialModel(network, methods.get("standard")(), AttackConfig(), AttackConfig(), weight_decay=5.0)
         model.compile(optimizer=keras.optimizers.SGD(0.01))
         x, y = template_batch(n=16)
         model.train_on_batch(x, y)

@@ -24,7 +24,7 @@ def test_embedding_space_stats_by_hand():
     labels = np.array([0, 1, 0, 1])
     stats = embedding_space_stats(clean, adversarial, labels)
     # clean/adv: cos 1/sqrt(2), 1, -1, 0 (zero vector) -> mean (0.7071 + 1 - 1 + 0) / 4
-    assert stats["clean_adv_cosine"] == pytest.approx((2 ** -0.5) / 4)
+    assert stats["clean_adv_cosine"] == pytest.approx((2**-0.5) / 4)
     # same class pairs: (0,2) cos 1, (1,3) cos -1 -> intra 0; cross pairs all orthogonal -> inter 0
     assert stats["intra_class_cosine"] == pytest.approx(0.0)
     assert stats["inter_class_cosine"] == pytest.approx(0.0)
@@ -48,10 +48,20 @@ def smoke_run(tmp_path_factory):
     data_dir, _, _ = write_official(str(root / "data"), "cifar10", per_file=60)
     model_dir = root / "run"
     result = subprocess.run(
-        [sys.executable, os.path.join(REPO, "scripts", "train.py"),
-         "--flagfile=configs/morel_cifar10.flags", "--flagfile=configs/smoke.flags",
-         f"--data_dir={data_dir}", f"--model_dir={model_dir}", "--projector_examples=40"],
-        cwd=REPO, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            os.path.join(REPO, "scripts", "train.py"),
+            "--flagfile=configs/morel_cifar10.flags",
+            "--flagfile=configs/smoke.flags",
+            f"--data_dir={data_dir}",
+            f"--model_dir={model_dir}",
+            "--projector_examples=40",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return model_dir
 
@@ -62,8 +72,10 @@ def test_tensorboard_serves_the_projector_data_of_a_smoke_run(smoke_run):
     assert (run_dir / "projection_epoch_002.png").exists()
     port = free_ports()[0]
     server = subprocess.Popen(
-        [sys.executable, "-m", "tensorboard.main", f"--logdir={smoke_run}", "--host=127.0.0.1",
-         f"--port={port}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        [sys.executable, "-m", "tensorboard.main", f"--logdir={smoke_run}", "--host=127.0.0.1", f"--port={port}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     base = f"http://127.0.0.1:{port}/data/plugin/projector"
     try:
         deadline = time.time() + 90
@@ -112,10 +124,24 @@ def test_evaluate_script_writes_reports_and_projector_data(smoke_run, tmp_path):
     data_dir = smoke_run.parent / "data"
     output_dir = tmp_path / "report"
     result = subprocess.run(
-        [sys.executable, os.path.join(REPO, "scripts", "evaluate.py"), f"--model_dir={smoke_run}",
-         "--checkpoint=last", f"--data_dir={data_dir}", "--num_examples=24", "--pgd_steps=3",
-         "--apgd_iterations=5", "--square_queries=20", f"--output_dir={output_dir}",
-         "--projector_examples=12"], cwd=REPO, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            os.path.join(REPO, "scripts", "evaluate.py"),
+            f"--model_dir={smoke_run}",
+            "--checkpoint=last",
+            f"--data_dir={data_dir}",
+            "--num_examples=24",
+            "--pgd_steps=3",
+            "--apgd_iterations=5",
+            "--square_queries=20",
+            f"--output_dir={output_dir}",
+            "--projector_examples=12",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "worst-case robust accuracy" in result.stdout
     report = json.load(open(output_dir / "report.json"))
@@ -123,8 +149,19 @@ def test_evaluate_script_writes_reports_and_projector_data(smoke_run, tmp_path):
     names = [a["attack"] for a in report["attacks"]]
     assert names == ["fgsm", "pgd", "pgd-strong", "cw", "apgd-ce", "apgd-t", "fab-t", "square"]
     for row in report["attacks"]:
-        assert {"robust_accuracy", "eps", "norm", "steps", "restarts", "seed", "seconds",
-                "max_perturbation", "nan_count", "adv_min", "adv_max"} <= set(row)
+        assert {
+            "robust_accuracy",
+            "eps",
+            "norm",
+            "steps",
+            "restarts",
+            "seed",
+            "seconds",
+            "max_perturbation",
+            "nan_count",
+            "adv_min",
+            "adv_max",
+        } <= set(row)
         assert row["robust_accuracy"] <= report["clean_accuracy"]
     assert report["worst_case_robust_accuracy"] <= min(a["robust_accuracy"] for a in report["attacks"])
     assert any(p["eps"] == 0.5 for p in report["eps_sweep"])
@@ -135,18 +172,37 @@ def test_evaluate_script_writes_reports_and_projector_data(smoke_run, tmp_path):
     assert 'tensor_name: "test_last/.ATTRIBUTES/VARIABLE_VALUE"' in config
     assert 'tensor_name: "epoch_002/.ATTRIBUTES/VARIABLE_VALUE"' in config  # training's are kept
 
-    bad = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "evaluate.py"),
-                          f"--model_dir={smoke_run}", "--attacks=pgd,deepfool"],
-                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(REPO, "scripts", "evaluate.py"),
+            f"--model_dir={smoke_run}",
+            "--attacks=pgd,deepfool",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert bad.returncode != 0 and "--attacks: unknown deepfool" in bad.stderr
 
 
 @pytest.mark.slow
 def test_export_script_and_evaluating_the_export(smoke_run, tmp_path):
     export = subprocess.run(
-        [sys.executable, os.path.join(REPO, "scripts", "export.py"), f"--model_dir={smoke_run}",
-         f"--export_dir={tmp_path / 'models'}", "--model_name=smoke", "--checkpoint=last"],
-        cwd=REPO, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            os.path.join(REPO, "scripts", "export.py"),
+            f"--model_dir={smoke_run}",
+            f"--export_dir={tmp_path / 'models'}",
+            "--model_name=smoke",
+            "--checkpoint=last",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert export.returncode == 0, export.stderr[-3000:]
     path = export.stdout.strip().splitlines()[-1]
     assert path.endswith(os.path.join("models", "smoke", "1"))
@@ -154,11 +210,26 @@ def test_export_script_and_evaluating_the_export(smoke_run, tmp_path):
     assert assets - {"report.json"} == {"class_names.json", "config.json", "dataset.json"}
     output_dir = tmp_path / "export_report"
     result = subprocess.run(
-        [sys.executable, os.path.join(REPO, "scripts", "evaluate.py"), f"--saved_model={path}",
-         f"--data_dir={smoke_run.parent / 'data'}", "--num_examples=16", "--pgd_steps=2",
-         "--apgd_iterations=3", "--square_queries=10", "--attacks=fgsm,pgd,autoattack",
-         "--sweep_attack=fgsm", "--norm=l2", "--eps=0.5", f"--output_dir={output_dir}"],
-        cwd=REPO, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            os.path.join(REPO, "scripts", "evaluate.py"),
+            f"--saved_model={path}",
+            f"--data_dir={smoke_run.parent / 'data'}",
+            "--num_examples=16",
+            "--pgd_steps=2",
+            "--apgd_iterations=3",
+            "--square_queries=10",
+            "--attacks=fgsm,pgd,autoattack",
+            "--sweep_attack=fgsm",
+            "--norm=l2",
+            "--eps=0.5",
+            f"--output_dir={output_dir}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.load(open(output_dir / "report.json"))
     assert report["model"] == f"{path} (signature logits, images -> logits)"
@@ -169,7 +240,11 @@ def test_export_script_and_evaluating_the_export(smoke_run, tmp_path):
         assert row["max_perturbation"] <= 0.5 * (1 + 1e-5)
     missing = subprocess.run(
         [sys.executable, os.path.join(REPO, "scripts", "evaluate.py"), f"--saved_model={path}"],
-        cwd=REPO, capture_output=True, text=True, timeout=300)
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert missing.returncode != 0 and "--output_dir: is required with --saved_model" in missing.stderr
 
 

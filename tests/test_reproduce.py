@@ -25,50 +25,77 @@ def _flag_values(argv):
 
 def _train_flagfile(tmp_path):
     path = tmp_path / "train.flags"
-    path.write_text("--flagfile=configs/smoke.flags\n--precision=float32\n--projector_every_epochs=0\n"
-                    "--val_size=32\n--eval_batch_size=32\n")
+    path.write_text(
+        "--flagfile=configs/smoke.flags\n--precision=float32\n--projector_every_epochs=0\n"
+        "--val_size=32\n--eval_batch_size=32\n"
+    )
     return str(path)
 
 
-@pytest.mark.parametrize("argv, message", [
-    ([], "--cell: name at least one cell"),
-    (["--cell=pgd_at"], "--cell: expected 'NAME METHOD_FLAGFILE"),
-    (["--cell=a configs/pgd_at_cifar10.flags", "--cell=a configs/mart_cifar10.flags"], "names repeat"),
-    (["--cell=a configs/nothing.flags"], "a: no flagfile configs/nothing.flags"),
-    (["--cell=a/b configs/pgd_at_cifar10.flags"], "names a directory"),
-    (["--cell=a configs/pgd_at_cifar10.flags eps=1"], "must start with --"),
-    (["--cell=a configs/pgd_at_cifar10.flags", "--seeds=0,0"], "--seeds: give distinct seeds"),
-    (["--cell=a configs/pgd_at_cifar10.flags", "--eval_attacks=fgsm"], "must include pgd"),
-    (["--cell=a configs/pgd_at_cifar10.flags", "--data_dir=/nonexistent"], "--data_dir"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        ([], "--cell: name at least one cell"),
+        (["--cell=pgd_at"], "--cell: expected 'NAME METHOD_FLAGFILE"),
+        (["--cell=a configs/pgd_at_cifar10.flags", "--cell=a configs/mart_cifar10.flags"], "names repeat"),
+        (["--cell=a configs/nothing.flags"], "a: no flagfile configs/nothing.flags"),
+        (["--cell=a/b configs/pgd_at_cifar10.flags"], "names a directory"),
+        (["--cell=a configs/pgd_at_cifar10.flags eps=1"], "must start with --"),
+        (["--cell=a configs/pgd_at_cifar10.flags", "--seeds=0,0"], "--seeds: give distinct seeds"),
+        (["--cell=a configs/pgd_at_cifar10.flags", "--eval_attacks=fgsm"], "must include pgd"),
+        (["--cell=a configs/pgd_at_cifar10.flags", "--data_dir=/nonexistent"], "--data_dir"),
+    ],
+)
 def test_bad_grid_flags_are_named(argv, message, tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
-    base = [f"--train_flagfile={_train_flagfile(tmp_path)}", f"--data_dir={tmp_path}",
-            f"--runs_dir={tmp_path / 'runs'}", "--record_name=r"]
+    base = [
+        f"--train_flagfile={_train_flagfile(tmp_path)}",
+        f"--data_dir={tmp_path}",
+        f"--runs_dir={tmp_path / 'runs'}",
+        "--record_name=r",
+    ]
     with pytest.raises(ConfigError, match=message):
         cli_flags.reproduce_config_from_flags(_flag_values(base + argv))
 
 
 def test_unknown_evaluation_attacks_are_refused_before_any_work(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
-    config = cli_flags.reproduce_config_from_flags(_flag_values(
-        [f"--train_flagfile={_train_flagfile(tmp_path)}", f"--data_dir={tmp_path}",
-         f"--runs_dir={tmp_path / 'runs'}", "--record_name=r", "--cell=a configs/pgd_at_cifar10.flags",
-         "--eval_attacks=pgd,deepfool"]))
+    config = cli_flags.reproduce_config_from_flags(
+        _flag_values(
+            [
+                f"--train_flagfile={_train_flagfile(tmp_path)}",
+                f"--data_dir={tmp_path}",
+                f"--runs_dir={tmp_path / 'runs'}",
+                "--record_name=r",
+                "--cell=a configs/pgd_at_cifar10.flags",
+                "--eval_attacks=pgd,deepfool",
+            ]
+        )
+    )
     with pytest.raises(ConfigError, match=r"--eval_attacks: unknown deepfool; known: autoattack, cw"):
         reproduce.check_settings(config)
     assert not os.path.exists(tmp_path / "runs")
 
 
-@pytest.mark.parametrize("flagfile, examples", [("configs/repro_cifar10_cpu.flags", 1000),
-                                                ("configs/repro_cifar10_gpu.flags", 10000)])
+@pytest.mark.parametrize(
+    "flagfile, examples", [("configs/repro_cifar10_cpu.flags", 1000), ("configs/repro_cifar10_gpu.flags", 10000)]
+)
 def test_the_repository_grid_flagfiles_parse(flagfile, examples, monkeypatch, tmp_path):
     monkeypatch.chdir(REPO)
-    config = cli_flags.reproduce_config_from_flags(_flag_values(
-        [f"--flagfile={flagfile}", f"--data_dir={tmp_path}"]))
+    config = cli_flags.reproduce_config_from_flags(_flag_values([f"--flagfile={flagfile}", f"--data_dir={tmp_path}"]))
     names = [c.name for c in config.cells]
-    assert names == ["standard", "pgd_at", "trades", "mart", "morel_mart", "morel_trades",
-                     "supcon_margin", "supcon_margin_m0", "anchor", "contrastive_at"]
+    assert names == [
+        "standard",
+        "pgd_at",
+        "trades",
+        "mart",
+        "morel_mart",
+        "morel_trades",
+        "supcon_margin",
+        "supcon_margin_m0",
+        "anchor",
+        "contrastive_at",
+    ]
     assert config.seeds == (0, 1) and config.eval_examples == examples
     # Every claim compares cells the grid has.
     for claim in reproduce.CLAIMS:
@@ -77,8 +104,7 @@ def test_the_repository_grid_flagfiles_parse(flagfile, examples, monkeypatch, tm
 
 
 def test_judge_by_the_seeds_spread():
-    summary = {"m": {"pgd": (0.40, 0.01, 2)}, "b": {"pgd": (0.30, 0.02, 2)},
-               "c": {"pgd": (0.31, 0.02, 2)}}
+    summary = {"m": {"pgd": (0.40, 0.01, 2)}, "b": {"pgd": (0.30, 0.02, 2)}, "c": {"pgd": (0.31, 0.02, 2)}}
     assert reproduce.judge(summary, "m", "b", "pgd")[0] == "held"
     assert reproduce.judge(summary, "b", "m", "pgd")[0] == "reversed"
     assert reproduce.judge(summary, "c", "b", "pgd")[0] == "not resolved"
@@ -93,18 +119,27 @@ def test_judge_by_the_seeds_spread():
 @pytest.mark.slow
 def test_tiny_grid_runs_resumes_and_refuses_other_settings(synthetic_cifar10, tmp_path):
     train_flags = _train_flagfile(tmp_path)
-    argv = [sys.executable, os.path.join(REPO, "bench", "reproduce.py"),
-            "--cell=pgd_at configs/pgd_at_cifar10.flags", "--seeds=3",
-            f"--train_flagfile={train_flags}", f"--data_dir={synthetic_cifar10}",
-            f"--runs_dir={tmp_path / 'runs'}", f"--record_dir={tmp_path / 'record'}",
-            "--record_name=tiny", "--eval_examples=24", "--eval_batch_size=24", "--pgd_steps=3",
-            "--apgd_iterations=3", "--square_queries=10"]
+    argv = [
+        sys.executable,
+        os.path.join(REPO, "bench", "reproduce.py"),
+        "--cell=pgd_at configs/pgd_at_cifar10.flags",
+        "--seeds=3",
+        f"--train_flagfile={train_flags}",
+        f"--data_dir={synthetic_cifar10}",
+        f"--runs_dir={tmp_path / 'runs'}",
+        f"--record_dir={tmp_path / 'record'}",
+        "--record_name=tiny",
+        "--eval_examples=24",
+        "--eval_batch_size=24",
+        "--pgd_steps=3",
+        "--apgd_iterations=3",
+        "--square_queries=10",
+    ]
     first = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-3000:]
     run = tmp_path / "runs" / "pgd_at" / "seed3"
     state = json.load(open(run / "repro_cell.json"))
-    assert {s: state["stages"][s]["status"] for s in reproduce.STAGES} == dict.fromkeys(
-        reproduce.STAGES, "done")
+    assert {s: state["stages"][s]["status"] for s in reproduce.STAGES} == dict.fromkeys(reproduce.STAGES, "done")
     assert json.load(open(run / "config.json"))["run"]["seed"] == 3
     best = json.load(open(run / "evaluation_best" / "report.json"))
     assert best["num_points"] == 24
@@ -131,8 +166,13 @@ def test_tiny_grid_runs_resumes_and_refuses_other_settings(synthetic_cifar10, tm
     assert json.load(open(run / "repro_cell.json")) == state
 
     # Other settings for the same run directory are refused, naming the difference.
-    other = subprocess.run([a if a != "--pgd_steps=3" else "--pgd_steps=4" for a in argv], cwd=REPO,
-                           capture_output=True, text=True, timeout=300)
+    other = subprocess.run(
+        [a if a != "--pgd_steps=3" else "--pgd_steps=4" for a in argv],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert other.returncode != 0
     assert "was made with other settings" in other.stderr and "--pgd_steps=4" in other.stderr
     assert json.load(open(tmp_path / "record" / "tiny.json"))["rows"] == record["rows"]  # untouched
@@ -148,11 +188,13 @@ def test_tiny_grid_runs_resumes_and_refuses_other_settings(synthetic_cifar10, tm
     assert surrogate["run"]["seed"] == 7 and surrogate["method"]["name"] == "standard"
     transfer = json.load(open(run / "evaluation_transfer" / "report.json"))
     assert transfer["transfer_from"] and {"transfer-pgd", "transfer-apgd-ce"} <= {
-        a["attack"] for a in transfer["attacks"]}
+        a["attack"] for a in transfer["attacks"]
+    }
     (row,) = json.load(open(tmp_path / "record" / "tiny.json"))["rows"]
     assert row["settings_key"] == record["rows"][0]["settings_key"] and row["clean"] == best["clean_accuracy"]
-    assert row["transfer"] == min(a["robust_accuracy"] for a in transfer["attacks"]
-                                  if a["attack"].startswith("transfer-"))
+    assert row["transfer"] == min(
+        a["robust_accuracy"] for a in transfer["attacks"] if a["attack"].startswith("transfer-")
+    )
     assert row["status"]["eval_transfer"] == "done" and "| transfer |" in open(tmp_path / "record" / "tiny.md").read()
     with_transfer = json.load(open(tmp_path / "record" / "tiny.json"))["rows"]
 
@@ -169,9 +211,15 @@ def test_settings_include_the_flagfiles_contents(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     train = tmp_path / "train.flags"
     train.write_text("# comment\n--flagfile=configs/smoke.flags\n--epochs=3\n")
-    config = ReproduceConfig(cells=(ReproCell("pgd_at", "configs/pgd_at_cifar10.flags"),), seeds=(0,),
-                             train_flagfile=str(train), data_dir=str(tmp_path),
-                             runs_dir=str(tmp_path / "runs"), record_dir=str(tmp_path), record_name="r")
+    config = ReproduceConfig(
+        cells=(ReproCell("pgd_at", "configs/pgd_at_cifar10.flags"),),
+        seeds=(0,),
+        train_flagfile=str(train),
+        data_dir=str(tmp_path),
+        runs_dir=str(tmp_path / "runs"),
+        record_dir=str(tmp_path),
+        record_name="r",
+    )
     found = reproduce.settings(config, config.cells[0], 0)["flagfiles"]
     assert "--model=tiny" in found[str(train)] and found[str(train)][-1] == "--epochs=3"
     assert "--method=pgd_at" in found["configs/pgd_at_cifar10.flags"]
@@ -183,8 +231,7 @@ def test_every_cell_of_the_grids_is_a_valid_training_config(grid, monkeypatch, t
     """Each cell's training command (method flagfile, then the protocol, then the cell's flags)
     gives a valid config with the protocol's network, schedule and threat model."""
     monkeypatch.chdir(REPO)
-    config = cli_flags.reproduce_config_from_flags(_flag_values([f"--flagfile={grid}",
-                                                                 f"--data_dir={tmp_path}"]))
+    config = cli_flags.reproduce_config_from_flags(_flag_values([f"--flagfile={grid}", f"--data_dir={tmp_path}"]))
     trained = []
     for cell in config.cells:
         argv = reproduce.commands(config, cell, 0)["train"][2:]
@@ -192,9 +239,16 @@ def test_every_cell_of_the_grids_is_a_valid_training_config(grid, monkeypatch, t
         cli_flags.define_train_flags(values)
         values(["train.py", *argv])
         train_config = cli_flags.config_from_flags(values)
-        trained.append((train_config.model.name, train_config.optimizer.epochs,
-                        train_config.optimizer.learning_rate, train_config.data.batch_size,
-                        train_config.train_attack.eps, train_config.train_attack.steps))
+        trained.append(
+            (
+                train_config.model.name,
+                train_config.optimizer.epochs,
+                train_config.optimizer.learning_rate,
+                train_config.data.batch_size,
+                train_config.train_attack.eps,
+                train_config.train_attack.steps,
+            )
+        )
         if cell.name == "standard":
             assert train_config.train_attack.name == "none"
         if cell.name == "supcon_margin_m0":
@@ -207,11 +261,21 @@ def test_every_cell_of_the_grids_is_a_valid_training_config(grid, monkeypatch, t
 
 def test_a_record_of_other_settings_is_refused_not_overwritten(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
-    config = ReproduceConfig(cells=(ReproCell("pgd_at", "configs/pgd_at_cifar10.flags"),), seeds=(0,),
-                             train_flagfile=_train_flagfile(tmp_path), data_dir=str(tmp_path),
-                             runs_dir=str(tmp_path / "runs"), record_dir=str(tmp_path), record_name="r")
-    row = {"cell": "pgd_at", "seed": 0, "settings_key": "made-elsewhere",
-           "status": dict.fromkeys(reproduce.STAGES, "done")}
+    config = ReproduceConfig(
+        cells=(ReproCell("pgd_at", "configs/pgd_at_cifar10.flags"),),
+        seeds=(0,),
+        train_flagfile=_train_flagfile(tmp_path),
+        data_dir=str(tmp_path),
+        runs_dir=str(tmp_path / "runs"),
+        record_dir=str(tmp_path),
+        record_name="r",
+    )
+    row = {
+        "cell": "pgd_at",
+        "seed": 0,
+        "settings_key": "made-elsewhere",
+        "status": dict.fromkeys(reproduce.STAGES, "done"),
+    }
     (tmp_path / "r.json").write_text(json.dumps({"rows": [row]}))
     with pytest.raises(reproduce.ReproError, match="holds results of pgd_at seed 0 made with other"):
         reproduce.check_settings(config)
@@ -229,12 +293,23 @@ def test_a_recorded_row_without_a_gained_stage_is_trained_again(tmp_path, monkey
     checkpoints are elsewhere: the new stage needs the cell trained again. A surrogate trained at a
     cell's seed would be white-box, and is refused."""
     monkeypatch.chdir(REPO)
-    base = dict(cells=(ReproCell("pgd_at", "configs/pgd_at_cifar10.flags"),), seeds=(0,),
-                train_flagfile=_train_flagfile(tmp_path), data_dir=str(tmp_path),
-                runs_dir=str(tmp_path / "runs"), record_dir=str(tmp_path), record_name="r")
+    base = dict(
+        cells=(ReproCell("pgd_at", "configs/pgd_at_cifar10.flags"),),
+        seeds=(0,),
+        train_flagfile=_train_flagfile(tmp_path),
+        data_dir=str(tmp_path),
+        runs_dir=str(tmp_path / "runs"),
+        record_dir=str(tmp_path),
+        record_name="r",
+    )
     before = ReproduceConfig(**base)
-    row = {"cell": "pgd_at", "seed": 0, "status": dict.fromkeys(reproduce.STAGES, "done"),
-           "settings_key": artifacts.settings_key(reproduce.settings(before, before.cells[0], 0)), "clean": 0.3}
+    row = {
+        "cell": "pgd_at",
+        "seed": 0,
+        "status": dict.fromkeys(reproduce.STAGES, "done"),
+        "settings_key": artifacts.settings_key(reproduce.settings(before, before.cells[0], 0)),
+        "clean": 0.3,
+    }
     (tmp_path / "r.json").write_text(json.dumps({"rows": [row]}))
     assert reproduce.pending(before, log=lambda _: None) == []
     after = ReproduceConfig(**base, surrogate_flagfile="configs/standard_cifar10.flags", surrogate_seed=5)
@@ -259,4 +334,5 @@ def test_claims_are_put_in_plain_words():
     assert reversed_.startswith("it did not hold here: m below b in pgd, beyond the seeds' spread")
     assert "1 of 2 comparisons are within the seeds' spread" in reversed_
     assert "held in part: m over b in pgd; reversed: m below b in cw" in words(
-        [("held", "m", "b", "pgd"), ("reversed", "m", "b", "cw")])
+        [("held", "m", "b", "pgd"), ("reversed", "m", "b", "cw")]
+    )

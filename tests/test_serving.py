@@ -20,8 +20,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def exported(undefended, tmp_path_factory):
     network, x, y = undefended
     root = tmp_path_factory.mktemp("export")
-    assets = {"class_names.json": json.dumps([f"class{i}" for i in range(10)]),
-              "config.json": json.dumps({"data": {"dataset": "cifar10"}})}
+    assets = {
+        "class_names.json": json.dumps([f"class{i}" for i in range(10)]),
+        "config.json": json.dumps({"data": {"dataset": "cifar10"}}),
+    }
     path = export(network, (32, 32, 3), str(root / "models"), "tiny", assets=assets)
     return network, x, y, path
 
@@ -48,17 +50,18 @@ def test_reload_in_fresh_process_matches_across_batch_sizes(exported, tmp_path):
         f"x = np.load({str(tmp_path / 'images.npy')!r})\n"
         "for n in (1, 7, 256):\n"
         "    out = m.signatures['serving_default'](images=tf.constant(x[:n]))\n"
-        f"    np.save({str(tmp_path)!r} + f'/logits_{{n}}.npy', out['logits'].numpy())\n")
+        f"    np.save({str(tmp_path)!r} + f'/logits_{{n}}.npy', out['logits'].numpy())\n"
+    )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     expected = network(images, training=False)["logits"].numpy()
     for n in (1, 7, 256):
         # Logits reach ~70 here, where a float32 ulp is 7.6e-6: batch sizes sum in other orders,
         # so a few ulps (2.3e-5 seen once) are float rounding; rtol covers that scale.
-        np.testing.assert_allclose(np.load(tmp_path / f"logits_{n}.npy"), expected[:n], rtol=1e-6,
-                                   atol=1e-5)
-    listing = subprocess.run(["saved_model_cli", "show", "--dir", path, "--all"], capture_output=True,
-                             text=True, timeout=300)
+        np.testing.assert_allclose(np.load(tmp_path / f"logits_{n}.npy"), expected[:n], rtol=1e-6, atol=1e-5)
+    listing = subprocess.run(
+        ["saved_model_cli", "show", "--dir", path, "--all"], capture_output=True, text=True, timeout=300
+    )
     assert listing.returncode == 0, listing.stderr[-2000:]
     for signature in ("serving_default", "serving_uint8", "logits"):
         assert f"signature_def['{signature}']" in listing.stdout
@@ -83,8 +86,11 @@ def test_inputs_are_checked_not_clipped(exported):
     # differs from NumPy's division by one ulp on about half the values (measured), and that moved a
     # logit of ~3 by 1.05e-5 once in CI. 1e-4 still fails a wrong scale: /256 moves these logits by ~1.
     as_float = quantized.astype(np.float32) / np.float32(255.0)
-    np.testing.assert_allclose(model.signatures["serving_uint8"](images=tf.constant(quantized))["logits"],
-                               serve(images=tf.constant(as_float))["logits"], atol=1e-4)
+    np.testing.assert_allclose(
+        model.signatures["serving_uint8"](images=tf.constant(quantized))["logits"],
+        serve(images=tf.constant(as_float))["logits"],
+        atol=1e-4,
+    )
     probabilities = serve(images=tf.constant(x[:4]))["probabilities"].numpy()
     np.testing.assert_allclose(probabilities.sum(-1), 1.0, atol=1e-5)
 
@@ -97,8 +103,12 @@ def test_export_holds_only_the_inference_path(exported):
     with open(os.path.join(path, "saved_model.pb"), "rb") as f:
         proto.ParseFromString(f.read())
     ops = {node.op for graph in proto.meta_graphs for node in graph.graph_def.node}
-    ops |= {node.op for graph in proto.meta_graphs for function in graph.graph_def.library.function
-            for node in function.node_def}
+    ops |= {
+        node.op
+        for graph in proto.meta_graphs
+        for function in graph.graph_def.library.function
+        for node in function.node_def
+    }
     training_ops = {op for op in ops if "Apply" in op or op in ("While", "StatelessWhile", "AssignSubVariableOp")}
     assert not training_ops, training_ops
     assert "FusedBatchNormV3" in ops or "Conv2D" in ops
@@ -107,8 +117,18 @@ def test_export_holds_only_the_inference_path(exported):
 def test_in_process_path(exported, tmp_path):
     _, x, y, path = exported
     backend = SavedModelBackend(path)
-    report = robustness.run(backend, backend, x[:16], y[:16], str(tmp_path), eps=2 / 255, pgd_steps=3,
-                            square_queries=20, chunk=16, log=lambda *_: None)
+    report = robustness.run(
+        backend,
+        backend,
+        x[:16],
+        y[:16],
+        str(tmp_path),
+        eps=2 / 255,
+        pgd_steps=3,
+        square_queries=20,
+        chunk=16,
+        log=lambda *_: None,
+    )
     assert report["prediction_agreement"] == 1.0
     assert report["square"]["robust_accuracy"] <= report["clean_accuracy_target"]
     assert json.load(open(tmp_path / "serve_report.json"))["num_points"] == 16

@@ -48,8 +48,7 @@ def make_loss_and_grad(logits_fn, loss):
             else:
                 values = dlr_targeted_per_example(logits, y, target)
             total = tf.reduce_sum(values)
-        return logits, values, tape.gradient(total, x,
-                                             unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        return logits, values, tape.gradient(total, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
     return loss_and_grad
 
@@ -137,15 +136,27 @@ def apgd_single_run(loss_and_grad, x, y, threat, n_iter=100, rho=0.75, target=No
     return x_best_adv, correct, loss_best
 
 
-def apgd(logits_fn, x, y, threat, n_iter=100, n_restarts=1, loss="ce", targets=None, seed=0,
-         loss_and_grad=None, eot_iterations=1):
+def apgd(
+    logits_fn,
+    x,
+    y,
+    threat,
+    n_iter=100,
+    n_restarts=1,
+    loss="ce",
+    targets=None,
+    seed=0,
+    loss_and_grad=None,
+    eot_iterations=1,
+):
     """APGD in `threat` with restarts on the examples still classified correctly (restart r draws
     its start from seed (seed, r)).
 
     Returns (x_adv, correct [B] bool): x_adv misclassified where `correct` is False.
     """
     loss_and_grad = expectation_over_transformation(
-        loss_and_grad or make_loss_and_grad(logits_fn, loss), eot_iterations)
+        loss_and_grad or make_loss_and_grad(logits_fn, loss), eot_iterations
+    )
     x = tf.convert_to_tensor(x, tf.float32)
     y = np.asarray(y, np.int32)
     logits = logits_fn(x)
@@ -156,8 +167,9 @@ def apgd(logits_fn, x, y, threat, n_iter=100, n_restarts=1, loss="ce", targets=N
         if not len(idx):
             break
         run_targets = None if targets is None else np.asarray(targets)[idx]
-        adv, still, _ = apgd_single_run(loss_and_grad, tf.gather(x, idx), y[idx], threat, n_iter,
-                                        target=run_targets, seed=(seed, restart))
+        adv, still, _ = apgd_single_run(
+            loss_and_grad, tf.gather(x, idx), y[idx], threat, n_iter, target=run_targets, seed=(seed, restart)
+        )
         fooled = idx[~still]
         if len(fooled):
             x_adv = tf.tensor_scatter_nd_update(x_adv, fooled[:, None], tf.gather(adv, np.flatnonzero(~still)))

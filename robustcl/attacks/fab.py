@@ -93,8 +93,7 @@ def make_differences_and_grads(logits_fn):
             tape.watch(x)
             logits = tf.cast(logits_fn(x), tf.float32)
             per_class = [tf.reduce_sum(logits[:, k]) for k in range(logits.shape[-1])]
-        grads = [tape.gradient(total, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-                 for total in per_class]
+        grads = [tape.gradient(total, x, unconnected_gradients=tf.UnconnectedGradients.ZERO) for total in per_class]
         del tape
         return logits, tf.stack(grads, axis=1)
 
@@ -121,15 +120,17 @@ def _untargeted_linearization(differences_and_grads, threat):
 
 def _targeted_linearization(difference_and_grad):
     def linearize(x1, y, target):
-        _, diff, grad = difference_and_grad(tf.constant(x1, tf.float32), tf.constant(y, tf.int32),
-                                            tf.constant(target, tf.int32))
+        _, diff, grad = difference_and_grad(
+            tf.constant(x1, tf.float32), tf.constant(y, tf.int32), tf.constant(target, tf.int32)
+        )
         return diff.numpy().astype(np.float64), grad.numpy().reshape(len(y), -1).astype(np.float64)
 
     return linearize
 
 
-def fab_single_run(linearize, predict, x, y, threat, n_iter=100, target=None, start=None, eta=1.05,
-                   beta=0.9, alpha_max=0.1):
+def fab_single_run(
+    linearize, predict, x, y, threat, n_iter=100, target=None, start=None, eta=1.05, beta=0.9, alpha_max=0.1
+):
     """One FAB run from `start` (default x). Returns (closest adversarial found [N, ...], its
     distance in the threat model's norm [N]; 1e10 where none)."""
     shape = x.shape
@@ -142,8 +143,7 @@ def fab_single_run(linearize, predict, x, y, threat, n_iter=100, target=None, st
     for _ in range(n_iter):
         diff, w = linearize(x1.reshape(shape).astype(np.float32), y, target)
         b = -diff + np.sum(w * x1, axis=1)
-        steps = project_onto_hyperplane(np.concatenate([x1, x0]), np.concatenate([w, w]),
-                                        np.concatenate([b, b]), norm)
+        steps = project_onto_hyperplane(np.concatenate([x1, x0]), np.concatenate([w, w]), np.concatenate([b, b]), norm)
         sizes = np.maximum(perturbation_norms(np.zeros_like(steps), steps, norm), 1e-8)[:, None]
         d1, d2, a1, a2 = steps[:n], steps[n:], sizes[:n], sizes[n:]
         alpha = np.minimum(np.maximum(a1 / (a1 + a2), 0.0), alpha_max)
@@ -158,8 +158,7 @@ def fab_single_run(linearize, predict, x, y, threat, n_iter=100, target=None, st
     return best, closest
 
 
-def fab(logits_fn, predict, x, y, threat, n_iter=100, n_restarts=1, targets_by_rank=None, seed=0,
-        linearization=None):
+def fab(logits_fn, predict, x, y, threat, n_iter=100, n_restarts=1, targets_by_rank=None, seed=0, linearization=None):
     """FAB in `threat`: untargeted, or FAB-T over `targets_by_rank` (one array of targets per target
     rank, each rank tried in turn), every run on the points still robust; restart r > 0 starts
     from a random point (seed (seed, r)). Returns (x_adv, robust [N] bool); x_adv is within eps
@@ -176,7 +175,7 @@ def fab(logits_fn, predict, x, y, threat, n_iter=100, n_restarts=1, targets_by_r
     y = np.asarray(y, np.int32)
     robust = predict(x) == y
     x_adv = x.copy()
-    for targets in (targets_by_rank if targeted else [None]):
+    for targets in targets_by_rank if targeted else [None]:
         for restart in range(n_restarts):
             idx = np.flatnonzero(robust)
             if not len(idx):
@@ -185,8 +184,16 @@ def fab(logits_fn, predict, x, y, threat, n_iter=100, n_restarts=1, targets_by_r
             if restart > 0:
                 noise = threat.unit(threat.noise(x[idx].shape, (seed, restart))).numpy()
                 start = np.clip(x[idx] + 0.5 * threat.eps * noise, 0.0, 1.0)
-            adv, _ = fab_single_run(linearize, predict, x[idx], y[idx], threat, n_iter,
-                                    None if targets is None else np.asarray(targets)[idx], start)
+            adv, _ = fab_single_run(
+                linearize,
+                predict,
+                x[idx],
+                y[idx],
+                threat,
+                n_iter,
+                None if targets is None else np.asarray(targets)[idx],
+                start,
+            )
             # The reference's test: misclassified and within eps (float32 rounding of the stored point).
             broken = (predict(adv) != y[idx]) & (perturbation_norms(x[idx], adv, threat.norm) <= threat.eps)
             x_adv[idx[broken]] = adv[broken]

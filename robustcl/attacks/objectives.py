@@ -37,8 +37,9 @@ def margin_per_example(logits, labels):
     """z_y - max_{j != y} z_j: positive while correctly classified (Square and CW use it)."""
     logits = tf.cast(logits, tf.float32)
     true = tf.gather(logits, tf.cast(labels, tf.int32), batch_dims=1)
-    others = tf.where(tf.one_hot(tf.cast(labels, tf.int32), tf.shape(logits)[-1]) > 0,
-                      tf.cast(-np.inf, tf.float32), logits)
+    others = tf.where(
+        tf.one_hot(tf.cast(labels, tf.int32), tf.shape(logits)[-1]) > 0, tf.cast(-np.inf, tf.float32), logits
+    )
     return true - tf.reduce_max(others, axis=-1)
 
 

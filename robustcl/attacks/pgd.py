@@ -19,11 +19,10 @@ def replica_slice_of_global_noise(sample, x, seed):
     replica_id = tf.cast(context.replica_id_in_sync_group, tf.int32)
     local = tf.shape(x)[0]
     global_shape = tf.concat([[local * num_replicas], tf.shape(x)[1:]], axis=0)
-    return sample(global_shape, seed)[replica_id * local:(replica_id + 1) * local]
+    return sample(global_shape, seed)[replica_id * local : (replica_id + 1) * local]
 
 
-def pgd(loss_fn, x, threat, steps, step_size, random_start=True, seed=(0, 0), start_sigma=None,
-        unroll=False):
+def pgd(loss_fn, x, threat, steps, step_size, random_start=True, seed=(0, 0), start_sigma=None, unroll=False):
     """Maximizes sum(loss_fn(x_adv)) over the threat set around x by projected steepest ascent.
 
     Args:
@@ -57,8 +56,7 @@ def pgd(loss_fn, x, threat, steps, step_size, random_start=True, seed=(0, 0), st
             # Summing keeps each example's gradient independent of the batch size.
             loss = tf.reduce_sum(tf.cast(loss_fn(x_adv), tf.float32))
         # A model whose output does not depend on the input differentiably gets zero steps.
-        grad = tf.cast(tape.gradient(loss, x_adv, unconnected_gradients=tf.UnconnectedGradients.ZERO),
-                       tf.float32)
+        grad = tf.cast(tape.gradient(loss, x_adv, unconnected_gradients=tf.UnconnectedGradients.ZERO), tf.float32)
         # Through a SavedModel signature of unknown rank the gradient has no static shape; it is
         # x_adv's, which keeps the loop's shape invariant.
         grad = tf.ensure_shape(grad, x_adv.shape)
@@ -87,5 +85,5 @@ def attack_from_config(config, start_sigma=None):
     if config.name == "fgsm":
         return lambda loss_fn, x, seed, unroll=False: fgsm(loss_fn, x, threat, unroll)
     return lambda loss_fn, x, seed, unroll=False: pgd(
-        loss_fn, x, threat, config.steps, config.step_size, config.random_start, seed, start_sigma,
-        unroll)
+        loss_fn, x, threat, config.steps, config.step_size, config.random_start, seed, start_sigma, unroll
+    )

@@ -33,8 +33,17 @@ NORMS = tuple(THREATS)
 def p_selection(p_init, iteration, n_queries, rescale_schedule=False):
     """Fraction of pixels changed per query, on the reference's schedule."""
     it = int(iteration / n_queries * 10000) if rescale_schedule else iteration
-    for bound, divisor in ((10, 1), (50, 2), (200, 4), (500, 8), (1000, 16), (2000, 32), (4000, 64),
-                           (6000, 128), (8000, 256)):
+    for bound, divisor in (
+        (10, 1),
+        (50, 2),
+        (200, 4),
+        (500, 8),
+        (1000, 16),
+        (2000, 32),
+        (4000, 64),
+        (6000, 128),
+        (8000, 256),
+    ):
         if it <= bound:
             return p_init / divisor
     return p_init / 512
@@ -60,20 +69,21 @@ def _rectangle_profile(rows, cols):
     profile = np.zeros((rows, cols))
     top, left = rows // 2, cols // 2
     for ring in range(max(rows // 2 + 1, cols // 2 + 1)):
-        profile[max(top, 0):min(top + 2 * ring + 1, rows),
-                max(left, 0):min(left + 2 * ring + 1, cols)] += 1.0 / (ring + 1) ** 2
+        profile[max(top, 0) : min(top + 2 * ring + 1, rows), max(left, 0) : min(left + 2 * ring + 1, cols)] += (
+            1.0 / (ring + 1) ** 2
+        )
         top -= 1
         left -= 1
-    return profile / np.sqrt(np.sum(profile ** 2))
+    return profile / np.sqrt(np.sum(profile**2))
 
 
 def _eta(rng, side):
     """The reference's eta(s) (L2): upper half +profile, lower half -profile, unit L2 norm,
     transposed with probability 1/2."""
     pattern = np.zeros((side, side))
-    pattern[:side // 2] = _rectangle_profile(side // 2, side)
-    pattern[side // 2:] = -_rectangle_profile(side - side // 2, side)
-    pattern /= np.sqrt(np.sum(pattern ** 2))
+    pattern[: side // 2] = _rectangle_profile(side // 2, side)
+    pattern[side // 2 :] = -_rectangle_profile(side - side // 2, side)
+    pattern /= np.sqrt(np.sum(pattern**2))
     if rng.random() > 0.5:
         pattern = pattern.T
     return pattern.astype(np.float32)
@@ -95,7 +105,7 @@ class _LinfProposals:
         side = min(side, self.height, self.width)
         top, left = _random_offset(rng, self.height, side), _random_offset(rng, self.width, side)
         delta = np.zeros((self.height, self.width, self.channels), np.float32)
-        delta[top:top + side, left:left + side] = 2.0 * eps * _random_signs(rng, (1, 1, self.channels))
+        delta[top : top + side, left : left + side] = 2.0 * eps * _random_signs(rng, (1, 1, self.channels))
         return np.clip(np.clip(x_best + delta, x - eps, x + eps), 0.0, 1.0)
 
 
@@ -104,8 +114,7 @@ class _L2Proposals:
         self.rng, self.eps = rng, eps
         _, self.height, self.width, self.channels = shape
         if self.height < 5 or self.width < 5:
-            raise ValueError(f"L2 Square needs images of at least 5 x 5 pixels, got "
-                             f"{self.height} x {self.width}")
+            raise ValueError(f"L2 Square needs images of at least 5 x 5 pixels, got {self.height} x {self.width}")
 
     def _scaled(self, x, delta):
         """x + delta rescaled to L2 norm eps, clipped to [0, 1] (clipping only shrinks it)."""
@@ -120,8 +129,9 @@ class _L2Proposals:
             left = offset
             for _ in range(self.width // side):
                 pattern = _eta(self.rng, side)[None, :, :, None]
-                delta[:, top:top + side, left:left + side] += (
-                    pattern * _random_signs(self.rng, (n, 1, 1, self.channels)))
+                delta[:, top : top + side, left : left + side] += pattern * _random_signs(
+                    self.rng, (n, 1, 1, self.channels)
+                )
                 left += side
             top += side
         return self._scaled(x, delta)
@@ -146,9 +156,10 @@ class _L2Proposals:
         window[second] = 1.0
         image_norms = _l2_norms(delta)
         windows_norms = channel_norms(delta * window)
-        new = (_eta(rng, side)[None, :, :, None] * _random_signs(rng, (len(x), 1, 1, channels))
-               + delta[first] / (1e-12 + channel_norms(delta[first])))
-        budget = np.sqrt(np.maximum(eps ** 2 - image_norms ** 2, 0.0) / channels + windows_norms ** 2)
+        new = _eta(rng, side)[None, :, :, None] * _random_signs(rng, (len(x), 1, 1, channels)) + delta[first] / (
+            1e-12 + channel_norms(delta[first])
+        )
+        budget = np.sqrt(np.maximum(eps**2 - image_norms**2, 0.0) / channels + windows_norms**2)
         new = new / (1e-12 + channel_norms(new)) * budget
         delta[second] = 0.0
         delta[first] = new

@@ -66,8 +66,7 @@ class L2Ball:
 
     def sample_start(self, shape, seed):
         """A perturbation drawn uniformly from the L2 ball: Gaussian direction, radius eps * U^(1/d)."""
-        direction_seed, radius_seed = tf.unstack(
-            tf.random.experimental.stateless_split(seed, num=2))
+        direction_seed, radius_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
         direction = tf.random.stateless_normal(shape, direction_seed)
         direction /= _expand_like(_per_example_l2(direction) + _TINY, direction)
         dim = tf.cast(tf.reduce_prod(shape[1:]), tf.float32)
@@ -112,7 +111,7 @@ def perturbation_norms(x, x_adv, norm):
     if norm == "linf":
         return np.abs(delta).max(1) if delta.shape[1] else np.zeros(len(delta))
     if norm == "l2":
-        return np.sqrt(np.sum(delta ** 2, axis=1))
+        return np.sqrt(np.sum(delta**2, axis=1))
     raise ValueError(unknown_message("norm", norm, tuple(THREATS)))
 
 

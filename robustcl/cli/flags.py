@@ -35,8 +35,7 @@ class FractionParser(flags.FloatParser):
 
 
 def _define_fraction(name, default, help_text, flag_values):
-    flags.DEFINE(FractionParser(), name, default, help_text, flag_values,
-                 flags.ArgumentSerializer())
+    flags.DEFINE(FractionParser(), name, default, help_text, flag_values, flags.ArgumentSerializer())
 
 
 def _method_param_flags():
@@ -97,8 +96,9 @@ def _define_data_flags(defaults, flag_values):
     """Which data and where, shared with training: DataConfig's fields, with `defaults`' values
     (an evaluation's dataset defaults to the model's own)."""
     fields = cfg.DataConfig.__dataclass_fields__
-    define_field_flag(fields["dataset"], flag_values, default=defaults.dataset or None,
-                      help_suffix=" Default: the model's own.")
+    define_field_flag(
+        fields["dataset"], flag_values, default=defaults.dataset or None, help_suffix=" Default: the model's own."
+    )
     for name in ("data_dir", "download", "image_size"):
         define_field_flag(fields[name], flag_values, default=getattr(defaults, name))
 
@@ -109,8 +109,11 @@ def _check_name(registry, flag, value):
 
 
 def _flag_fields(config_class, skip=()):
-    return [f for f in dataclasses.fields(config_class)
-            if "help" in f.metadata and f.metadata["flag"] is not False and f.name not in skip]
+    return [
+        f
+        for f in dataclasses.fields(config_class)
+        if "help" in f.metadata and f.metadata["flag"] is not False and f.name not in skip
+    ]
 
 
 def define_config_flags(config_class, flag_values, skip=()):
@@ -130,8 +133,10 @@ def _field_value(field, value, flag):
 
 def config_from_field_flags(config_class, flag_values, **given):
     """A config dataclass from its fields' flags; `given` sets fields the flags do not."""
-    values = {field.name: _field_value(field, flag_values[cfg.flag_name(field)].value, cfg.flag_name(field))
-              for field in _flag_fields(config_class, skip=given)}
+    values = {
+        field.name: _field_value(field, flag_values[cfg.flag_name(field)].value, cfg.flag_name(field))
+        for field in _flag_fields(config_class, skip=given)
+    }
     return config_class(**values, **given)
 
 
@@ -150,8 +155,9 @@ def import_modules(names):
         try:
             importlib.import_module(name)
         except Exception as error:  # any failure: the user's module is named with the reason
-            raise cfg.ConfigError(f"--{EXTRA_MODULES}: cannot import {name!r}: "
-                                  f"{type(error).__name__}: {error}") from None
+            raise cfg.ConfigError(
+                f"--{EXTRA_MODULES}: cannot import {name!r}: {type(error).__name__}: {error}"
+            ) from None
 
 
 def import_extra_modules(argv, flag_values=FLAGS):
@@ -180,15 +186,24 @@ def define_train_flags(flag_values=FLAGS):
     define_config_flags(cfg.AttackConfig, flag_values)
     run_fields = cfg.RunConfig.__dataclass_fields__
     define_config_flags(cfg.RunConfig, flag_values, skip=("precision", "jit_compile"))
-    flags.DEFINE_string("precision", "auto", run_fields["precision"].metadata["help"]
-                        + _choices_help(run_fields["precision"]), flag_values=flag_values)
-    flags.DEFINE_string("jit_compile", "auto", run_fields["jit_compile"].metadata["help"],
-                        flag_values=flag_values)
+    flags.DEFINE_string(
+        "precision",
+        "auto",
+        run_fields["precision"].metadata["help"] + _choices_help(run_fields["precision"]),
+        flag_values=flag_values,
+    )
+    flags.DEFINE_string("jit_compile", "auto", run_fields["jit_compile"].metadata["help"], flag_values=flag_values)
     attack_fields = cfg.AttackConfig.__dataclass_fields__
-    for field_name, help_text in (("step_size", "Validation PGD step size (model selection)."),
-                                  ("steps", "Validation PGD steps (model selection).")):
-        define_field_flag(attack_fields[field_name], flag_values,
-                          name=cfg.AttackConfig.VALIDATION_FLAGS[field_name], help_text=help_text)
+    for field_name, help_text in (
+        ("step_size", "Validation PGD step size (model selection)."),
+        ("steps", "Validation PGD steps (model selection)."),
+    ):
+        define_field_flag(
+            attack_fields[field_name],
+            flag_values,
+            name=cfg.AttackConfig.VALIDATION_FLAGS[field_name],
+            help_text=help_text,
+        )
     for flag_name, method_name, field in _method_param_flags():
         define_field_flag(field, flag_values, name=flag_name, help_suffix=f" ({method_name})")
 
@@ -236,13 +251,19 @@ def config_from_flags(flag_values=FLAGS):
     method = config_from_field_flags(cfg.MethodConfig, f, params=None)
     method.validate()
     method_class = methods.get(method.name)
-    params = method_class.Params(**{
-        field.name: f[flag_name].value for flag_name, method_name, field in _method_param_flags()
-        if method_name == method.name})
+    params = method_class.Params(
+        **{
+            field.name: f[flag_name].value
+            for flag_name, method_name, field in _method_param_flags()
+            if method_name == method.name
+        }
+    )
     methods.check_params(method.name, params)  # raises ConfigError naming --<method>_<param>
     # The head the method declares, unless the flags say otherwise.
-    head = {name: f[name].value if f[name].present or not getattr(method_class, name)
-            else getattr(method_class, name) for name in ("embedding_dim", "embedding_head")}
+    head = {
+        name: f[name].value if f[name].present or not getattr(method_class, name) else getattr(method_class, name)
+        for name in ("embedding_dim", "embedding_head")
+    }
     train_attack = config_from_field_flags(cfg.AttackConfig, f)
     val = cfg.AttackConfig.VALIDATION_FLAGS
     config = cfg.ExperimentConfig(
@@ -250,11 +271,17 @@ def config_from_flags(flag_values=FLAGS):
         model=config_from_field_flags(cfg.ModelConfig, f, **head),
         method=cfg.MethodConfig(name=method.name, params=params),
         train_attack=train_attack,
-        val_attack=dataclasses.replace(train_attack, name="pgd", step_size=f[val["step_size"]].value,
-                                       steps=f[val["steps"]].value, random_start=True),
+        val_attack=dataclasses.replace(
+            train_attack,
+            name="pgd",
+            step_size=f[val["step_size"]].value,
+            steps=f[val["steps"]].value,
+            random_start=True,
+        ),
         optimizer=config_from_field_flags(cfg.OptimizerConfig, f),
-        run=config_from_field_flags(cfg.RunConfig, f, precision=_resolve_precision(f.precision),
-                                    jit_compile=_resolve_jit_compile(f.jit_compile)),
+        run=config_from_field_flags(
+            cfg.RunConfig, f, precision=_resolve_precision(f.precision), jit_compile=_resolve_jit_compile(f.jit_compile)
+        ),
         projector=config_from_field_flags(cfg.ProjectorConfig, f),
     )
     return config.validate()
@@ -278,8 +305,14 @@ def evaluation_config_from_flags(flag_values=FLAGS):
         from robustcl.data import DATASETS
 
         _check_name(DATASETS, "dataset", f.dataset)
-    return config_from_field_flags(cfg.EvaluationConfig, f, dataset=f.dataset or "", image_size=f.image_size,
-                                   data_dir=f.data_dir, download=f.download).validate()
+    return config_from_field_flags(
+        cfg.EvaluationConfig,
+        f,
+        dataset=f.dataset or "",
+        image_size=f.image_size,
+        data_dir=f.data_dir,
+        download=f.download,
+    ).validate()
 
 
 def define_export_flags(flag_values=FLAGS):
@@ -310,9 +343,16 @@ def model_server_args_from_flags(flag_values=FLAGS):
     for model in models:
         if not os.path.isdir(model.base_path):
             raise cfg.ConfigError(f"model {model.name}: base path {model.base_path} is not a directory")
-    return {"models": models, "grpc_port": config.port, "rest_port": config.rest_api_port,
-            "host": config.host, "poll_wait_seconds": config.file_system_poll_wait_seconds,
-            "delay_s": config.delay_s, "fail_first": config.fail_first, "die_after": config.die_after}
+    return {
+        "models": models,
+        "grpc_port": config.port,
+        "rest_port": config.rest_api_port,
+        "host": config.host,
+        "poll_wait_seconds": config.file_system_poll_wait_seconds,
+        "delay_s": config.delay_s,
+        "fail_first": config.fail_first,
+        "die_after": config.die_after,
+    }
 
 
 def define_serve_test_flags(flag_values=FLAGS):
@@ -324,8 +364,12 @@ def serve_test_args_from_flags(flag_values=FLAGS):
 
 
 def define_reproduce_flags(flag_values=FLAGS):
-    flags.DEFINE_multi_string("cell", [], "A cell of the grid: 'NAME METHOD_FLAGFILE [--flag=value "
-                              "...]' (repeat the flag, one cell each).", flag_values=flag_values)
+    flags.DEFINE_multi_string(
+        "cell",
+        [],
+        "A cell of the grid: 'NAME METHOD_FLAGFILE [--flag=value ...]' (repeat the flag, one cell each).",
+        flag_values=flag_values,
+    )
     define_config_flags(cfg.ReproduceConfig, flag_values)
 
 

@@ -45,8 +45,7 @@ class DatasetInfo:
 
     @classmethod
     def from_dict(cls, d):
-        return cls(d["name"], int(d["num_classes"]), tuple(d["image_shape"]), tuple(d["mean"]),
-                   tuple(d["std"]))
+        return cls(d["name"], int(d["num_classes"]), tuple(d["image_shape"]), tuple(d["mean"]), tuple(d["std"]))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,53 +73,97 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 # Imagenette's tfds labels are WordNet ids; these are the classes they denote.
 IMAGENETTE_NAMES = {
-    "n01440764": "tench", "n02102040": "English springer", "n02979186": "cassette player",
-    "n03000684": "chain saw", "n03028079": "church", "n03394916": "French horn",
-    "n03417042": "garbage truck", "n03425413": "gas pump", "n03445777": "golf ball",
-    "n03888605": "parachute"}
+    "n01440764": "tench",
+    "n02102040": "English springer",
+    "n02979186": "cassette player",
+    "n03000684": "chain saw",
+    "n03028079": "church",
+    "n03394916": "French horn",
+    "n03417042": "garbage truck",
+    "n03425413": "gas pump",
+    "n03445777": "golf ball",
+    "n03888605": "parachute",
+}
 
 
 def _cifar(name, layout, mean, std):
     return DatasetSpec(
-        name, f"CIFAR-{layout.num_classes}", 32, 32, layout.num_classes, mean, std, tfds_name=name,
-        find=lambda d: formats.find_cifar(layout, d), read=lambda p: formats.read_cifar(layout, p),
+        name,
+        f"CIFAR-{layout.num_classes}",
+        32,
+        32,
+        layout.num_classes,
+        mean,
+        std,
+        tfds_name=name,
+        find=lambda d: formats.find_cifar(layout, d),
+        read=lambda p: formats.read_cifar(layout, p),
         keras_cache=(f"{layout.folder}-target", layout.folder, layout.archive),
         download_url=f"https://www.cs.toronto.edu/~kriz/{layout.archive}",
-        download_help=(f"download the official {layout.archive} (https://www.cs.toronto.edu/~kriz/cifar.html) "
-                       "and pass --data_dir=<the archive, its extracted folder or their directory>"))
+        download_help=(
+            f"download the official {layout.archive} (https://www.cs.toronto.edu/~kriz/cifar.html) "
+            "and pass --data_dir=<the archive, its extracted folder or their directory>"
+        ),
+    )
 
 
 DATASETS = Registry("dataset")
 for _spec in (
     _cifar("cifar10", formats.CIFAR10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    _cifar("cifar100", formats.CIFAR100, (0.5071, 0.4865, 0.4409),
-                       (0.2673, 0.2564, 0.2762)),
+    _cifar("cifar100", formats.CIFAR100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
     DatasetSpec(
-        "svhn", "SVHN cropped digits (tfds svhn_cropped)", 32, 32, 10, (0.4377, 0.4438, 0.4728),
-        (0.1980, 0.2010, 0.1970), tfds_name="svhn_cropped",
+        "svhn",
+        "SVHN cropped digits (tfds svhn_cropped)",
+        32,
+        32,
+        10,
+        (0.4377, 0.4438, 0.4728),
+        (0.1980, 0.2010, 0.1970),
+        tfds_name="svhn_cropped",
         download_url="http://ufldl.stanford.edu/housenumbers/train_32x32.mat",
         download_help="run once where the network is reachable (tfds prepares svhn_cropped) and "
-                      "pass --data_dir=<its tfds data directory>"),
+        "pass --data_dir=<its tfds data directory>",
+    ),
     DatasetSpec(
-        "tiny_imagenet", "Tiny-ImageNet (200 classes, 64x64)", 64, 64, 0,
-        (0.4802, 0.4481, 0.3975), (0.2302, 0.2265, 0.2262), find=formats.find_tiny_imagenet,
+        "tiny_imagenet",
+        "Tiny-ImageNet (200 classes, 64x64)",
+        64,
+        64,
+        0,
+        (0.4802, 0.4481, 0.3975),
+        (0.2302, 0.2265, 0.2262),
+        find=formats.find_tiny_imagenet,
         read=formats.read_tiny_imagenet,
         keras_cache=(formats.TINY_IMAGENET_FOLDER, "tiny-imagenet-200-download"),
         keras_download="tiny-imagenet-200-download",
         download_url="http://cs231n.stanford.edu/tiny-imagenet-200.zip",
         download_help="download tiny-imagenet-200.zip (http://cs231n.stanford.edu/tiny-imagenet-200.zip), "
-                      "unzip it and pass --data_dir=<tiny-imagenet-200 or its directory>"),
+        "unzip it and pass --data_dir=<tiny-imagenet-200 or its directory>",
+    ),
     DatasetSpec(
-        "imagenette", "Imagenette, 10 ImageNet classes (tfds imagenette)", 0, 224, 10,
-        IMAGENET_MEAN, IMAGENET_STD, tfds_name="imagenette", tfds_test_split="validation",
+        "imagenette",
+        "Imagenette, 10 ImageNet classes (tfds imagenette)",
+        0,
+        224,
+        10,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        tfds_name="imagenette",
+        tfds_test_split="validation",
         download_url="https://s3.amazonaws.com/fast-ai-imageclas/imagenette2.tgz",
         download_help="run once where the network is reachable (tfds prepares imagenette), or "
-                      "unpack imagenette2.tgz and pass --dataset=folder --data_dir=imagenette2",
-        class_names=IMAGENETTE_NAMES),
+        "unpack imagenette2.tgz and pass --dataset=folder --data_dir=imagenette2",
+        class_names=IMAGENETTE_NAMES,
+    ),
     DatasetSpec(
-        "folder", "an image folder tree: DIR/train/<class>/*, DIR/val/<class>/*", 0, 224,
-        find=formats.find_folder_tree, read=formats.read_folder_tree,
-        download_help="pass --data_dir=DIR holding train/<class>/<images> and val/<class>/<images>"),
+        "folder",
+        "an image folder tree: DIR/train/<class>/*, DIR/val/<class>/*",
+        0,
+        224,
+        find=formats.find_folder_tree,
+        read=formats.read_folder_tree,
+        download_help="pass --data_dir=DIR holding train/<class>/<images> and val/<class>/<images>",
+    ),
 ):
     DATASETS.register(_spec.name)(_spec)
 
@@ -132,8 +175,10 @@ def dataset_spec(name):
 def image_size_of(spec, image_size=0):
     """The image size a run uses: the native size, or --image_size (default the spec's)."""
     if spec.image_size and image_size and image_size != spec.image_size:
-        raise ValueError(f"{spec.name} images are {spec.image_size}x{spec.image_size}; "
-                         f"--image_size={image_size} applies to datasets of any size (imagenette, folder)")
+        raise ValueError(
+            f"{spec.name} images are {spec.image_size}x{spec.image_size}; "
+            f"--image_size={image_size} applies to datasets of any size (imagenette, folder)"
+        )
     return spec.image_size or image_size or spec.default_image_size
 
 
@@ -151,8 +196,11 @@ def network_reachable(url, timeout=3.0):
     opens within `timeout` seconds, name lookup included (a socket timeout does not bound the
     lookup, so the probe runs in a thread that is given up on)."""
     parsed = urllib.parse.urlparse(url)
-    proxy = (os.environ.get("https_proxy") or os.environ.get("HTTPS_PROXY")
-             if parsed.scheme == "https" else os.environ.get("http_proxy") or os.environ.get("HTTP_PROXY"))
+    proxy = (
+        os.environ.get("https_proxy") or os.environ.get("HTTPS_PROXY")
+        if parsed.scheme == "https"
+        else os.environ.get("http_proxy") or os.environ.get("HTTP_PROXY")
+    )
     if proxy:
         parsed = urllib.parse.urlparse(proxy if "//" in proxy else "//" + proxy)
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
@@ -205,8 +253,9 @@ def _read(spec, data_dir, download, image_size):
             builder = formats.tfds_builder(spec.tfds_name, directory)
             if formats.tfds_prepared(builder):
                 return formats.read_tfds(builder, spec.tfds_test_split, image_size, spec.class_names)
-            looked.append(f"a prepared tfds {spec.tfds_name} under "
-                          f"{os.path.dirname(os.path.dirname(builder.data_dir))}")
+            looked.append(
+                f"a prepared tfds {spec.tfds_name} under {os.path.dirname(os.path.dirname(builder.data_dir))}"
+            )
             builders.append(builder)
     cache = keras_cache_dir()
     for name in spec.keras_cache:
@@ -219,16 +268,18 @@ def _read(spec, data_dir, download, image_size):
         looked.append(f"the Keras cache {cache}")
     if download and spec.download_url:
         if not network_reachable(spec.download_url):
-            looked.append(f"a download ({urllib.parse.urlparse(spec.download_url).hostname} is not "
-                          "reachable from here)")
+            looked.append(
+                f"a download ({urllib.parse.urlparse(spec.download_url).hostname} is not reachable from here)"
+            )
         elif spec.tfds_name:
             builders[-1].download_and_prepare()
             return formats.read_tfds(builders[-1], spec.tfds_test_split, image_size, spec.class_names)
         else:
             import keras
 
-            extracted = keras.utils.get_file(spec.keras_download, origin=spec.download_url,
-                                             extract=True, cache_dir=os.path.dirname(cache))
+            extracted = keras.utils.get_file(
+                spec.keras_download, origin=spec.download_url, extract=True, cache_dir=os.path.dirname(cache)
+            )
             found = _find_on_disk(spec, extracted, looked)
             if found is not None:
                 return found
@@ -237,8 +288,7 @@ def _read(spec, data_dir, download, image_size):
     how = spec.download_help
     if spec.download_url and not download:
         how += ", or run without --nodownload where the network is reachable"
-    raise DataNotFoundError(f"no {spec.name} data found; looked for " + "; ".join(looked)
-                            + f". To get it: {how}.")
+    raise DataNotFoundError(f"no {spec.name} data found; looked for " + "; ".join(looked) + f". To get it: {how}.")
 
 
 def load_dataset(name, data_dir=None, download=True, image_size=0, stats_examples=2000):
@@ -251,8 +301,9 @@ def load_dataset(name, data_dir=None, download=True, image_size=0, stats_example
         if len(examples) and (examples.labels.min() < 0 or examples.labels.max() >= num_classes):
             raise DataFormatError(f"{read.source}: {split_name} labels outside [0, {num_classes})")
         if examples.in_memory and examples.images.shape[1:] != (size, size, 3):
-            raise DataFormatError(f"{read.source}: {split_name} images are "
-                                  f"{examples.images.shape[1:]}, expected {(size, size, 3)}")
+            raise DataFormatError(
+                f"{read.source}: {split_name} images are {examples.images.shape[1:]}, expected {(size, size, 3)}"
+            )
     if spec.mean is not None:
         mean, std = spec.mean, spec.std
     else:
@@ -277,7 +328,7 @@ def channel_statistics(examples, image_size, max_examples=2000, seed=0):
         squares += np.square(pixels).sum(0)
         count += len(pixels)
     mean = total / count
-    std = np.sqrt(np.maximum(squares / count - mean ** 2, 1e-12))
+    std = np.sqrt(np.maximum(squares / count - mean**2, 1e-12))
     return tuple(float(m) for m in mean), tuple(float(s) for s in std)
 
 
@@ -308,8 +359,9 @@ def split(dataset, val_size, split_seed=0, train_examples=0):
     if train_examples:
         train_idx = train_idx[:train_examples]
     val = in_memory(dataset.train.take(val_idx), dataset.info.image_shape[0])
-    return Splits(dataset.info, dataset.class_names, dataset.train.take(train_idx), val,
-                  dataset.test, val_idx, dataset.source)
+    return Splits(
+        dataset.info, dataset.class_names, dataset.train.take(train_idx), val, dataset.test, val_idx, dataset.source
+    )
 
 
 def in_memory(examples, image_size):
@@ -319,8 +371,7 @@ def in_memory(examples, image_size):
     from robustcl.data.pipeline import read_images
 
     batches = list(read_images(examples, image_size))
-    images = (np.concatenate(batches) if batches
-              else np.zeros((0, image_size, image_size, 3), np.uint8))
+    images = np.concatenate(batches) if batches else np.zeros((0, image_size, image_size, 3), np.uint8)
     return Examples(examples.labels, images=images)
 
 

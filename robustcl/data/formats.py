@@ -47,9 +47,11 @@ class Examples:
 
     def take(self, indices):
         indices = np.asarray(indices, dtype=np.int64)
-        return Examples(self.labels[indices],
-                        None if self.images is None else self.images[indices],
-                        None if self.files is None else self.files[indices])
+        return Examples(
+            self.labels[indices],
+            None if self.images is None else self.images[indices],
+            None if self.files is None else self.files[indices],
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +66,7 @@ class Read:
 
 # --- CIFAR, the official "python version" ------------------------------------------------------
 
+
 @dataclasses.dataclass(frozen=True)
 class CifarLayout:
     archive: str
@@ -76,17 +79,24 @@ class CifarLayout:
     num_classes: int
 
 
-CIFAR10 = CifarLayout("cifar-10-python.tar.gz", "cifar-10-batches-py",
-                      tuple(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta",
-                      b"labels", b"label_names", 10)
-CIFAR100 = CifarLayout("cifar-100-python.tar.gz", "cifar-100-python", ("train",), "test", "meta",
-                       b"fine_labels", b"fine_label_names", 100)
+CIFAR10 = CifarLayout(
+    "cifar-10-python.tar.gz",
+    "cifar-10-batches-py",
+    tuple(f"data_batch_{i}" for i in range(1, 6)),
+    "test_batch",
+    "batches.meta",
+    b"labels",
+    b"label_names",
+    10,
+)
+CIFAR100 = CifarLayout(
+    "cifar-100-python.tar.gz", "cifar-100-python", ("train",), "test", "meta", b"fine_labels", b"fine_label_names", 100
+)
 
 
 def find_cifar(layout, directory):
     """The archive or extracted folder of `layout` at or directly under `directory`, or None."""
-    candidates = [directory, os.path.join(directory, layout.folder),
-                  os.path.join(directory, layout.archive)]
+    candidates = [directory, os.path.join(directory, layout.folder), os.path.join(directory, layout.archive)]
     for path in candidates:
         if os.path.isdir(path) and os.path.isfile(os.path.join(path, layout.meta_file)):
             return path
@@ -117,15 +127,16 @@ def _read_cifar_members(layout, path):
             with tarfile.open(path, "r:*") as tar:
                 for member in tar.getmembers():
                     base = os.path.basename(member.name)
-                    if (member.isfile() and base in wanted
-                            and os.path.dirname(member.name).endswith(layout.folder)):
+                    if member.isfile() and base in wanted and os.path.dirname(member.name).endswith(layout.folder):
                         found[base] = _unpickle(tar.extractfile(member), f"{path}:{member.name}")
         except (tarfile.TarError, EOFError, OSError) as error:
             raise DataFormatError(f"{path}: cannot read the archive ({error})") from error
     missing = sorted(wanted - set(found))
     if missing:
-        raise DataFormatError(f"{path}: missing {', '.join(missing)} (expected the official "
-                              f"{layout.archive} layout: {layout.folder}/{{{', '.join(sorted(wanted))}}})")
+        raise DataFormatError(
+            f"{path}: missing {', '.join(missing)} (expected the official "
+            f"{layout.archive} layout: {layout.folder}/{{{', '.join(sorted(wanted))}}})"
+        )
     return found
 
 
@@ -136,8 +147,9 @@ def _cifar_batch(layout, batch, name):
     except KeyError as error:
         raise DataFormatError(f"{name}: batch has no {error.args[0]!r} entry") from error
     if data.ndim != 2 or data.shape[1] != 32 * 32 * 3 or len(labels) != len(data):
-        raise DataFormatError(f"{name}: expected data [N, 3072] and N labels, "
-                              f"got data {data.shape} and {len(labels)} labels")
+        raise DataFormatError(
+            f"{name}: expected data [N, 3072] and N labels, got data {data.shape} and {len(labels)} labels"
+        )
     if labels.size and (labels.min() < 0 or labels.max() >= layout.num_classes):
         raise DataFormatError(f"{name}: labels outside [0, {layout.num_classes})")
     # Rows hold the R, G and B planes one after another, each row-major.
@@ -152,13 +164,13 @@ def read_cifar(layout, path):
     x_test, y_test = _cifar_batch(layout, members[layout.test_file], layout.test_file)
     names = members[layout.meta_file].get(layout.names_key)
     if names is None or len(names) != layout.num_classes:
-        raise DataFormatError(f"{path}: {layout.meta_file} lacks {layout.num_classes} "
-                              f"{layout.names_key!r}")
-    return Read(Examples(np.concatenate([y for _, y in train]),
-                         images=np.concatenate([x for x, _ in train])),
-                Examples(y_test, images=x_test),
-                tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names),
-                source=f"official archive {path}")
+        raise DataFormatError(f"{path}: {layout.meta_file} lacks {layout.num_classes} {layout.names_key!r}")
+    return Read(
+        Examples(np.concatenate([y for _, y in train]), images=np.concatenate([x for x, _ in train])),
+        Examples(y_test, images=x_test),
+        tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names),
+        source=f"official archive {path}",
+    )
 
 
 # --- image files: Tiny-ImageNet and folder trees -----------------------------------------------
@@ -167,9 +179,11 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 
 
 def _image_files(directory):
-    return sorted(os.path.join(directory, name) for name in os.listdir(directory)
-                  if name.lower().endswith(IMAGE_EXTENSIONS)
-                  and os.path.isfile(os.path.join(directory, name)))
+    return sorted(
+        os.path.join(directory, name)
+        for name in os.listdir(directory)
+        if name.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(directory, name))
+    )
 
 
 TINY_IMAGENET_FOLDER = "tiny-imagenet-200"
@@ -204,8 +218,7 @@ def read_tiny_imagenet(path):
         train_labels += [label_of[wnid]] * len(files)
     annotations = os.path.join(path, "val", "val_annotations.txt")
     if not os.path.isfile(annotations):
-        raise DataFormatError(f"{path}: no val/val_annotations.txt (the official layout labels the "
-                              "val images there)")
+        raise DataFormatError(f"{path}: no val/val_annotations.txt (the official layout labels the val images there)")
     val_files, val_labels = [], []
     with open(annotations) as f:
         for number, line in enumerate(f, 1):
@@ -220,11 +233,15 @@ def read_tiny_imagenet(path):
             val_files.append(image)
             val_labels.append(label_of[fields[1]])
     if not train_files or not val_files:
-        raise DataFormatError(f"{path}: found {len(train_files)} training and {len(val_files)} val "
-                              "images; expected both")
-    return Read(Examples(np.asarray(train_labels, np.int32), files=np.asarray(train_files)),
-                Examples(np.asarray(val_labels, np.int32), files=np.asarray(val_files)),
-                tuple(words.get(w, w) for w in wnids), source=f"tiny-imagenet-200 folder {path}")
+        raise DataFormatError(
+            f"{path}: found {len(train_files)} training and {len(val_files)} val images; expected both"
+        )
+    return Read(
+        Examples(np.asarray(train_labels, np.int32), files=np.asarray(train_files)),
+        Examples(np.asarray(val_labels, np.int32), files=np.asarray(val_files)),
+        tuple(words.get(w, w) for w in wnids),
+        source=f"tiny-imagenet-200 folder {path}",
+    )
 
 
 def find_folder_tree(directory):
@@ -247,8 +264,9 @@ def read_folder_tree(path):
     class_names = sorted(d for d in os.listdir(train_root) if os.path.isdir(os.path.join(train_root, d)))
     if not class_names:
         raise DataFormatError(f"{train_root}: no class subfolders (expected train/<class>/<image>)")
-    extra = sorted(d for d in os.listdir(test_root)
-                   if os.path.isdir(os.path.join(test_root, d)) and d not in class_names)
+    extra = sorted(
+        d for d in os.listdir(test_root) if os.path.isdir(os.path.join(test_root, d)) and d not in class_names
+    )
     if extra:
         raise DataFormatError(f"{test_root}: classes {', '.join(extra)} are not in {train_root}")
     splits = []
@@ -266,6 +284,7 @@ def read_folder_tree(path):
 
 
 # --- TensorFlow Datasets -----------------------------------------------------------------------
+
 
 def tfds_builder(name, data_dir):
     import tensorflow_datasets as tfds  # imported here: slow, and only needed on this path
@@ -290,11 +309,16 @@ def read_tfds(builder, test_split, image_size, class_names=None):
     splits = []
     for split in ("train", test_split):
         ds = builder.as_dataset(split=split)
-        ds = ds.map(lambda ex: (fit_to_size(ex["image"], image_size), tf.cast(ex["label"], tf.int32)),
-                    num_parallel_calls=tf.data.AUTOTUNE).batch(1024)
+        ds = ds.map(
+            lambda ex: (fit_to_size(ex["image"], image_size), tf.cast(ex["label"], tf.int32)),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        ).batch(1024)
         batches = list(tfds.as_numpy(ds))
-        splits.append(Examples(np.concatenate([y for _, y in batches]),
-                               images=np.concatenate([x for x, _ in batches]).astype(np.uint8)))
+        splits.append(
+            Examples(
+                np.concatenate([y for _, y in batches]), images=np.concatenate([x for x, _ in batches]).astype(np.uint8)
+            )
+        )
     names = tuple(builder.info.features["label"].names)
     if class_names:
         names = tuple(class_names.get(n, n) for n in names)

@@ -24,8 +24,7 @@ class PadCropFlip:
         # 4 pixels at CIFAR's 32, the same eighth of the side at larger sizes.
         self.padding = max(4, height // 8) if padding is None else padding
         self.crop = keras.layers.RandomCrop(height, width, seed=seed, dtype="float32")
-        self.flip = keras.layers.RandomFlip(
-            "horizontal", seed=None if seed is None else seed + 1, dtype="float32")
+        self.flip = keras.layers.RandomFlip("horizontal", seed=None if seed is None else seed + 1, dtype="float32")
 
     def __call__(self, image):
         p = self.padding
@@ -38,8 +37,9 @@ def fit_to_size(image, size):
     antialiased), then the center square. An image already size x size passes unchanged."""
     image = tf.convert_to_tensor(image)
     # Grey -> RGB, RGBA -> RGB (tfds and decode_image give 3 channels; user arrays may not).
-    image = tf.cond(tf.equal(tf.shape(image)[-1], 1), lambda: tf.tile(image[..., :1], [1, 1, 3]),
-                    lambda: image[..., :3])
+    image = tf.cond(
+        tf.equal(tf.shape(image)[-1], 1), lambda: tf.tile(image[..., :1], [1, 1, 3]), lambda: image[..., :3]
+    )
     shape = tf.shape(image)
     height, width = shape[0], shape[1]
 
@@ -49,7 +49,7 @@ def fit_to_size(image, size):
         new_w = tf.maximum(size, tf.cast(tf.round(tf.cast(width, tf.float32) * scale), tf.int32))
         resized = tf.image.resize(image, [new_h, new_w], antialias=True)
         top, left = (new_h - size) // 2, (new_w - size) // 2
-        cropped = resized[top:top + size, left:left + size]
+        cropped = resized[top : top + size, left : left + size]
         return tf.cast(tf.clip_by_value(tf.round(cropped), 0, 255), tf.uint8)
 
     same = tf.logical_and(tf.equal(height, size), tf.equal(width, size))
@@ -72,8 +72,11 @@ def _images_and_labels(examples, image_size, shuffle_seed=None):
     if shuffle_seed is not None:
         ds = ds.shuffle(len(examples), seed=shuffle_seed, reshuffle_each_iteration=True).repeat()
     if not examples.in_memory:
-        ds = ds.map(lambda path, label: (decode_to_size(path, image_size), label),
-                    num_parallel_calls=AUTOTUNE, deterministic=shuffle_seed is None)
+        ds = ds.map(
+            lambda path, label: (decode_to_size(path, image_size), label),
+            num_parallel_calls=AUTOTUNE,
+            deterministic=shuffle_seed is None,
+        )
     return ds
 
 
@@ -101,8 +104,9 @@ def train_dataset(examples, image_shape, batch_size, augment=True, seed=0, views
     ds = ds.map(_to_float, num_parallel_calls=AUTOTUNE)
     augmentation = PadCropFlip(image_shape, seed=seed) if augment else (lambda image: image)
     if views == 2:
-        ds = ds.map(lambda image, label: ((augmentation(image), augmentation(image)), label),
-                    num_parallel_calls=AUTOTUNE)
+        ds = ds.map(
+            lambda image, label: ((augmentation(image), augmentation(image)), label), num_parallel_calls=AUTOTUNE
+        )
     elif augment:
         ds = ds.map(lambda image, label: (augmentation(image), label), num_parallel_calls=AUTOTUNE)
     return _shard_by_element(ds.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE))

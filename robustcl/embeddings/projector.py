@@ -40,11 +40,12 @@ def embed_clean_and_adversarial(network, x, y, attack_config, batch_size=256, se
     objective = OBJECTIVES.get("ce")
     parts = {"clean": [], "adversarial": [], "clean_pred": [], "adversarial_pred": []}
     for start in range(0, len(x), batch_size):
-        xb = tf.constant(x[start:start + batch_size], tf.float32)
-        yb = tf.constant(y[start:start + batch_size], tf.int32)
+        xb = tf.constant(x[start : start + batch_size], tf.float32)
+        yb = tf.constant(y[start : start + batch_size], tf.int32)
         clean = network(xb, training=False)
-        x_adv = attack(lambda z: objective(network(z, training=False), yb, clean), xb,
-                       tf.constant([seed, start], tf.int64))
+        x_adv = attack(
+            lambda z: objective(network(z, training=False), yb, clean), xb, tf.constant([seed, start], tf.int64)
+        )
         adversarial = network(x_adv, training=False)
         for view, outputs in (("clean", clean), ("adversarial", adversarial)):
             parts[view].append(outputs["embedding"].numpy())
@@ -56,8 +57,9 @@ def metadata_rows(labels, indices, class_names, clean_pred, adversarial_pred):
     rows = []
     for view, predictions in (("clean", clean_pred), ("adversarial", adversarial_pred)):
         for label, index, predicted in zip(labels, indices, predictions):
-            rows.append((class_names[label], str(label), view, class_names[predicted],
-                         str(int(predicted == label)), str(index)))
+            rows.append(
+                (class_names[label], str(label), view, class_names[predicted], str(int(predicted == label)), str(index))
+            )
     return rows
 
 
@@ -91,7 +93,7 @@ def write_sprite(path, images):
     grid = np.zeros((rows * height, columns * width, 3), np.uint8)
     for i, image in enumerate(images):
         r, c = divmod(i, columns)
-        grid[r * height:(r + 1) * height, c * width:(c + 1) * width] = image
+        grid[r * height : (r + 1) * height, c * width : (c + 1) * width] = image
     Image.fromarray(grid).save(path)
 
 
@@ -102,9 +104,12 @@ def _previous_tensors(run_dir):
         return {}
     reader = tf.train.load_checkpoint(latest)
     suffix = "/.ATTRIBUTES/VARIABLE_VALUE"
-    names = [key[:-len(suffix)] for key in reader.get_variable_to_shape_map() if key.endswith(suffix)]
-    return {name: reader.get_tensor(tensor_name(name)) for name in names
-            if os.path.exists(os.path.join(run_dir, f"metadata_{name}.tsv"))}  # not save_counter
+    names = [key[: -len(suffix)] for key in reader.get_variable_to_shape_map() if key.endswith(suffix)]
+    return {
+        name: reader.get_tensor(tensor_name(name))
+        for name in names
+        if os.path.exists(os.path.join(run_dir, f"metadata_{name}.tsv"))
+    }  # not save_counter
 
 
 def write_epoch(run_dir, tag, embeddings, rows, thumbnails):
@@ -124,8 +129,7 @@ def write_epoch(run_dir, tag, embeddings, rows, thumbnails):
     tensors = _previous_tensors(run_dir)
     tensors[tag] = np.asarray(embeddings, np.float32)
     checkpoint = tf.train.Checkpoint(**{name: tf.Variable(value) for name, value in tensors.items()})
-    tf.train.CheckpointManager(checkpoint, run_dir, max_to_keep=1,
-                               checkpoint_name="embeddings").save()
+    tf.train.CheckpointManager(checkpoint, run_dir, max_to_keep=1, checkpoint_name="embeddings").save()
 
     config = projector.ProjectorConfig()
     for name in sorted(tensors):
@@ -150,8 +154,9 @@ def plot_projection(path, clean, adversarial, labels, class_names, title=""):
     try:
         from sklearn.manifold import TSNE
 
-        xy = TSNE(n_components=2, init="pca", random_state=0,
-                  perplexity=min(30, max(2, len(points) // 4))).fit_transform(points)
+        xy = TSNE(
+            n_components=2, init="pca", random_state=0, perplexity=min(30, max(2, len(points) // 4))
+        ).fit_transform(points)
         method = "t-SNE"
     except ImportError:
         centered = points - points.mean(0)
@@ -175,8 +180,9 @@ def plot_projection(path, clean, adversarial, labels, class_names, title=""):
     return method
 
 
-def write_projector_epoch(run_dir, tag, network, x, y, indices, class_names, attack_config,
-                          step, batch_size=256, seed=0):
+def write_projector_epoch(
+    run_dir, tag, network, x, y, indices, class_names, attack_config, step, batch_size=256, seed=0
+):
     """Everything for one epoch: embeddings, metadata, sprite, config, scalars, PNG. Returns stats."""
     views = embed_clean_and_adversarial(network, x, y, attack_config, batch_size, seed)
     embeddings = np.concatenate([views["clean"], views["adversarial"]])
@@ -191,6 +197,12 @@ def write_projector_epoch(run_dir, tag, network, x, y, indices, class_names, att
             tf.summary.scalar(f"embedding/{name}", value, step=step)
         tf.summary.scalar("attack/eps", attack_config.eps, step=step)
     writer.close()
-    plot_projection(os.path.join(run_dir, f"projection_{tag}.png"), views["clean"],
-                    views["adversarial"], np.asarray(y), class_names, title=tag)
+    plot_projection(
+        os.path.join(run_dir, f"projection_{tag}.png"),
+        views["clean"],
+        views["adversarial"],
+        np.asarray(y),
+        class_names,
+        title=tag,
+    )
     return stats

@@ -28,5 +28,9 @@ def embedding_space_stats(clean, adversarial, labels):
         return float(cosines[mask].mean()) if mask.any() else float("nan")
 
     intra, inter = mean(same & off_diagonal), mean(~same)
-    return {"clean_adv_cosine": float(np.sum(c * a, axis=1).mean()) if len(c) else float("nan"),
-            "intra_class_cosine": intra, "inter_class_cosine": inter, "margin": intra - inter}
+    return {
+        "clean_adv_cosine": float(np.sum(c * a, axis=1).mean()) if len(c) else float("nan"),
+        "intra_class_cosine": intra,
+        "inter_class_cosine": inter,
+        "margin": intra - inter,
+    }

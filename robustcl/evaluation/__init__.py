@@ -54,9 +54,16 @@ class Plan:
 
     def cascade(self):
         """The AutoAttack cascade this plan runs (no stages when it runs none)."""
-        return autoattack.resolve(self.version, self.attacks, self.apgd_iterations, self.square_queries,
-                                  self.apgd_restarts, self.fab_restarts, self.eot_iterations,
-                                  self.square_restarts)
+        return autoattack.resolve(
+            self.version,
+            self.attacks,
+            self.apgd_iterations,
+            self.square_queries,
+            self.apgd_restarts,
+            self.fab_restarts,
+            self.eot_iterations,
+            self.square_restarts,
+        )
 
     def runs(self):
         """The registered attacks to run, in order: with --version=custom the listed stages are
@@ -69,8 +76,9 @@ class Plan:
 
     def sweep_eps(self):
         multiples = [0.0, 0.25, 0.5, 1.0, 2.0, 4.0]
-        return sorted({round(m * self.eps, 8) for m in multiples}
-                      | ({LARGE_LINF_EPS} if self.norm == "linf" else set()))
+        return sorted(
+            {round(m * self.eps, 8) for m in multiples} | ({LARGE_LINF_EPS} if self.norm == "linf" else set())
+        )
 
 
 def chunk_seed(seed, start):
@@ -81,10 +89,12 @@ def chunk_seed(seed, start):
 
 def _point_stats(prefix, x, x_adv, norm):
     finite = np.isfinite(x_adv)
-    return {f"{prefix}/distance": perturbation_norms(x, x_adv, norm).astype(np.float64),
-            f"{prefix}/nan": (~finite).reshape(len(x), -1).sum(1),
-            f"{prefix}/adv_min": np.nanmin(x_adv.reshape(len(x), -1), 1) if len(x) else np.zeros(0),
-            f"{prefix}/adv_max": np.nanmax(x_adv.reshape(len(x), -1), 1) if len(x) else np.zeros(0)}
+    return {
+        f"{prefix}/distance": perturbation_norms(x, x_adv, norm).astype(np.float64),
+        f"{prefix}/nan": (~finite).reshape(len(x), -1).sum(1),
+        f"{prefix}/adv_min": np.nanmin(x_adv.reshape(len(x), -1), 1) if len(x) else np.zeros(0),
+        f"{prefix}/adv_max": np.nanmax(x_adv.reshape(len(x), -1), 1) if len(x) else np.zeros(0),
+    }
 
 
 TRANSFER_PREFIX = "transfer-"
@@ -97,21 +107,45 @@ def transfer_results(attacker, surrogate, x, y, clean_correct, plan, seed):
     from robustcl.attacks.apgd import apgd
 
     results = []
-    crafted = surrogate.gradient_attack("surrogate pgd", x, y, plan.norm, plan.eps, plan.pgd_steps,
-                                        plan.step_size, plan.pgd_restarts, "ce", seed)
-    results.append((f"{TRANSFER_PREFIX}pgd", plan.pgd_steps, plan.pgd_restarts, crafted.x_adv,
-                    crafted.seconds))
+    crafted = surrogate.gradient_attack(
+        "surrogate pgd", x, y, plan.norm, plan.eps, plan.pgd_steps, plan.step_size, plan.pgd_restarts, "ce", seed
+    )
+    results.append((f"{TRANSFER_PREFIX}pgd", plan.pgd_steps, plan.pgd_restarts, crafted.x_adv, crafted.seconds))
     start_time = time.perf_counter()
     parts = []
     for i in range(0, len(x), plan.batch_size):
-        adv, _ = apgd(surrogate.logits_fn, x[i:i + plan.batch_size], y[i:i + plan.batch_size],
-                      threat_model(plan.norm, plan.eps), plan.apgd_iterations, seed=seed)
+        adv, _ = apgd(
+            surrogate.logits_fn,
+            x[i : i + plan.batch_size],
+            y[i : i + plan.batch_size],
+            threat_model(plan.norm, plan.eps),
+            plan.apgd_iterations,
+            seed=seed,
+        )
         parts.append(np.asarray(adv))
-    results.append((f"{TRANSFER_PREFIX}apgd-ce", plan.apgd_iterations, 1,
-                    np.concatenate(parts) if parts else x.copy(), time.perf_counter() - start_time))
-    return [AttackResult(name, plan.norm, plan.eps, steps, restarts, seed,
-                         clean_correct & (attacker.predict(x_adv) == y), x_adv, seconds)
-            for name, steps, restarts, x_adv, seconds in results]
+    results.append(
+        (
+            f"{TRANSFER_PREFIX}apgd-ce",
+            plan.apgd_iterations,
+            1,
+            np.concatenate(parts) if parts else x.copy(),
+            time.perf_counter() - start_time,
+        )
+    )
+    return [
+        AttackResult(
+            name,
+            plan.norm,
+            plan.eps,
+            steps,
+            restarts,
+            seed,
+            clean_correct & (attacker.predict(x_adv) == y),
+            x_adv,
+            seconds,
+        )
+        for name, steps, restarts, x_adv, seconds in results
+    ]
 
 
 def evaluate_chunk(attacker, x, y, start, plan, log=print, preflight=False, surrogate=None):
@@ -129,8 +163,14 @@ def evaluate_chunk(attacker, x, y, start, plan, log=print, preflight=False, surr
     logits = attacker.logits(x)
     clean_correct = np.argmax(logits, -1) == y
     arrays = {"clean_correct": clean_correct}
-    meta = {"start": int(start), "count": int(len(x)), "num_classes": int(logits.shape[-1]),
-            "attacks": [], "sweep": [], "preflight_warnings": None}
+    meta = {
+        "start": int(start),
+        "count": int(len(x)),
+        "num_classes": int(logits.shape[-1]),
+        "attacks": [],
+        "sweep": [],
+        "preflight_warnings": None,
+    }
     if preflight:
         warnings = []
         message = checks.warn_probabilities(logits)
@@ -147,8 +187,15 @@ def evaluate_chunk(attacker, x, y, start, plan, log=print, preflight=False, surr
         arrays.update(_point_stats(result.name, x, result.x_adv, result.norm))
         if result.queries is not None:
             arrays[f"{result.name}/queries"] = np.asarray(result.queries)
-        meta["attacks"].append({"attack": result.name, "steps": result.steps, "restarts": result.restarts,
-                                "seconds": result.seconds, "has_queries": result.queries is not None})
+        meta["attacks"].append(
+            {
+                "attack": result.name,
+                "steps": result.steps,
+                "restarts": result.restarts,
+                "seconds": result.seconds,
+                "has_queries": result.queries is not None,
+            }
+        )
 
     for name in plan.runs():
         for result in EVALUATION_ATTACKS.get(name).run(attacker, x, y, clean_correct, plan, seed, log):
@@ -160,9 +207,22 @@ def evaluate_chunk(attacker, x, y, start, plan, log=print, preflight=False, surr
             record(result)
     if plan.sweep:
         for value in plan.sweep_eps():
-            robust = clean_correct if value == 0 else _sweep_point(
-                attacker, plan.sweep_attack, x, y, clean_correct, plan.norm, value, plan.pgd_steps,
-                plan.apgd_iterations, seed)
+            robust = (
+                clean_correct
+                if value == 0
+                else _sweep_point(
+                    attacker,
+                    plan.sweep_attack,
+                    x,
+                    y,
+                    clean_correct,
+                    plan.norm,
+                    value,
+                    plan.pgd_steps,
+                    plan.apgd_iterations,
+                    seed,
+                )
+            )
             arrays[f"sweep/{value!r}"] = robust
             meta["sweep"].append(value)
     return {"meta": meta, **arrays}
@@ -172,8 +232,11 @@ def merge(chunks, y, class_names, plan, model_name="model", data_name=""):
     """The report of a whole evaluation from its chunks (in any order; they must cover the points
     0 .. len(y) - 1 once each)."""
     chunks = sorted(chunks, key=lambda c: c["meta"]["start"])
-    covered = np.concatenate([np.arange(c["meta"]["start"], c["meta"]["start"] + c["meta"]["count"])
-                              for c in chunks]) if chunks else np.zeros(0, int)
+    covered = (
+        np.concatenate([np.arange(c["meta"]["start"], c["meta"]["start"] + c["meta"]["count"]) for c in chunks])
+        if chunks
+        else np.zeros(0, int)
+    )
     if not np.array_equal(covered, np.arange(len(y))):
         raise ValueError(f"chunks cover {len(covered)} points, not each of the {len(y)} once")
 
@@ -190,13 +253,22 @@ def merge(chunks, y, class_names, plan, model_name="model", data_name=""):
         name = spec["attack"]
         seconds = sum(c["meta"]["attacks"][index]["seconds"] for c in chunks)
         queries = joined(f"{name}/queries") if spec["has_queries"] else None
-        results.append(MergedResult(name, plan.norm, plan.eps, spec["steps"], spec["restarts"],
-                                    plan.seed, joined(f"{name}/robust"), seconds, queries,
-                                    {k: joined(f"{name}/{k}") for k in ("distance", "nan", "adv_min",
-                                                                         "adv_max")}))
+        results.append(
+            MergedResult(
+                name,
+                plan.norm,
+                plan.eps,
+                spec["steps"],
+                spec["restarts"],
+                plan.seed,
+                joined(f"{name}/robust"),
+                seconds,
+                queries,
+                {k: joined(f"{name}/{k}") for k in ("distance", "nan", "adv_min", "adv_max")},
+            )
+        )
     by_name = {r.name: r for r in results}
-    white_box = [n for n in ("fgsm", "pgd", "pgd-strong", "cw", "apgd-ce", "apgd-dlr", "apgd-t")
-                 if n in by_name]
+    white_box = [n for n in ("fgsm", "pgd", "pgd-strong", "cw", "apgd-ce", "apgd-dlr", "apgd-t") if n in by_name]
     warnings += checks.warn_attack_ordering(by_name, white_box)
     worst = clean_correct.copy()
     for r in results:
@@ -205,29 +277,47 @@ def merge(chunks, y, class_names, plan, model_name="model", data_name=""):
     sweep_points = []
     if first["sweep"]:
         for value in first["sweep"]:
-            sweep_points.append({"eps": value,
-                                 "robust_accuracy": float(joined(f"sweep/{value!r}").mean())})
+            sweep_points.append({"eps": value, "robust_accuracy": float(joined(f"sweep/{value!r}").mean())})
         warnings += checks.warn_sweep(sweep_points, num_classes, plan.norm)
-    sweep_name = {"pgd": f"pgd-{plan.pgd_steps}", "fgsm": "fgsm", "cw": f"cw-{plan.pgd_steps}",
-                  "apgd-ce": f"apgd-ce-{plan.apgd_iterations}"}[plan.sweep_attack]
+    sweep_name = {
+        "pgd": f"pgd-{plan.pgd_steps}",
+        "fgsm": "fgsm",
+        "cw": f"cw-{plan.pgd_steps}",
+        "apgd-ce": f"apgd-ce-{plan.apgd_iterations}",
+    }[plan.sweep_attack]
     per_class = []
     for label, class_name in enumerate(class_names):
         mask = y == label
         if mask.any():
-            per_class.append({"class": class_name, "label": label, "num_points": int(mask.sum()),
-                              "clean_accuracy": float(clean_correct[mask].mean()),
-                              "robust_accuracy": float(worst[mask].mean())})
+            per_class.append(
+                {
+                    "class": class_name,
+                    "label": label,
+                    "num_points": int(mask.sum()),
+                    "clean_accuracy": float(clean_correct[mask].mean()),
+                    "robust_accuracy": float(worst[mask].mean()),
+                }
+            )
     return {
-        "model": model_name, "data": data_name, "num_points": int(len(y)), "norm": plan.norm,
-        "eps": float(plan.eps), "seed": int(plan.seed), "num_classes": int(num_classes),
+        "model": model_name,
+        "data": data_name,
+        "num_points": int(len(y)),
+        "norm": plan.norm,
+        "eps": float(plan.eps),
+        "seed": int(plan.seed),
+        "num_classes": int(num_classes),
         "chunk_size": int(plan.chunk_size),
         "clean_accuracy": float(clean_correct.mean()),
         "worst_case_robust_accuracy": float(worst.mean()),
         "attacks": [r.summary(clean_correct) for r in results],
-        "eps_sweep": sweep_points, "sweep_attack": sweep_name, "per_class": per_class,
+        "eps_sweep": sweep_points,
+        "sweep_attack": sweep_name,
+        "per_class": per_class,
         "warnings": warnings,
-        "checks_passed": ["every adversarial input is inside the eps-ball and [0, 1], without NaN",
-                          "no example is robust while misclassified clean"],
+        "checks_passed": [
+            "every adversarial input is inside the eps-ball and [0, 1], without NaN",
+            "no example is robust while misclassified clean",
+        ],
         "deviations": DEVIATIONS if "autoattack" in plan.runs() else [],
         "seconds": round(sum(sum(a["seconds"] for a in c["meta"]["attacks"]) for c in chunks), 2),
         "per_point": {"clean_correct": clean_correct.tolist(), "worst_case_robust": worst.tolist()},
@@ -241,9 +331,14 @@ def _autoattack_summary(plan, by_name):
         return {}
     cascade = plan.cascade()
     last = by_name[cascade.stages[-1]]
-    return {"autoattack": {"version": cascade.version, "stages": list(cascade.stages),
-                           "settings": cascade.describe(),
-                           "robust_accuracy": float(last.robust.mean())}}
+    return {
+        "autoattack": {
+            "version": cascade.version,
+            "stages": list(cascade.stages),
+            "settings": cascade.describe(),
+            "robust_accuracy": float(last.robust.mean()),
+        }
+    }
 
 
 @dataclasses.dataclass
@@ -256,15 +351,22 @@ class MergedResult(AttackRun):
     stats: dict
 
     def summary(self, clean_correct):
-        out = {"attack": self.name, "robust_accuracy": float(self.robust.mean()),
-               "num_points": int(len(self.robust)), "eps": self.eps, "norm": self.norm,
-               "steps": self.steps, "restarts": self.restarts, "seed": self.seed,
-               "seconds": round(self.seconds, 3),
-               "max_perturbation": float(np.nanmax(self.stats["distance"])) if len(self.robust) else 0.0,
-               "nan_count": int(self.stats["nan"].sum()),
-               "adv_min": float(np.nanmin(self.stats["adv_min"])),
-               "adv_max": float(np.nanmax(self.stats["adv_max"])),
-               "robust_above_clean": int(np.sum(self.robust & ~clean_correct))}
+        out = {
+            "attack": self.name,
+            "robust_accuracy": float(self.robust.mean()),
+            "num_points": int(len(self.robust)),
+            "eps": self.eps,
+            "norm": self.norm,
+            "steps": self.steps,
+            "restarts": self.restarts,
+            "seed": self.seed,
+            "seconds": round(self.seconds, 3),
+            "max_perturbation": float(np.nanmax(self.stats["distance"])) if len(self.robust) else 0.0,
+            "nan_count": int(self.stats["nan"].sum()),
+            "adv_min": float(np.nanmin(self.stats["adv_min"])),
+            "adv_max": float(np.nanmax(self.stats["adv_max"])),
+            "robust_above_clean": int(np.sum(self.robust & ~clean_correct)),
+        }
         if self.queries is not None and len(self.queries):  # none when no point was left to attack
             out["queries_mean"] = float(self.queries.mean())
             out["queries_median"] = float(np.median(self.queries))
@@ -275,11 +377,33 @@ def chunk_starts(num_points, chunk_size):
     return list(range(0, num_points, chunk_size))
 
 
-def evaluate(network, x, y, class_names, norm="linf", eps=8 / 255, attacks=ATTACKS, pgd_steps=20,
-             pgd_step_size=None, pgd_restarts=1, apgd_iterations=100, square_queries=5000,
-             sweep=True, seed=0, batch_size=256, progress=True, model_name="model", data_name="",
-             sweep_attack="pgd", chunk_size=500, version="standard", apgd_restarts=0,
-             fab_restarts=0, eot_iterations=0, square_restarts=0):
+def evaluate(
+    network,
+    x,
+    y,
+    class_names,
+    norm="linf",
+    eps=8 / 255,
+    attacks=ATTACKS,
+    pgd_steps=20,
+    pgd_step_size=None,
+    pgd_restarts=1,
+    apgd_iterations=100,
+    square_queries=5000,
+    sweep=True,
+    seed=0,
+    batch_size=256,
+    progress=True,
+    model_name="model",
+    data_name="",
+    sweep_attack="pgd",
+    chunk_size=500,
+    version="standard",
+    apgd_restarts=0,
+    fab_restarts=0,
+    eot_iterations=0,
+    square_restarts=0,
+):
     """Runs the attacks on (x in [0,1], y) in memory, chunk by chunk, and returns the report dict
     (see report.markdown). robustcl.evaluation.run adds persistence, shards and devices.
 
@@ -287,16 +411,32 @@ def evaluate(network, x, y, class_names, norm="linf", eps=8 / 255, attacks=ATTAC
     example counts robust while misclassified clean.
     """
     autoattack.check(version, attacks)
-    plan = Plan(norm=norm, eps=eps, attacks=tuple(attacks), pgd_steps=pgd_steps,
-                pgd_step_size=pgd_step_size, pgd_restarts=pgd_restarts,
-                apgd_iterations=apgd_iterations, square_queries=square_queries, version=version,
-                apgd_restarts=apgd_restarts, fab_restarts=fab_restarts,
-                eot_iterations=eot_iterations, square_restarts=square_restarts, sweep=sweep,
-                sweep_attack=sweep_attack, seed=seed, batch_size=batch_size, chunk_size=chunk_size)
+    plan = Plan(
+        norm=norm,
+        eps=eps,
+        attacks=tuple(attacks),
+        pgd_steps=pgd_steps,
+        pgd_step_size=pgd_step_size,
+        pgd_restarts=pgd_restarts,
+        apgd_iterations=apgd_iterations,
+        square_queries=square_queries,
+        version=version,
+        apgd_restarts=apgd_restarts,
+        fab_restarts=fab_restarts,
+        eot_iterations=eot_iterations,
+        square_restarts=square_restarts,
+        sweep=sweep,
+        sweep_attack=sweep_attack,
+        seed=seed,
+        batch_size=batch_size,
+        chunk_size=chunk_size,
+    )
     log = print if progress else (lambda *a, **k: None)
     attacker = Attacker(network, batch_size, progress)
-    chunks = [evaluate_chunk(attacker, x[s:s + chunk_size], y[s:s + chunk_size], s, plan, log,
-                             preflight=(s == 0)) for s in chunk_starts(len(x), chunk_size)]
+    chunks = [
+        evaluate_chunk(attacker, x[s : s + chunk_size], y[s : s + chunk_size], s, plan, log, preflight=(s == 0))
+        for s in chunk_starts(len(x), chunk_size)
+    ]
     return merge(chunks, y, class_names, plan, model_name, data_name)
 
 
@@ -306,15 +446,38 @@ def _sweep_point(attacker, attack, x, y, clean_correct, norm, eps, steps, apgd_i
 
     if attack == "apgd-ce":
         x_adv, correct = apgd(attacker.logits_fn, x, y, threat_model(norm, eps), apgd_iterations, seed=seed)
-        result = AttackResult(f"sweep apgd-ce eps {eps:.4g}", norm, eps, apgd_iterations, 1, seed,
-                              correct, np.asarray(x_adv), 0.0)
+        result = AttackResult(
+            f"sweep apgd-ce eps {eps:.4g}", norm, eps, apgd_iterations, 1, seed, correct, np.asarray(x_adv), 0.0
+        )
     elif attack == "fgsm":
-        result = attacker.gradient_attack(f"sweep fgsm eps {eps:.4g}", x, y, norm, eps, 1, eps, 1,
-                                          "ce", seed, random_start=False, clean_correct=clean_correct)
+        result = attacker.gradient_attack(
+            f"sweep fgsm eps {eps:.4g}",
+            x,
+            y,
+            norm,
+            eps,
+            1,
+            eps,
+            1,
+            "ce",
+            seed,
+            random_start=False,
+            clean_correct=clean_correct,
+        )
     else:
-        result = attacker.gradient_attack(f"sweep {attack} eps {eps:.4g}", x, y, norm, eps, steps,
-                                          2.5 * eps / steps, 1, "cw" if attack == "cw" else "ce", seed,
-                                          clean_correct=clean_correct)
+        result = attacker.gradient_attack(
+            f"sweep {attack} eps {eps:.4g}",
+            x,
+            y,
+            norm,
+            eps,
+            steps,
+            2.5 * eps / steps,
+            1,
+            "cw" if attack == "cw" else "ce",
+            seed,
+            clean_correct=clean_correct,
+        )
     checks.check_adversarial_inputs(result, x)
     return result.robust & clean_correct
 

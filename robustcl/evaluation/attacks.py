@@ -40,9 +40,11 @@ def check(flag, names, norm=None, version="standard"):
 
     unknown = [n for n in names if n not in EVALUATION_ATTACKS and n not in autoattack.STAGES]
     if unknown or not names:
-        raise ConfigError(f"--{flag}: unknown {', '.join(unknown) or 'empty list'}; known: "
-                          f"{', '.join(EVALUATION_ATTACKS.names())} (and, with --version=custom, "
-                          f"the AutoAttack stages {', '.join(autoattack.STAGES)})")
+        raise ConfigError(
+            f"--{flag}: unknown {', '.join(unknown) or 'empty list'}; known: "
+            f"{', '.join(EVALUATION_ATTACKS.names())} (and, with --version=custom, "
+            f"the AutoAttack stages {', '.join(autoattack.STAGES)})"
+        )
     autoattack.check(version, names, flag)
     if norm is not None:
         for name in autoattack.registered_attacks(names):
@@ -53,33 +55,89 @@ def check(flag, names, norm=None, version="standard"):
 
 @register("fgsm", "one signed-gradient step of size eps on the cross-entropy, no random start")
 def _fgsm(attacker, x, y, clean_correct, plan, seed, log):
-    return [attacker.gradient_attack("fgsm", x, y, plan.norm, plan.eps, 1, plan.eps, 1, "ce", seed,
-                                     random_start=False, clean_correct=clean_correct)]
+    return [
+        attacker.gradient_attack(
+            "fgsm",
+            x,
+            y,
+            plan.norm,
+            plan.eps,
+            1,
+            plan.eps,
+            1,
+            "ce",
+            seed,
+            random_start=False,
+            clean_correct=clean_correct,
+        )
+    ]
 
 
-@register("pgd", "PGD on the cross-entropy: --pgd_steps steps of 2.5 eps / steps from "
-                 "--pgd_restarts random starts")
+@register("pgd", "PGD on the cross-entropy: --pgd_steps steps of 2.5 eps / steps from --pgd_restarts random starts")
 def _pgd(attacker, x, y, clean_correct, plan, seed, log):
-    return [attacker.gradient_attack("pgd", x, y, plan.norm, plan.eps, plan.pgd_steps, plan.step_size,
-                                     plan.pgd_restarts, "ce", seed, clean_correct=clean_correct)]
+    return [
+        attacker.gradient_attack(
+            "pgd",
+            x,
+            y,
+            plan.norm,
+            plan.eps,
+            plan.pgd_steps,
+            plan.step_size,
+            plan.pgd_restarts,
+            "ce",
+            seed,
+            clean_correct=clean_correct,
+        )
+    ]
 
 
-@register("pgd-strong", "PGD with twice the steps at half the step size and two more restarts: "
-                        "accuracy must not rise above PGD's")
+@register(
+    "pgd-strong",
+    "PGD with twice the steps at half the step size and two more restarts: accuracy must not rise above PGD's",
+)
 def _pgd_strong(attacker, x, y, clean_correct, plan, seed, log):
-    return [attacker.gradient_attack("pgd-strong", x, y, plan.norm, plan.eps, 2 * plan.pgd_steps,
-                                     plan.step_size / 2, plan.pgd_restarts + 2, "ce", seed + 1,
-                                     clean_correct=clean_correct)]
+    return [
+        attacker.gradient_attack(
+            "pgd-strong",
+            x,
+            y,
+            plan.norm,
+            plan.eps,
+            2 * plan.pgd_steps,
+            plan.step_size / 2,
+            plan.pgd_restarts + 2,
+            "ce",
+            seed + 1,
+            clean_correct=clean_correct,
+        )
+    ]
 
 
 @register("cw", "PGD on the CW margin loss (the literature's CW-Linf)")
 def _cw(attacker, x, y, clean_correct, plan, seed, log):
-    return [attacker.gradient_attack("cw", x, y, plan.norm, plan.eps, plan.pgd_steps, plan.step_size,
-                                     plan.pgd_restarts, "cw", seed, clean_correct=clean_correct)]
+    return [
+        attacker.gradient_attack(
+            "cw",
+            x,
+            y,
+            plan.norm,
+            plan.eps,
+            plan.pgd_steps,
+            plan.step_size,
+            plan.pgd_restarts,
+            "cw",
+            seed,
+            clean_correct=clean_correct,
+        )
+    ]
 
 
-@register("autoattack", "AutoAttack's cascade of --version (standard: APGD-CE, APGD-T, FAB-T, "
-                        "Square; plus; rand), each stage on the points still robust")
+@register(
+    "autoattack",
+    "AutoAttack's cascade of --version (standard: APGD-CE, APGD-T, FAB-T, "
+    "Square; plus; rand), each stage on the points still robust",
+)
 def _autoattack(attacker, x, y, clean_correct, plan, seed, log):
     from robustcl.evaluation import autoattack
 

@@ -62,10 +62,12 @@ class Cascade:
     square_restarts: int
 
     def describe(self):
-        return (f"AutoAttack {self.version}: {', '.join(self.stages)}; APGD/FAB {self.iterations} "
-                f"iterations, APGD-CE/DLR {self.apgd_restarts} restart(s), EOT {self.eot_iterations}, "
-                f"FAB {self.fab_restarts} restart(s), APGD-T/FAB-T {N_TARGET_CLASSES} targets x 1 "
-                f"restart, Square {self.square_queries} queries x {self.square_restarts} restart(s)")
+        return (
+            f"AutoAttack {self.version}: {', '.join(self.stages)}; APGD/FAB {self.iterations} "
+            f"iterations, APGD-CE/DLR {self.apgd_restarts} restart(s), EOT {self.eot_iterations}, "
+            f"FAB {self.fab_restarts} restart(s), APGD-T/FAB-T {N_TARGET_CLASSES} targets x 1 "
+            f"restart, Square {self.square_queries} queries x {self.square_restarts} restart(s)"
+        )
 
 
 def registered_attacks(attacks):
@@ -94,24 +96,41 @@ def check(version, attacks, flag="attacks"):
     stages = [a for a in attacks if a in STAGES]
     if version == "custom":
         if not stages:
-            raise ConfigError(f"--version=custom runs the AutoAttack stages listed in --{flag}; name "
-                              f"at least one of {', '.join(STAGES)}")
+            raise ConfigError(
+                f"--version=custom runs the AutoAttack stages listed in --{flag}; name "
+                f"at least one of {', '.join(STAGES)}"
+            )
         if "autoattack" in attacks:
-            raise ConfigError(f"--version=custom: list the stages themselves in --{flag}, not "
-                              "'autoattack'")
+            raise ConfigError(f"--version=custom: list the stages themselves in --{flag}, not 'autoattack'")
     elif stages:
-        raise ConfigError(f"--{flag}: {', '.join(stages)} are AutoAttack stages; run them alone with "
-                          f"--version=custom, or list 'autoattack' for version {version}'s cascade")
+        raise ConfigError(
+            f"--{flag}: {', '.join(stages)} are AutoAttack stages; run them alone with "
+            f"--version=custom, or list 'autoattack' for version {version}'s cascade"
+        )
 
 
-def resolve(version, attacks=(), iterations=100, square_queries=5000, apgd_restarts=0,
-            fab_restarts=0, eot_iterations=0, square_restarts=0):
+def resolve(
+    version,
+    attacks=(),
+    iterations=100,
+    square_queries=5000,
+    apgd_restarts=0,
+    fab_restarts=0,
+    eot_iterations=0,
+    square_restarts=0,
+):
     """The Cascade of `version`; a count of 0 means the version's own."""
     spec = VERSIONS[version]
-    return Cascade(version, cascade_stages(version, attacks), iterations,
-                   apgd_restarts or spec.apgd_restarts, fab_restarts or spec.fab_restarts,
-                   eot_iterations or spec.eot_iterations, square_queries,
-                   square_restarts or spec.square_restarts)
+    return Cascade(
+        version,
+        cascade_stages(version, attacks),
+        iterations,
+        apgd_restarts or spec.apgd_restarts,
+        fab_restarts or spec.fab_restarts,
+        eot_iterations or spec.eot_iterations,
+        square_queries,
+        square_restarts or spec.square_restarts,
+    )
 
 
 def run(attacker, x, y, norm, eps, cascade, seed=0, log=print):
@@ -132,22 +151,41 @@ def run(attacker, x, y, norm, eps, cascade, seed=0, log=print):
 
     def apgd_untargeted(loss, stage_seed):
         grad = attacker.compiled(("apgd", loss), lambda: make_loss_and_grad(attacker.logits_fn, loss))
-        return lambda p: apgd(attacker.logits_fn, x[p], y[p], threat, c.iterations, c.apgd_restarts,
-                              loss, seed=stage_seed, loss_and_grad=grad,
-                              eot_iterations=c.eot_iterations)
+        return lambda p: apgd(
+            attacker.logits_fn,
+            x[p],
+            y[p],
+            threat,
+            c.iterations,
+            c.apgd_restarts,
+            loss,
+            seed=stage_seed,
+            loss_and_grad=grad,
+            eot_iterations=c.eot_iterations,
+        )
 
     def apgd_targeted(p):
-        grad = attacker.compiled(("apgd", "dlr-targeted"),
-                                 lambda: make_loss_and_grad(attacker.logits_fn, "dlr-targeted"))
+        grad = attacker.compiled(
+            ("apgd", "dlr-targeted"), lambda: make_loss_and_grad(attacker.logits_fn, "dlr-targeted")
+        )
         still = np.ones(len(p), bool)
         adv = x[p].copy()
         for rank, targets in enumerate(targets_by_rank, start=2):
             idx = np.flatnonzero(still)
             if not len(idx):
                 break
-            out, correct = apgd(attacker.logits_fn, x[p[idx]], y[p[idx]], threat, c.iterations, 1,
-                                "dlr-targeted", targets=targets[p[idx]], seed=seed + rank,
-                                loss_and_grad=grad)
+            out, correct = apgd(
+                attacker.logits_fn,
+                x[p[idx]],
+                y[p[idx]],
+                threat,
+                c.iterations,
+                1,
+                "dlr-targeted",
+                targets=targets[p[idx]],
+                seed=seed + rank,
+                loss_and_grad=grad,
+            )
             out = np.asarray(out)
             adv[idx[~correct]] = out[~correct]
             still[idx[~correct]] = False
@@ -155,13 +193,32 @@ def run(attacker, x, y, norm, eps, cascade, seed=0, log=print):
 
     def fab_untargeted(p):
         grads = attacker.compiled(("fab",), lambda: make_differences_and_grads(attacker.logits_fn))
-        return fab(attacker.logits_fn, attacker.predict, x[p], y[p], threat, c.iterations,
-                   c.fab_restarts, seed=seed, linearization=grads)
+        return fab(
+            attacker.logits_fn,
+            attacker.predict,
+            x[p],
+            y[p],
+            threat,
+            c.iterations,
+            c.fab_restarts,
+            seed=seed,
+            linearization=grads,
+        )
 
     def fab_targeted(p):
         grad = attacker.compiled(("fab-t",), lambda: make_difference_and_grad(attacker.logits_fn))
-        return fab(attacker.logits_fn, attacker.predict, x[p], y[p], threat, c.iterations, 1,
-                   [t[p] for t in targets_by_rank], seed=seed, linearization=grad)
+        return fab(
+            attacker.logits_fn,
+            attacker.predict,
+            x[p],
+            y[p],
+            threat,
+            c.iterations,
+            1,
+            [t[p] for t in targets_by_rank],
+            seed=seed,
+            linearization=grad,
+        )
 
     def square_restarts(p):
         adv, still = x[p].copy(), np.ones(len(p), bool)
@@ -170,19 +227,22 @@ def run(attacker, x, y, norm, eps, cascade, seed=0, log=print):
             idx = np.flatnonzero(still)
             if not len(idx):
                 break
-            out, correct, used = square(attacker.logits, x[p[idx]], y[p[idx]], threat, c.square_queries,
-                                        0.8, seed + restart * 1_000_003)
+            out, correct, used = square(
+                attacker.logits, x[p[idx]], y[p[idx]], threat, c.square_queries, 0.8, seed + restart * 1_000_003
+            )
             adv[idx[~correct]] = out[~correct]
             still[idx] = correct
             queries[idx] += used
         return adv, still, queries
 
-    runners = {"apgd-ce": (apgd_untargeted("ce", seed), c.iterations, c.apgd_restarts),
-               "apgd-dlr": (apgd_untargeted("dlr", seed + 1), c.iterations, c.apgd_restarts),
-               "apgd-t": (apgd_targeted, c.iterations, 1),
-               "fab": (fab_untargeted, c.iterations, c.fab_restarts),
-               "fab-t": (fab_targeted, c.iterations, 1),
-               "square": (square_restarts, c.square_queries, c.square_restarts)}
+    runners = {
+        "apgd-ce": (apgd_untargeted("ce", seed), c.iterations, c.apgd_restarts),
+        "apgd-dlr": (apgd_untargeted("dlr", seed + 1), c.iterations, c.apgd_restarts),
+        "apgd-t": (apgd_targeted, c.iterations, 1),
+        "fab": (fab_untargeted, c.iterations, c.fab_restarts),
+        "fab-t": (fab_targeted, c.iterations, 1),
+        "square": (square_restarts, c.square_queries, c.square_restarts),
+    }
     results = []
     for name in c.stages:
         fn, steps, restarts = runners[name]
@@ -191,7 +251,7 @@ def run(attacker, x, y, norm, eps, cascade, seed=0, log=print):
         log(f"{name}: {len(idx)} points still robust")
         stage_queries = np.zeros(0, np.int64) if name == "square" else None
         for batch_start in range(0, len(idx), attacker.batch_size):
-            part = idx[batch_start:batch_start + attacker.batch_size]
+            part = idx[batch_start : batch_start + attacker.batch_size]
             out = fn(part)
             adv, still = np.asarray(out[0]), out[1]
             if len(out) > 2:
@@ -199,6 +259,18 @@ def run(attacker, x, y, norm, eps, cascade, seed=0, log=print):
             fooled = part[~still]
             x_adv[fooled] = adv[~still]
             robust[fooled] = False
-        results.append(AttackResult(name, norm, eps, steps, restarts, seed, robust.copy(), x_adv.copy(),
-                                    time.perf_counter() - start, stage_queries))
+        results.append(
+            AttackResult(
+                name,
+                norm,
+                eps,
+                steps,
+                restarts,
+                seed,
+                robust.copy(),
+                x_adv.copy(),
+                time.perf_counter() - start,
+                stage_queries,
+            )
+        )
     return results

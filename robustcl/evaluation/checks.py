@@ -24,16 +24,15 @@ def check_adversarial_inputs(result, x):
     """Hard check: inside the eps-ball (norm of the result) and [0, 1], and finite."""
     adv = result.x_adv
     if not np.isfinite(adv).all():
-        raise EvaluationError(f"{result.name}: {int((~np.isfinite(adv)).sum())} NaN/inf values in "
-                              "adversarial inputs")
+        raise EvaluationError(f"{result.name}: {int((~np.isfinite(adv)).sum())} NaN/inf values in adversarial inputs")
     if adv.min() < -TOLERANCE or adv.max() > 1 + TOLERANCE:
-        raise EvaluationError(f"{result.name}: adversarial inputs outside [0, 1] "
-                              f"(min {adv.min():.6g}, max {adv.max():.6g})")
+        raise EvaluationError(
+            f"{result.name}: adversarial inputs outside [0, 1] (min {adv.min():.6g}, max {adv.max():.6g})"
+        )
     distance = perturbation_norms(x, adv, result.norm)
     worst = float(distance.max()) if len(distance) else 0.0
     if worst > result.eps * (1 + TOLERANCE) + 1e-7:
-        raise EvaluationError(f"{result.name}: perturbation {worst:.6g} exceeds eps {result.eps:.6g} "
-                              f"({result.norm})")
+        raise EvaluationError(f"{result.name}: perturbation {worst:.6g} exceeds eps {result.eps:.6g} ({result.norm})")
 
 
 def check_robust_not_above_clean(result, clean_correct):
@@ -46,8 +45,10 @@ def warn_probabilities(logits):
     """Outputs that look like probabilities (rows in [0, 1] summing to 1) instead of logits."""
     rows = np.asarray(logits, np.float64)
     if rows.min() >= 0 and rows.max() <= 1 and np.allclose(rows.sum(-1), 1.0, atol=1e-3):
-        return ("model outputs look like probabilities (all in [0, 1], rows sum to 1 within 1e-3): "
-                "attacks on softmax outputs are weak; the model must return logits")
+        return (
+            "model outputs look like probabilities (all in [0, 1], rows sum to 1 within 1e-3): "
+            "attacks on softmax outputs are weak; the model must return logits"
+        )
     return None
 
 
@@ -67,25 +68,31 @@ def warn_nondeterministic(attacker, x, y, max_examples=32, eot=False):
     x, y = x[:max_examples], y[:max_examples]
     first = attacker.logits(x)
     second = attacker.logits(x)
-    one_by_one = np.concatenate([attacker._logits(tf.constant(x[i:i + 1])).numpy() for i in range(len(x))])
+    one_by_one = np.concatenate([attacker._logits(tf.constant(x[i : i + 1])).numpy() for i in range(len(x))])
     repeat_diff = float(np.abs(first - second).max())
     batch_diff = float(np.abs(first - one_by_one).max())
     scale = max(float(np.abs(first).max()), 1.0)
     messages = []
     if repeat_diff > 1e-4 * scale and not eot:
-        messages.append(f"logits change across repeated calls (max difference {repeat_diff:.3g}): "
-                        "a randomized model needs EOT attacks: evaluate it with --version=rand")
+        messages.append(
+            f"logits change across repeated calls (max difference {repeat_diff:.3g}): "
+            "a randomized model needs EOT attacks: evaluate it with --version=rand"
+        )
     elif not eot:
         grads = [_input_gradient(attacker, x, y) for _ in range(2)]
         grad_diff = float(np.abs(grads[0] - grads[1]).max())
         if grad_diff > 1e-4 * max(float(np.abs(grads[0]).max()), 1e-12):
-            messages.append(f"input gradients change across repeated calls (max difference "
-                            f"{grad_diff:.3g}) while the logits do not: randomized gradients need "
-                            "EOT attacks: evaluate it with --version=rand")
+            messages.append(
+                f"input gradients change across repeated calls (max difference "
+                f"{grad_diff:.3g}) while the logits do not: randomized gradients need "
+                "EOT attacks: evaluate it with --version=rand"
+            )
     # A randomized model differs between any two calls: the batch-size comparison says nothing then.
     if batch_diff > 1e-3 * scale and repeat_diff <= 1e-4 * scale:
-        messages.append(f"logits depend on the batch size (max difference {batch_diff:.3g} between "
-                        "batch and one-by-one): BatchNorm in training mode?")
+        messages.append(
+            f"logits depend on the batch size (max difference {batch_diff:.3g} between "
+            "batch and one-by-one): BatchNorm in training mode?"
+        )
     return messages
 
 
@@ -100,8 +107,9 @@ def warn_gradients(attacker, x, y, max_examples=256):
     if non_finite:
         messages.append(f"non-finite input gradients for {non_finite} of {len(grad)} examples")
     if zero:
-        messages.append(f"zero input gradients for {zero} of {len(grad)} examples (gradient masking "
-                        "or saturated softmax)")
+        messages.append(
+            f"zero input gradients for {zero} of {len(grad)} examples (gradient masking or saturated softmax)"
+        )
     return messages
 
 
@@ -111,14 +119,18 @@ def warn_sweep(sweep, num_classes, norm, tolerance=0.005):
     ordered = sorted(sweep, key=lambda point: point["eps"])
     for before, after in zip(ordered, ordered[1:]):
         if after["robust_accuracy"] > before["robust_accuracy"] + tolerance:
-            messages.append(f"accuracy rises with eps: {before['robust_accuracy']:.4f} at eps "
-                            f"{before['eps']:.4g} -> {after['robust_accuracy']:.4f} at eps {after['eps']:.4g}")
+            messages.append(
+                f"accuracy rises with eps: {before['robust_accuracy']:.4f} at eps "
+                f"{before['eps']:.4g} -> {after['robust_accuracy']:.4f} at eps {after['eps']:.4g}"
+            )
     large = [p for p in ordered if norm == "linf" and p["eps"] >= 0.5]
     for point in large:
         if point["robust_accuracy"] > 1.0 / num_classes + tolerance:
-            messages.append(f"accuracy {point['robust_accuracy']:.4f} at eps {point['eps']:.3g} is above "
-                            f"chance ({1.0 / num_classes:.4f}): at this eps any image can be turned "
-                            "into any other, so the attack is failing")
+            messages.append(
+                f"accuracy {point['robust_accuracy']:.4f} at eps {point['eps']:.3g} is above "
+                f"chance ({1.0 / num_classes:.4f}): at this eps any image can be turned "
+                "into any other, so the attack is failing"
+            )
     return messages
 
 
@@ -129,7 +141,7 @@ def one_sided_sign_test(wins, losses):
     """P(at least `wins` of the wins + losses discordant points go one way) if each went either way
     with probability 1/2: the exact one-sided McNemar (sign) test."""
     n = wins + losses
-    return sum(math.comb(n, k) for k in range(wins, n + 1)) / 2 ** n if n else 1.0
+    return sum(math.comb(n, k) for k in range(wins, n + 1)) / 2**n if n else 1.0
 
 
 def _beats(stronger, weaker):
@@ -155,17 +167,21 @@ def warn_attack_ordering(by_name, white_box_names, tolerance_square=0.002):
     if fgsm is not None and pgd_ is not None:
         wins, losses, p = _beats(fgsm, pgd_)
         if p < SIGNIFICANCE:
-            messages.append(f"FGSM ({fgsm.robust.mean():.4f}) beats PGD ({pgd_.robust.mean():.4f}): "
-                            f"FGSM breaks {wins} points PGD leaves robust, PGD {losses} the other way "
-                            f"(sign test p = {p:.2g}): PGD is not converging (masked or noisy gradients?)")
+            messages.append(
+                f"FGSM ({fgsm.robust.mean():.4f}) beats PGD ({pgd_.robust.mean():.4f}): "
+                f"FGSM breaks {wins} points PGD leaves robust, PGD {losses} the other way "
+                f"(sign test p = {p:.2g}): PGD is not converging (masked or noisy gradients?)"
+            )
     if pgd_ is not None and pgd_strong is not None:
         wins, losses, p = _beats(pgd_, pgd_strong)
         if p < SIGNIFICANCE:
-            messages.append(f"more PGD steps/restarts raised accuracy by "
-                            f"{100 * (pgd_strong.robust.mean() - pgd_.robust.mean()):.2f} points "
-                            f"({pgd_.robust.mean():.4f} -> {pgd_strong.robust.mean():.4f}; PGD breaks "
-                            f"{wins} points the stronger PGD does not, {losses} the other way, sign "
-                            f"test p = {p:.2g})")
+            messages.append(
+                f"more PGD steps/restarts raised accuracy by "
+                f"{100 * (pgd_strong.robust.mean() - pgd_.robust.mean()):.2f} points "
+                f"({pgd_.robust.mean():.4f} -> {pgd_strong.robust.mean():.4f}; PGD breaks "
+                f"{wins} points the stronger PGD does not, {losses} the other way, sign "
+                f"test p = {p:.2g})"
+            )
     square = by_name.get("square")
     if square is not None and square.seconds > 0:
         white = np.ones_like(square.robust)
@@ -176,7 +192,9 @@ def warn_attack_ordering(by_name, white_box_names, tolerance_square=0.002):
         # threshold leaves room for Square's random search finding a rare point first.
         extra = int(np.sum(white & ~square.robust))
         if extra / len(square.robust) > tolerance_square:
-            messages.append(f"Square (black-box) breaks {extra} of {len(square.robust)} points "
-                            f"({100 * extra / len(square.robust):.2f}%) that every white-box attack "
-                            "left robust: gradients are masked")
+            messages.append(
+                f"Square (black-box) breaks {extra} of {len(square.robust)} points "
+                f"({100 * extra / len(square.robust):.2f}%) that every white-box attack "
+                "left robust: gradients are masked"
+            )
     return messages

@@ -7,32 +7,45 @@ import numpy as np
 
 
 def markdown(report):
-    lines = [f"# Robustness evaluation: {report['model']}", "",
-             f"{report['num_points']} points ({report['data']}), {report['norm']} eps "
-             f"{report['eps']:.6g}, seed {report['seed']}. Clean accuracy "
-             f"**{report['clean_accuracy']:.4f}**; per-example worst case over every attack: "
-             f"**{report['worst_case_robust_accuracy']:.4f}**.", ""]
+    lines = [
+        f"# Robustness evaluation: {report['model']}",
+        "",
+        f"{report['num_points']} points ({report['data']}), {report['norm']} eps "
+        f"{report['eps']:.6g}, seed {report['seed']}. Clean accuracy "
+        f"**{report['clean_accuracy']:.4f}**; per-example worst case over every attack: "
+        f"**{report['worst_case_robust_accuracy']:.4f}**.",
+        "",
+    ]
     if report.get("threat_model_from"):
         lines += [f"Norm and eps from {report['threat_model_from']}.", ""]
     if report.get("transfer_from"):
         counted = "counted" if report.get("transfer_in_worst_case") else "not counted"
-        lines += [f"Rows `transfer-*`: examples crafted on the surrogate {report['transfer_from']} "
-                  f"and scored on this model (black-box transfer; {counted} in the worst case).", ""]
+        lines += [
+            f"Rows `transfer-*`: examples crafted on the surrogate {report['transfer_from']} "
+            f"and scored on this model (black-box transfer; {counted} in the worst case).",
+            "",
+        ]
     if report.get("autoattack"):
         aa = report["autoattack"]
-        lines += [f"AutoAttack robust accuracy (after its last stage): **{aa['robust_accuracy']:.4f}**; "
-                  f"{aa['settings']}.", ""]
+        lines += [
+            f"AutoAttack robust accuracy (after its last stage): **{aa['robust_accuracy']:.4f}**; {aa['settings']}.",
+            "",
+        ]
     if report.get("model_notes"):
         lines += [f"Note: {note}." for note in report["model_notes"]] + [""]
-    lines += ["| attack | robust accuracy | points | eps | steps | restarts | seconds | max perturbation "
-             "| NaN | adv min | adv max |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "| attack | robust accuracy | points | eps | steps | restarts | seconds | max perturbation "
+        "| NaN | adv min | adv max |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for a in report["attacks"]:
-        lines.append(f"| {a['attack']} | {a['robust_accuracy']:.4f} | {a['num_points']} | {a['eps']:.5g} "
-                     f"| {a['steps']} | {a['restarts']} | {a['seconds']:.1f} | {a['max_perturbation']:.5g} "
-                     f"| {a['nan_count']} | {a['adv_min']:.3g} | {a['adv_max']:.3g} |")
+        lines.append(
+            f"| {a['attack']} | {a['robust_accuracy']:.4f} | {a['num_points']} | {a['eps']:.5g} "
+            f"| {a['steps']} | {a['restarts']} | {a['seconds']:.1f} | {a['max_perturbation']:.5g} "
+            f"| {a['nan_count']} | {a['adv_min']:.3g} | {a['adv_max']:.3g} |"
+        )
     if report.get("eps_sweep"):
-        lines += ["", f"Accuracy vs eps ({report['sweep_attack']}):", "", "| eps | robust accuracy |",
-                  "|---|---|"]
+        lines += ["", f"Accuracy vs eps ({report['sweep_attack']}):", "", "| eps | robust accuracy |", "|---|---|"]
         lines += [f"| {p['eps']:.5g} | {p['robust_accuracy']:.4f} |" for p in report["eps_sweep"]]
     lines += ["", "Per-class worst-case robust accuracy:", "", "| class | clean | robust |", "|---|---|---|"]
     for c in report["per_class"]:
@@ -97,8 +110,7 @@ def write(report, output_dir, tensorboard_dir=None, step=0):
         writer = tf.summary.create_file_writer(tensorboard_dir)
         with writer.as_default():
             tf.summary.scalar("evaluation/clean_accuracy", report["clean_accuracy"], step=step)
-            tf.summary.scalar("evaluation/worst_case_robust_accuracy",
-                              report["worst_case_robust_accuracy"], step=step)
+            tf.summary.scalar("evaluation/worst_case_robust_accuracy", report["worst_case_robust_accuracy"], step=step)
             for a in report["attacks"]:
                 tf.summary.scalar(f"evaluation/{a['attack']}", a["robust_accuracy"], step=step)
         writer.close()

@@ -30,10 +30,15 @@ def load_classifier(config):
     if config.model_dir:
         return artifacts.load_run(config.model_dir, config.checkpoint)
     if config.saved_model:
-        return artifacts.load_saved_model(config.saved_model, config.signature, config.input_key,
-                                          config.output_key, config.input_range, config.outputs)
-    return artifacts.load_keras_model(config.keras_model, config.output_key, config.input_range,
-                                      config.outputs)
+        return artifacts.load_saved_model(
+            config.saved_model,
+            config.signature,
+            config.input_key,
+            config.output_key,
+            config.input_range,
+            config.outputs,
+        )
+    return artifacts.load_keras_model(config.keras_model, config.output_key, config.input_range, config.outputs)
 
 
 def load_surrogate(path):
@@ -44,8 +49,9 @@ def load_surrogate(path):
         return artifacts.load_saved_model(path)
     if os.path.isfile(path):
         return artifacts.load_keras_model(path)
-    raise artifacts.ModelLoadError(f"--transfer_from: {path} is not a run directory, a SavedModel "
-                                   "or a Keras model file")
+    raise artifacts.ModelLoadError(
+        f"--transfer_from: {path} is not a run directory, a SavedModel or a Keras model file"
+    )
 
 
 def _threat_model(config, classifier):
@@ -63,14 +69,14 @@ def _dataset(config, classifier):
     """The dataset to evaluate on: the model's own, or --dataset when it carries no config."""
     own = classifier.config.data if classifier.config else None
     if own is None and not config.dataset:
-        raise ConfigError("--dataset: required for a model without a robustcl config (known: "
-                          f"{', '.join(data.DATASETS.names())})")
+        raise ConfigError(
+            f"--dataset: required for a model without a robustcl config (known: {', '.join(data.DATASETS.names())})"
+        )
     if own is not None and config.dataset and config.dataset != own.dataset:
         raise ConfigError(f"--dataset={config.dataset}: the model was trained on {own.dataset}")
     name = config.dataset or own.dataset
     image_size = config.image_size or (own.image_size if own else 0)
-    return data.load_dataset(name, config.data_dir or (own.data_dir if own else None),
-                             config.download, image_size)
+    return data.load_dataset(name, config.data_dir or (own.data_dir if own else None), config.download, image_size)
 
 
 class ChunkStore:
@@ -92,8 +98,10 @@ class ChunkStore:
         differ = sorted(k for k in set(stored) | set(self.settings) if stored.get(k) != self.settings.get(k))
         if differ:
             details = "; ".join(f"{k}: {stored.get(k)!r} there, {self.settings.get(k)!r} now" for k in differ)
-            raise ConfigError(f"--output_dir: {self.directory} holds results made with other settings "
-                              f"({details}); use another --output_dir or remove it")
+            raise ConfigError(
+                f"--output_dir: {self.directory} holds results made with other settings "
+                f"({details}); use another --output_dir or remove it"
+            )
 
     def path(self, start):
         return os.path.join(self.directory, f"chunk_{start:08d}.npz")
@@ -105,7 +113,7 @@ class ChunkStore:
         meta = dict(chunk["meta"], settings_key=self.key)
         arrays = {k: v for k, v in chunk.items() if k != "meta"}
         final = self.path(meta["start"])
-        tmp = final[:-len(".npz")] + ".tmp.npz"
+        tmp = final[: -len(".npz")] + ".tmp.npz"
         with open(tmp, "wb") as f:
             np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
             f.flush()
@@ -126,11 +134,17 @@ def _shard_starts(starts, num_shards, shard_index):
 def _settings(config, classifier, plan, data_name, num_points, surrogate=None):
     """What the chunks' results depend on: the model (its files' hash), the points, the plan."""
     # Paths are left out, so shards on machines that mount the model or data elsewhere still match.
-    calling = {k: getattr(config, k) for k in ("checkpoint", "signature", "input_key", "output_key",
-                                                "input_range", "outputs")}
-    return {"model_fingerprint": artifacts.fingerprint(*classifier.files), **calling,
-            "surrogate_fingerprint": artifacts.fingerprint(*surrogate.files) if surrogate else "",
-            "data": data_name, "num_points": int(num_points), **dataclasses.asdict(plan)}
+    calling = {
+        k: getattr(config, k) for k in ("checkpoint", "signature", "input_key", "output_key", "input_range", "outputs")
+    }
+    return {
+        "model_fingerprint": artifacts.fingerprint(*classifier.files),
+        **calling,
+        "surrogate_fingerprint": artifacts.fingerprint(*surrogate.files) if surrogate else "",
+        "data": data_name,
+        "num_points": int(num_points),
+        **dataclasses.asdict(plan),
+    }
 
 
 def _devices(strategy):
@@ -152,16 +166,24 @@ def _evaluate_chunks(network, x, y, starts, plan, store, devices, progress, surr
     def worker(device, my_starts):
         with tf.device(device) if device else contextlib.nullcontext():
             attacker = Attacker(network, plan.batch_size, progress and len(devices) == 1)
-            surrogate_attacker = (Attacker(surrogate, plan.batch_size, False)
-                                  if surrogate is not None else None)
+            surrogate_attacker = Attacker(surrogate, plan.batch_size, False) if surrogate is not None else None
             for start in my_starts:
                 end = start + plan.chunk_size
                 log(f"chunk of points {start}..{min(end, len(x)) - 1}" + (f" on {device}" if device else ""))
-                store.write(evaluate_chunk(attacker, x[start:end], y[start:end], start, plan,
-                                           log if len(devices) == 1 else (lambda *a, **k: None),
-                                           preflight=(start == 0), surrogate=surrogate_attacker))
+                store.write(
+                    evaluate_chunk(
+                        attacker,
+                        x[start:end],
+                        y[start:end],
+                        start,
+                        plan,
+                        log if len(devices) == 1 else (lambda *a, **k: None),
+                        preflight=(start == 0),
+                        surrogate=surrogate_attacker,
+                    )
+                )
 
-    assignments = [(device, starts[i::len(devices)]) for i, device in enumerate(devices)]
+    assignments = [(device, starts[i :: len(devices)]) for i, device in enumerate(devices)]
     if len(devices) == 1:
         worker(*assignments[0])
         return
@@ -184,10 +206,15 @@ def _read_all(store, starts, num_shards):
             other.setdefault(shard, []).append(start)
             continue
         chunks.append(chunk)
-    problems = [f"shard {shard} of {num_shards}: {len(v)} chunk(s) missing (first point "
-                f"{v[0]}); run it with --shard_index={shard}" for shard, v in sorted(missing.items())]
-    problems += [f"shard {shard} of {num_shards}: {len(v)} chunk(s) made with other settings (first "
-                 f"point {v[0]})" for shard, v in sorted(other.items())]
+    problems = [
+        f"shard {shard} of {num_shards}: {len(v)} chunk(s) missing (first point "
+        f"{v[0]}); run it with --shard_index={shard}"
+        for shard, v in sorted(missing.items())
+    ]
+    problems += [
+        f"shard {shard} of {num_shards}: {len(v)} chunk(s) made with other settings (first point {v[0]})"
+        for shard, v in sorted(other.items())
+    ]
     if problems:
         raise ConfigError(f"--num_shards: cannot merge {store.directory}: " + "; ".join(problems))
     return chunks
@@ -201,11 +228,10 @@ def evaluate_run(config, progress=True):
     dataset = _dataset(config, classifier)
     if classifier.info is not None and classifier.info.num_classes != dataset.info.num_classes:
         raise artifacts.ModelLoadError(
-            f"the model has {classifier.info.num_classes} classes; {dataset.info.name} has "
-            f"{dataset.info.num_classes}")
+            f"the model has {classifier.info.num_classes} classes; {dataset.info.name} has {dataset.info.num_classes}"
+        )
     x, y = data.first_test_images(dataset, config.num_examples)
-    artifacts.check_against_data(classifier, dataset.info.image_shape, dataset.info.num_classes,
-                                 x[:2], config.outputs)
+    artifacts.check_against_data(classifier, dataset.info.image_shape, dataset.info.num_classes, x[:2], config.outputs)
     norm, eps, eps_source = _threat_model(config, classifier)
     eval_attacks.check("attacks", config.attacks, norm, config.version)
     output_dir = config.output_dir or artifacts.evaluation_dir(config.model_dir, config.checkpoint)
@@ -215,15 +241,27 @@ def evaluate_run(config, progress=True):
     if surrogate is not None:
         artifacts.check_against_data(surrogate, dataset.info.image_shape, dataset.info.num_classes, x[:2])
     # Keywords: a Plan field added between others must not shift what these mean.
-    plan = Plan(norm=norm, eps=eps, attacks=tuple(config.attacks), pgd_steps=config.pgd_steps,
-                pgd_restarts=config.pgd_restarts, apgd_iterations=config.apgd_iterations,
-                square_queries=config.square_queries, version=config.version,
-                apgd_restarts=config.apgd_restarts, fab_restarts=config.fab_restarts,
-                eot_iterations=config.eot_iterations, square_restarts=config.square_restarts,
-                sweep=config.sweep, sweep_attack=config.sweep_attack, seed=config.seed,
-                batch_size=config.batch_size, chunk_size=config.chunk_size,
-                transfer=surrogate is not None,
-                transfer_in_worst_case=config.transfer_in_worst_case)
+    plan = Plan(
+        norm=norm,
+        eps=eps,
+        attacks=tuple(config.attacks),
+        pgd_steps=config.pgd_steps,
+        pgd_restarts=config.pgd_restarts,
+        apgd_iterations=config.apgd_iterations,
+        square_queries=config.square_queries,
+        version=config.version,
+        apgd_restarts=config.apgd_restarts,
+        fab_restarts=config.fab_restarts,
+        eot_iterations=config.eot_iterations,
+        square_restarts=config.square_restarts,
+        sweep=config.sweep,
+        sweep_attack=config.sweep_attack,
+        seed=config.seed,
+        batch_size=config.batch_size,
+        chunk_size=config.chunk_size,
+        transfer=surrogate is not None,
+        transfer_in_worst_case=config.transfer_in_worst_case,
+    )
     data_name = f"{dataset.info.name} test[:{n}]"
     store = ChunkStore(output_dir, _settings(config, classifier, plan, data_name, n, surrogate))
     store.check_settings()
@@ -235,28 +273,52 @@ def evaluate_run(config, progress=True):
     todo = [s for s in mine if not store.has(s)]
     if progress and len(todo) < len(mine):
         print(f"{len(mine) - len(todo)} of {len(mine)} chunks already done in {store.directory}")
-    _evaluate_chunks(classifier.network, x, y, todo, plan, store, _devices(config.strategy), progress,
-                     surrogate.network if surrogate is not None else None)
+    _evaluate_chunks(
+        classifier.network,
+        x,
+        y,
+        todo,
+        plan,
+        store,
+        _devices(config.strategy),
+        progress,
+        surrogate.network if surrogate is not None else None,
+    )
     if config.shard_index >= 0:
         return None, output_dir
-    result = merge(_read_all(store, starts, config.num_shards), y, class_names, plan,
-                   model_name=classifier.name, data_name=f"{data_name}, {dataset.source}")
+    result = merge(
+        _read_all(store, starts, config.num_shards),
+        y,
+        class_names,
+        plan,
+        model_name=classifier.name,
+        data_name=f"{data_name}, {dataset.source}",
+    )
     result["threat_model_from"] = eps_source
     if surrogate is not None:
         result["transfer_from"] = surrogate.name
         result["transfer_in_worst_case"] = config.transfer_in_worst_case
     result["model_notes"] = list(classifier.notes)
     result["config"] = dataclasses.asdict(config)
-    tensorboard_dir = (os.path.join(config.model_dir, artifacts.EVALUATION_LOGS) if config.model_dir
-                       else None)
+    tensorboard_dir = os.path.join(config.model_dir, artifacts.EVALUATION_LOGS) if config.model_dir else None
     report_io.write(result, output_dir, tensorboard_dir=tensorboard_dir)
     if config.projector_examples and classifier.has_embedding:
         from robustcl.embeddings.projector import write_projector_epoch
 
         k = min(config.projector_examples, n)
-        attack = AttackConfig(name="pgd", norm=norm, eps=eps, step_size=2.5 * eps / config.pgd_steps,
-                              steps=config.pgd_steps)
-        write_projector_epoch(os.path.join(config.model_dir, artifacts.PROJECTOR), f"test_{config.checkpoint}",
-                              classifier.network, x[:k], y[:k], np.arange(k), class_names, attack,
-                              step=0, seed=config.seed)
+        attack = AttackConfig(
+            name="pgd", norm=norm, eps=eps, step_size=2.5 * eps / config.pgd_steps, steps=config.pgd_steps
+        )
+        write_projector_epoch(
+            os.path.join(config.model_dir, artifacts.PROJECTOR),
+            f"test_{config.checkpoint}",
+            classifier.network,
+            x[:k],
+            y[:k],
+            np.arange(k),
+            class_names,
+            attack,
+            step=0,
+            seed=config.seed,
+        )
     return result, output_dir

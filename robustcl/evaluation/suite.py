@@ -68,12 +68,14 @@ class Attacker:
 
             return run
 
-        return self.compiled(("pgd", norm, float(eps), int(steps), float(step_size), objective,
-                              bool(random_start)), make)
+        return self.compiled(
+            ("pgd", norm, float(eps), int(steps), float(step_size), objective, bool(random_start)), make
+        )
 
     def logits(self, x):
-        return np.concatenate([self._logits(tf.constant(x[i:i + self.batch_size])).numpy()
-                               for i in range(0, len(x), self.batch_size)])
+        return np.concatenate(
+            [self._logits(tf.constant(x[i : i + self.batch_size])).numpy() for i in range(0, len(x), self.batch_size)]
+        )
 
     def predict(self, x):
         return np.argmax(self.logits(x), -1)
@@ -85,8 +87,9 @@ class Attacker:
             yield slice(start, min(start + self.batch_size, n))
             bar.update(min(start + self.batch_size, n))
 
-    def gradient_attack(self, name, x, y, norm, eps, steps, step_size, restarts, objective, seed,
-                        random_start=True, clean_correct=None):
+    def gradient_attack(
+        self, name, x, y, norm, eps, steps, step_size, restarts, objective, seed, random_start=True, clean_correct=None
+    ):
         """PGD-family attack (FGSM is steps=1, step eps, no random start), worst case over restarts.
         `clean_correct` ([N] bool), when the caller has it, saves a forward pass over x."""
         run = self._compiled_attack(norm, eps, steps, step_size, objective, random_start)
@@ -96,8 +99,11 @@ class Attacker:
 
         for batch in self._batches(len(x), f"{name}: eps {eps:.5g} {norm}, {steps} steps, {restarts} restarts"):
             for restart in range(restarts):
-                candidate = run(tf.constant(x[batch]), tf.constant(y[batch]),
-                                tf.constant([seed, restart * 1_000_003 + batch.start], tf.int64)).numpy()
+                candidate = run(
+                    tf.constant(x[batch]),
+                    tf.constant(y[batch]),
+                    tf.constant([seed, restart * 1_000_003 + batch.start], tf.int64),
+                ).numpy()
                 newly = (np.argmax(self.logits(candidate), -1) != y[batch]) & ~fooled[batch]
                 # The first restart's point stands unless a later restart fools the example.
                 keep = newly | (restart == 0)
@@ -106,5 +112,4 @@ class Attacker:
         if clean_correct is None:
             clean_correct = self.predict(x) == y
         robust = clean_correct & (self.predict(x_adv) == y)
-        return AttackResult(name, norm, eps, steps, restarts, seed, robust, x_adv,
-                            time.perf_counter() - start)
+        return AttackResult(name, norm, eps, steps, restarts, seed, robust, x_adv, time.perf_counter() - start)

@@ -10,8 +10,7 @@ from robustcl.losses.global_batch import anchor_rows
 _MASKED = -1e9  # logit of excluded pairs (self): finite, so a lone anchor gives no NaN or inf
 
 
-def supcon_margin_per_example(labels, features, temperature=0.1, margin=0.0,
-                              positive_weights=None, anchors=None):
+def supcon_margin_per_example(labels, features, temperature=0.1, margin=0.0, positive_weights=None, anchors=None):
     """Supervised contrastive loss with an additive margin on positive pairs, per sample.
 
     Features are L2-normalized (a zero vector stays zero). Every view of every anchor sample is an
@@ -48,8 +47,8 @@ def supcon_margin_per_example(labels, features, temperature=0.1, margin=0.0,
     rows, count = anchor_rows(anchors, batch, views)
     self_mask = tf.equal(rows[:, None], tf.range(n)[None, :])
     positive = tf.logical_and(
-        tf.equal(tf.gather(contrast_labels, rows)[:, None], contrast_labels[None, :]),
-        tf.logical_not(self_mask))
+        tf.equal(tf.gather(contrast_labels, rows)[:, None], contrast_labels[None, :]), tf.logical_not(self_mask)
+    )
     positive_f = tf.cast(positive, z.dtype)
     weights = positive_f if positive_weights is None else positive_f * as_float(positive_weights)
     logits = (tf.matmul(tf.gather(z, rows), z, transpose_b=True) - margin * positive_f) / temperature
@@ -84,11 +83,11 @@ def multi_positive_per_example(labels, embeddings, temperature=0.1, anchors=None
 class SupConMarginLoss(WeightedMeanLoss):
     """`supcon_margin_per_example` as a Keras loss: loss(labels, features[, sample_weight])."""
 
-    def __init__(self, temperature=0.1, margin=0.0, reduction="sum_over_batch_size",
-                 name="supcon_margin", dtype=None):
+    def __init__(self, temperature=0.1, margin=0.0, reduction="sum_over_batch_size", name="supcon_margin", dtype=None):
         _check_temperature(temperature)
-        super().__init__(supcon_margin_per_example, reduction, name, dtype,
-                         temperature=float(temperature), margin=float(margin))
+        super().__init__(
+            supcon_margin_per_example, reduction, name, dtype, temperature=float(temperature), margin=float(margin)
+        )
 
 
 @keras.saving.register_keras_serializable(package="robustcl")
@@ -104,8 +103,7 @@ class SupConLoss(WeightedMeanLoss):
 class MultiPositiveContrastiveLoss(WeightedMeanLoss):
     """MOREL's multi-positive contrastive loss: loss(labels, embeddings [B, D])."""
 
-    def __init__(self, temperature=0.1, reduction="sum_over_batch_size", name="multi_positive",
-                 dtype=None):
+    def __init__(self, temperature=0.1, reduction="sum_over_batch_size", name="multi_positive", dtype=None):
         _check_temperature(temperature)
         super().__init__(multi_positive_per_example, reduction, name, dtype, temperature=float(temperature))
 

@@ -72,9 +72,10 @@ def gather(tensors, scope="global"):
         return tensors, (tf.constant(0, count.dtype), count)
     context = tf.distribute.get_replica_context()
     slot = tf.one_hot(context.replica_id_in_sync_group, context.num_replicas_in_sync)
-    counts = tf.cast(tf.round(context.all_reduce(tf.distribute.ReduceOp.SUM,
-                                                 slot * tf.cast(count, tf.float32))), count.dtype)
-    start = tf.reduce_sum(counts[:context.replica_id_in_sync_group])
+    counts = tf.cast(
+        tf.round(context.all_reduce(tf.distribute.ReduceOp.SUM, slot * tf.cast(count, tf.float32))), count.dtype
+    )
+    start = tf.reduce_sum(counts[: context.replica_id_in_sync_group])
     gathered = _concat_across_replicas(context, flat, counts)
     return tf.nest.pack_sequence_as(tensors, gathered), (start, count)
 

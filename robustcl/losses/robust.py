@@ -10,8 +10,9 @@ def cosine_alignment_per_example(clean, adversarial):
     """1 - cos(clean_i, adversarial_i): 0 when aligned, 2 when opposite. A zero vector has cosine 0
     with everything (loss 1) and finite gradients."""
     clean, adversarial = as_float(clean), as_float(adversarial)
-    cos = tf.reduce_sum(tf.math.l2_normalize(clean, -1, epsilon=EPS)
-                        * tf.math.l2_normalize(adversarial, -1, epsilon=EPS), axis=-1)
+    cos = tf.reduce_sum(
+        tf.math.l2_normalize(clean, -1, epsilon=EPS) * tf.math.l2_normalize(adversarial, -1, epsilon=EPS), axis=-1
+    )
     return 1.0 - cos
 
 
@@ -29,8 +30,7 @@ def cross_entropy_per_example(labels, logits):
 
 def trades_per_example(labels, clean_logits, adversarial_logits, beta=6.0):
     """TRADES (Zhang et al. 2019): CE(clean) + beta * KL(p_clean || p_adv)."""
-    return (cross_entropy_per_example(labels, clean_logits)
-            + beta * kl_per_example(clean_logits, adversarial_logits))
+    return cross_entropy_per_example(labels, clean_logits) + beta * kl_per_example(clean_logits, adversarial_logits)
 
 
 def mart_terms(labels, clean_logits, adversarial_logits, beta=6.0):
@@ -49,8 +49,7 @@ def mart_terms(labels, clean_logits, adversarial_logits, beta=6.0):
     true_mask = tf.one_hot(labels, num_classes, dtype=p_adv.dtype)
     # Probability of the most likely wrong class (MART: the top class unless it is y, else the second).
     strongest_wrong = tf.reduce_max(p_adv - 2.0 * true_mask, axis=-1)
-    boosted = (cross_entropy_per_example(labels, adversarial_logits)
-               - tf.math.log(1.0001 - strongest_wrong + 1e-12))
+    boosted = cross_entropy_per_example(labels, adversarial_logits) - tf.math.log(1.0001 - strongest_wrong + 1e-12)
     p_clean = tf.nn.softmax(clean_logits)
     true_clean = tf.reduce_sum(p_clean * true_mask, axis=-1)
     # MART's code: torch KLDivLoss(log(p_adv + 1e-12), p_clean) = xlogy(p, p) - p * log(p_adv + 1e-12).

@@ -91,8 +91,7 @@ class Method:
         view trained on, a forward and a backward to activations and weights (3). The FLOPs of a step
         are this times the network's forward FLOPs (robustcl.models.forward_flops)."""
         attacks = self.attack_objective is not None
-        trained = (int(self.uses_clean) + int(self.uses_adversarial and attacks)
-                   + int(self.data_views == 2))
+        trained = int(self.uses_clean) + int(self.uses_adversarial and attacks) + int(self.data_views == 2)
         return (1 + 2 * attack_steps if attacks else 0) + 3 * trained
 
     def global_batch(self, tensors):

@@ -22,10 +22,8 @@ def _global_supcon(method, labels, features, margin=0.0, mining=None, hardness=0
     """SupCon (with margin and optional hard-positive mining) of this replica's samples as anchors
     against the global batch: values and weights [local batch] for a LossTerm."""
     (all_labels, all_features), anchors = method.global_batch((labels, features))
-    pair_weights = (hard_positive_weights(all_labels, all_features, mining, hardness, anchors)
-                    if mining else None)
-    return supcon_margin_per_example(all_labels, all_features, method.params.temperature, margin,
-                                     pair_weights, anchors)
+    pair_weights = hard_positive_weights(all_labels, all_features, mining, hardness, anchors) if mining else None
+    return supcon_margin_per_example(all_labels, all_features, method.params.temperature, margin, pair_weights, anchors)
 
 
 def _classification_term(labels, clean, adversarial):
@@ -63,16 +61,16 @@ class SupConMargin(Method):
         p = self.params
         features = _stacked_embeddings(clean, adversarial if p.adversarial_views else None)
         values, weights = _global_supcon(self, labels, features, p.margin)
-        return {"ce": _classification_term(labels, clean, adversarial),
-                "supcon": LossTerm(p.weight * values, weights)}
+        return {"ce": _classification_term(labels, clean, adversarial), "supcon": LossTerm(p.weight * values, weights)}
 
 
 @dataclasses.dataclass(frozen=True)
 class AnchorParams:
     temperature: float = param(0.1, "temperature of the contrastive loss", above=0)
     weight: float = param(1.0, "weight of the contrastive loss beside adversarial cross-entropy", minimum=0)
-    mining: str = param("exp", "hard-positive rule: exp (weight exp(hardness * (1 - cos))) or none",
-                        choices=MINING_RULES)
+    mining: str = param(
+        "exp", "hard-positive rule: exp (weight exp(hardness * (1 - cos))) or none", choices=MINING_RULES
+    )
     hardness: float = param(1.0, "strength of hard-positive mining (0: uniform, plain SupCon)", minimum=0)
 
 
@@ -101,16 +99,21 @@ class Anchor(Method):
         p = self.params
         features = _stacked_embeddings(clean, augmented, adversarial)
         values, weights = _global_supcon(self, labels, features, 0.0, p.mining, p.hardness)
-        return {"ce_adv": _classification_term(labels, clean, adversarial),
-                "supcon": LossTerm(p.weight * values, weights)}
+        return {
+            "ce_adv": _classification_term(labels, clean, adversarial),
+            "supcon": LossTerm(p.weight * values, weights),
+        }
 
 
 @dataclasses.dataclass(frozen=True)
 class ContrastiveATParams:
     temperature: float = param(0.1, "temperature of the contrastive loss", above=0)
     weight: float = param(1.0, "weight of the contrastive loss beside adversarial cross-entropy", minimum=0)
-    attack_ce_weight: float = param(1.0, "weight of cross-entropy inside the attack objective beside "
-                                         "the contrastive loss (0: contrastive only)", minimum=0)
+    attack_ce_weight: float = param(
+        1.0,
+        "weight of cross-entropy inside the attack objective beside the contrastive loss (0: contrastive only)",
+        minimum=0,
+    )
 
 
 @register("contrastive_at")
@@ -146,7 +149,8 @@ class ContrastiveAT(Method):
 
     def losses(self, labels, clean, adversarial, augmented=None):
         p = self.params
-        values, weights = _global_supcon(self, labels,
-                                         _stacked_embeddings(clean, augmented, adversarial))
-        return {"ce_adv": _classification_term(labels, clean, adversarial),
-                "supcon": LossTerm(p.weight * values, weights)}
+        values, weights = _global_supcon(self, labels, _stacked_embeddings(clean, augmented, adversarial))
+        return {
+            "ce_adv": _classification_term(labels, clean, adversarial),
+            "supcon": LossTerm(p.weight * values, weights),
+        }

@@ -32,8 +32,13 @@ import dataclasses
 import keras
 import tensorflow as tf
 
-from robustcl.losses import cosine_alignment_per_example, cross_entropy_per_example, \
-    kl_per_example, mart_terms, multi_positive_per_example
+from robustcl.losses import (
+    cosine_alignment_per_example,
+    cross_entropy_per_example,
+    kl_per_example,
+    mart_terms,
+    multi_positive_per_example,
+)
 from robustcl.methods.base import LossTerm, Method, param, register
 from robustcl.methods.trades import START_SIGMA_HELP, GaussianStart
 from robustcl.registry import Registry
@@ -57,8 +62,9 @@ class ClassAttention(keras.layers.Layer):
             raise ValueError(f"embedding width {dim} is not divisible by {self.num_heads} heads")
         self.norm = keras.layers.LayerNormalization(epsilon=1e-6, name="pre_norm")
         self.norm.build(input_shape)
-        self.attention = keras.layers.MultiHeadAttention(self.num_heads, dim // self.num_heads,
-                                                         dropout=self.dropout, name="attention")
+        self.attention = keras.layers.MultiHeadAttention(
+            self.num_heads, dim // self.num_heads, dropout=self.dropout, name="attention"
+        )
         sequence = (1, None, dim)
         self.attention.build(sequence, sequence, sequence)
 
@@ -75,13 +81,13 @@ class ClassAttention(keras.layers.Layer):
 
 @dataclasses.dataclass(frozen=True)
 class MorelParams:
-    accuracy_term: str = param("mart", "accuracy objective: trades (KL attack) or mart (CE attack)",
-                               choices=ACCURACY_TERMS)
+    accuracy_term: str = param(
+        "mart", "accuracy objective: trades (KL attack) or mart (CE attack)", choices=ACCURACY_TERMS
+    )
     beta: float = param(6.0, "beta of the TRADES/MART accuracy term", minimum=0)
     alpha: float = param(1e-5, "weight of the contrastive loss inside the feature objective", minimum=0)
     temperature: float = param(0.1, "temperature of the multi-positive contrastive loss", above=0)
-    k_feature: float = param(0.1, "preference weight of the feature objective (cone scalarization)",
-                             minimum=0)
+    k_feature: float = param(0.1, "preference weight of the feature objective (cone scalarization)", minimum=0)
     k_accuracy: float = param(0.9, "preference weight of the accuracy objective", minimum=0)
     reference_feature: float = param(0.0, "reference point of the feature objective")
     reference_accuracy: float = param(0.0, "reference point of the accuracy objective")
@@ -108,8 +114,9 @@ class Morel(GaussianStart, Method):
         self.class_attention = None
 
     def build(self, embedding_dim):
-        self.class_attention = ClassAttention(self.params.attention_heads,
-                                              self.params.attention_dropout, name="class_attention")
+        self.class_attention = ClassAttention(
+            self.params.attention_heads, self.params.attention_dropout, name="class_attention"
+        )
         self.class_attention.build((None, embedding_dim))
 
     @property
@@ -124,19 +131,22 @@ class Morel(GaussianStart, Method):
         # samples are the anchors.
         (all_labels, all_embeddings), anchors = self.global_batch((labels, clean["embedding"]))
         attended = self.class_attention(all_embeddings, all_labels, training=True)
-        contrastive, has_positive = multi_positive_per_example(all_labels, attended, p.temperature,
-                                                               anchors)
+        contrastive, has_positive = multi_positive_per_example(all_labels, attended, p.temperature, anchors)
         cosine = cosine_alignment_per_example(clean["embedding"], adversarial["embedding"])
         if p.accuracy_term == "trades":
-            accuracy = {"ce": cross_entropy_per_example(labels, clean["logits"]),
-                        "kl": p.beta * kl_per_example(clean["logits"], adversarial["logits"])}
+            accuracy = {
+                "ce": cross_entropy_per_example(labels, clean["logits"]),
+                "kl": p.beta * kl_per_example(clean["logits"], adversarial["logits"]),
+            }
         else:
             boosted, robust = mart_terms(labels, clean["logits"], adversarial["logits"], p.beta)
             accuracy = {"boosted_ce": boosted, "weighted_kl": robust}
         # The reference points shift the first term of each objective: mean(v - a) = mean(v) - a.
         first_accuracy = next(iter(accuracy))
         accuracy[first_accuracy] = accuracy[first_accuracy] - p.reference_accuracy
-        terms = {"cosine": LossTerm(feature_weight * (cosine - p.reference_feature)),
-                 "contrastive": LossTerm(feature_weight * p.alpha * contrastive, has_positive)}
+        terms = {
+            "cosine": LossTerm(feature_weight * (cosine - p.reference_feature)),
+            "contrastive": LossTerm(feature_weight * p.alpha * contrastive, has_positive),
+        }
         terms.update({name: LossTerm(accuracy_weight * values) for name, values in accuracy.items()})
         return terms

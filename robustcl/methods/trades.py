@@ -5,8 +5,10 @@ import dataclasses
 from robustcl.losses import cross_entropy_per_example, kl_per_example, mart_terms
 from robustcl.methods.base import LossTerm, Method, param, register
 
-START_SIGMA_HELP = ("std of the Gaussian random start x + sigma * N(0, 1) of the public TRADES/MART "
-                    "code; 0 uses the uniform start in the eps-ball")
+START_SIGMA_HELP = (
+    "std of the Gaussian random start x + sigma * N(0, 1) of the public TRADES/MART "
+    "code; 0 uses the uniform start in the eps-ball"
+)
 
 
 class GaussianStart:
@@ -21,8 +23,11 @@ class GaussianStart:
 class RobustKLParams:
     """TRADES' and MART's hyperparameters (the same two)."""
 
-    beta: float = param(6.0, "weight of the KL robustness term (TRADES: 1/lambda of the paper; MART: "
-                             "of the misclassification-aware KL)", minimum=0)
+    beta: float = param(
+        6.0,
+        "weight of the KL robustness term (TRADES: 1/lambda of the paper; MART: of the misclassification-aware KL)",
+        minimum=0,
+    )
     start_sigma: float = param(0.001, START_SIGMA_HELP, minimum=0)
 
 
@@ -37,9 +42,10 @@ class Trades(GaussianStart, Method):
     loss_names = ("ce", "kl")
 
     def losses(self, labels, clean, adversarial, augmented=None):
-        return {"ce": LossTerm(cross_entropy_per_example(labels, clean["logits"])),
-                "kl": LossTerm(self.params.beta * kl_per_example(clean["logits"],
-                                                                 adversarial["logits"]))}
+        return {
+            "ce": LossTerm(cross_entropy_per_example(labels, clean["logits"])),
+            "kl": LossTerm(self.params.beta * kl_per_example(clean["logits"], adversarial["logits"])),
+        }
 
 
 @register("mart")

@@ -29,9 +29,13 @@ def hard_positive_weights(labels, features, rule="exp", hardness=1.0, anchors=No
         return tf.ones([count * views, n], z.dtype)
     MINING_RULES.check(rule)
     contrast_labels = tf.repeat(tf.reshape(labels, [-1]), views)
-    positive = tf.cast(tf.logical_and(
-        tf.equal(tf.gather(contrast_labels, rows)[:, None], contrast_labels[None, :]),
-        tf.not_equal(rows[:, None], tf.range(n)[None, :])), z.dtype)
+    positive = tf.cast(
+        tf.logical_and(
+            tf.equal(tf.gather(contrast_labels, rows)[:, None], contrast_labels[None, :]),
+            tf.not_equal(rows[:, None], tf.range(n)[None, :]),
+        ),
+        z.dtype,
+    )
     raw = tf.exp(hardness * (1.0 - tf.matmul(tf.gather(z, rows), z, transpose_b=True))) * positive
     mean = tf.reduce_sum(raw, 1, keepdims=True) / tf.maximum(tf.reduce_sum(positive, 1, keepdims=True), 1.0)
     return raw / tf.maximum(mean, EPS)

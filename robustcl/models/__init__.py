@@ -7,8 +7,9 @@ from robustcl.config import EMBEDDING_HEADS
 from robustcl.models.backbones import BACKBONES, LayerFactory
 
 
-def build(name, num_classes, mean, std, image_shape=(32, 32, 3), embedding_dim=0,
-          embedding_head="mlp", synchronized_bn=False):
+def build(
+    name, num_classes, mean, std, image_shape=(32, 32, 3), embedding_dim=0, embedding_head="mlp", synchronized_bn=False
+):
     """Builds a registered backbone with normalization, an optional projection head and a classifier.
 
     Args:

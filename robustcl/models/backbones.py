@@ -32,12 +32,18 @@ class LayerFactory:
         self.synchronized_bn = synchronized_bn
 
     def conv(self, filters, kernel_size=3, strides=1, name=None):
-        return layers.Conv2D(filters, kernel_size, strides=strides, padding="same", use_bias=False,
-                             kernel_initializer=_conv_initializer(), name=name)
+        return layers.Conv2D(
+            filters,
+            kernel_size,
+            strides=strides,
+            padding="same",
+            use_bias=False,
+            kernel_initializer=_conv_initializer(),
+            name=name,
+        )
 
     def bn(self, name=None):
-        return layers.BatchNormalization(momentum=0.9, epsilon=1e-5,
-                                         synchronized=self.synchronized_bn, name=name)
+        return layers.BatchNormalization(momentum=0.9, epsilon=1e-5, synchronized=self.synchronized_bn, name=name)
 
 
 def _basic_block(f, x, filters, strides, name):
@@ -47,8 +53,7 @@ def _basic_block(f, x, filters, strides, name):
     y = layers.ReLU()(f.bn(f"{name}_bn1")(y))
     y = f.bn(f"{name}_bn2")(f.conv(filters, name=f"{name}_conv2")(y))
     if strides != 1 or x.shape[-1] != filters:
-        shortcut = f.bn(f"{name}_shortcut_bn")(
-            f.conv(filters, 1, strides, name=f"{name}_shortcut_conv")(x))
+        shortcut = f.bn(f"{name}_shortcut_bn")(f.conv(filters, 1, strides, name=f"{name}_shortcut_conv")(x))
     return layers.ReLU()(layers.Add()([y, shortcut]))
 
 
@@ -71,8 +76,7 @@ def _bottleneck_block(f, x, filters, strides, name):
     y = layers.ReLU()(f.bn(f"{name}_bn2")(f.conv(filters, 3, strides, name=f"{name}_conv2")(y)))
     y = f.bn(f"{name}_bn3")(f.conv(4 * filters, 1, name=f"{name}_conv3")(y))
     if strides != 1 or x.shape[-1] != 4 * filters:
-        shortcut = f.bn(f"{name}_shortcut_bn")(
-            f.conv(4 * filters, 1, strides, name=f"{name}_shortcut_conv")(x))
+        shortcut = f.bn(f"{name}_shortcut_bn")(f.conv(4 * filters, 1, strides, name=f"{name}_shortcut_conv")(x))
     return layers.ReLU()(layers.Add()([y, shortcut]))
 
 

@@ -62,10 +62,9 @@ class _RemoteClient(_Stats):
                 answer = attempt_once()
             except _Retryable as error:
                 if attempt == self.max_retries:
-                    raise ServerError(error.status, f"{error.message} after {attempt + 1} attempts",
-                                      where) from None
+                    raise ServerError(error.status, f"{error.message} after {attempt + 1} attempts", where) from None
                 self.retried += 1
-                time.sleep(self.backoff * 2 ** attempt)
+                time.sleep(self.backoff * 2**attempt)
                 continue
             self.latencies.append(time.perf_counter() - start)
             self.requests += 1
@@ -76,7 +75,7 @@ class _RemoteClient(_Stats):
         images = np.asarray(images)
         parts = []
         for start in range(0, len(images), self.max_batch):
-            batch = images[start:start + self.max_batch]
+            batch = images[start : start + self.max_batch]
             parts.append(self._predict_batch(batch, signature, output))
             self.queries += len(batch)
         return np.concatenate(parts) if parts else np.zeros((0,), np.float32)
@@ -86,8 +85,7 @@ class _RemoteClient(_Stats):
 
 
 class RestClient(_RemoteClient):
-    def __init__(self, server, model, version=None, timeout=30.0, max_retries=4, backoff=0.5,
-                 max_batch=64):
+    def __init__(self, server, model, version=None, timeout=30.0, max_retries=4, backoff=0.5, max_batch=64):
         super().__init__(timeout, max_retries, backoff, max_batch)
         base = server.rstrip("/")
         path = f"/v1/models/{model}" + (f"/versions/{version}" if version else "")
@@ -126,8 +124,7 @@ class RestClient(_RemoteClient):
 class GrpcClient(_RemoteClient):
     RETRIED = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED")
 
-    def __init__(self, address, model, version=None, timeout=30.0, max_retries=4, backoff=0.5,
-                 max_batch=64):
+    def __init__(self, address, model, version=None, timeout=30.0, max_retries=4, backoff=0.5, max_batch=64):
         import grpc
         from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
@@ -194,7 +191,7 @@ class SavedModelBackend(_Stats):
         function = self.model.signatures[signature]
         parts = []
         for start in range(0, len(images), self.max_batch):
-            batch = np.asarray(images[start:start + self.max_batch])
+            batch = np.asarray(images[start : start + self.max_batch])
             began = time.perf_counter()
             parts.append(function(images=tf.constant(batch))[output].numpy())
             self.latencies.append(time.perf_counter() - began)

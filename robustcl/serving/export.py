@@ -30,19 +30,26 @@ def _check_images(images, image_shape, low, high):
     expected = f"[batch, {height}, {width}, {channels}]"
     rank_ok = tf.equal(tf.rank(images), 4)
     trailing = tf.concat([tf.shape(images), tf.zeros([4], tf.int32)], 0)[1:4]
-    shape_ok = tf.logical_or(tf.logical_not(rank_ok),
-                             tf.reduce_all(tf.equal(trailing, [height, width, channels]), axis=0))
-    conditions = [(rank_ok, [f"images must have rank 4, {expected}; got shape", tf.shape(images)]),
-                  (shape_ok, [f"images must have shape {expected}; got", tf.shape(images)])]
+    shape_ok = tf.logical_or(
+        tf.logical_not(rank_ok), tf.reduce_all(tf.equal(trailing, [height, width, channels]), axis=0)
+    )
+    conditions = [
+        (rank_ok, [f"images must have rank 4, {expected}; got shape", tf.shape(images)]),
+        (shape_ok, [f"images must have shape {expected}; got", tf.shape(images)]),
+    ]
     if images.dtype.is_floating:
         flat = tf.reshape(images, [-1])  # reductions over 1-D: independent of the input's rank
         nan = tf.math.is_nan(flat)
         conditions += [
             (tf.reduce_all(tf.math.is_finite(flat), axis=0), ["images contain NaN or inf"]),
-            (tf.reduce_all(tf.logical_or(flat >= low, nan), axis=0),
-             [f"pixel values below {low}: inputs must be in [{low}, {high}]"]),
-            (tf.reduce_all(tf.logical_or(flat <= high, nan), axis=0),
-             [f"pixel values above {high}: inputs must be in [{low}, {high}]"]),
+            (
+                tf.reduce_all(tf.logical_or(flat >= low, nan), axis=0),
+                [f"pixel values below {low}: inputs must be in [{low}, {high}]"],
+            ),
+            (
+                tf.reduce_all(tf.logical_or(flat <= high, nan), axis=0),
+                [f"pixel values above {high}: inputs must be in [{low}, {high}]"],
+            ),
         ]
     all_ok = tf.reduce_all(tf.stack([condition for condition, _ in conditions]), axis=0)
 
@@ -70,7 +77,8 @@ class InferenceModule(tf.Module):
         float_spec = tf.TensorSpec(None, tf.float32, name="images")
         self.serving_default = tf.function(self._serving_float, input_signature=[float_spec])
         self.serving_uint8 = tf.function(
-            self._serving_uint8, input_signature=[tf.TensorSpec(None, tf.uint8, name="images")])
+            self._serving_uint8, input_signature=[tf.TensorSpec(None, tf.uint8, name="images")]
+        )
         self.logits = tf.function(self._logits_signature, input_signature=[float_spec])
 
     def _logits_of(self, images):
@@ -89,8 +97,7 @@ class InferenceModule(tf.Module):
         return {"logits": self._logits_of(_check_images(images, self.image_shape, 0.0, 1.0))}
 
     def signatures(self):
-        return {"serving_default": self.serving_default, "serving_uint8": self.serving_uint8,
-                "logits": self.logits}
+        return {"serving_default": self.serving_default, "serving_uint8": self.serving_uint8, "logits": self.logits}
 
 
 def next_version(model_root):
@@ -107,8 +114,7 @@ def export(network, image_shape, export_dir, model_name, version=None, assets=No
         raise ValueError(f"--version must be >= 1, got {version}")
     final = os.path.join(model_root, str(version))
     if os.path.exists(final):
-        raise FileExistsError(f"{final} exists: choose another --version (TF Serving serves the "
-                              "highest) or remove it")
+        raise FileExistsError(f"{final} exists: choose another --version (TF Serving serves the highest) or remove it")
     os.makedirs(model_root, exist_ok=True)
     tmp = os.path.join(model_root, f".tmp-{version}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -128,9 +134,11 @@ def export_run(model_dir, export_dir, model_name=None, version=None, checkpoint=
     evaluation report."""
     classifier = artifacts.load_run(model_dir, checkpoint)
     name = model_name or os.path.basename(os.path.normpath(model_dir))
-    assets = {artifacts.CONFIG: classifier.config.to_json(),
-              artifacts.DATASET: classifier.info.to_json(),
-              artifacts.CLASS_NAMES: json.dumps(list(classifier.class_names))}
+    assets = {
+        artifacts.CONFIG: classifier.config.to_json(),
+        artifacts.DATASET: classifier.info.to_json(),
+        artifacts.CLASS_NAMES: json.dumps(list(classifier.class_names)),
+    }
     report = os.path.join(artifacts.evaluation_dir(model_dir, checkpoint), artifacts.REPORT)
     if os.path.isfile(report):
         with open(report) as f:

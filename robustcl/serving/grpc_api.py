@@ -16,10 +16,19 @@ from tensorflow_serving.apis import model_service_pb2_grpc, predict_pb2, predict
 from robustcl.serving import predict as core
 from robustcl.serving.servables import ServingError
 
-_FIELDS = {tf.float32: "float_val", tf.float64: "double_val", tf.int32: "int_val",
-           tf.int16: "int_val", tf.int8: "int_val", tf.uint8: "int_val", tf.int64: "int64_val",
-           tf.bool: "bool_val", tf.string: "string_val", tf.uint32: "uint32_val",
-           tf.uint64: "uint64_val"}
+_FIELDS = {
+    tf.float32: "float_val",
+    tf.float64: "double_val",
+    tf.int32: "int_val",
+    tf.int16: "int_val",
+    tf.int8: "int_val",
+    tf.uint8: "int_val",
+    tf.int64: "int64_val",
+    tf.bool: "bool_val",
+    tf.string: "string_val",
+    tf.uint32: "uint32_val",
+    tf.uint64: "uint64_val",
+}
 
 
 def as_proto_field(array):
@@ -69,8 +78,14 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                 except (TypeError, ValueError):
                     raise ServingError("INVALID_ARGUMENT", f"tensor parsing error: {alias}") from None
             version, signature, outputs = core.predict(
-                self.manager, name, inputs, version, label, request.model_spec.signature_name,
-                tuple(request.output_filter))
+                self.manager,
+                name,
+                inputs,
+                version,
+                label,
+                request.model_spec.signature_name,
+                tuple(request.output_filter),
+            )
         except ServingError as error:
             _abort(context, error)
         response = predict_pb2.PredictResponse()
@@ -114,7 +129,8 @@ def serve(manager, host, port, before_predict=None, max_workers=8):
     options = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=options)
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionService(manager, before_predict), server)
+        PredictionService(manager, before_predict), server
+    )
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(manager), server)
     if server.add_insecure_port(f"{host}:{port}") == 0:
         raise OSError(f"cannot listen for gRPC on {host}:{port}")

@@ -88,8 +88,7 @@ def make_handler(manager, before_predict=None):
         def send_error(self, code, message=None, explain=None):
             """http.server's own errors (bad request line, headers, unknown method) as JSON."""
             try:
-                self._send(code, {"error": message or explain or self.responses.get(code, ("",))[0]},
-                           close=True)
+                self._send(code, {"error": message or explain or self.responses.get(code, ("",))[0]}, close=True)
             except OSError:
                 self.close_connection = True
 
@@ -103,8 +102,7 @@ def make_handler(manager, before_predict=None):
                 raise _BadRequest(400, f"Content-Length: {length!r} is not a non-negative integer")
             length = int(length)
             if length > MAX_BODY_BYTES:
-                raise _BadRequest(413, f"request body of {length} bytes is over the {MAX_BODY_BYTES} "
-                                       "byte limit")
+                raise _BadRequest(413, f"request body of {length} bytes is over the {MAX_BODY_BYTES} byte limit")
             body = self.rfile.read(length)
             if len(body) < length:
                 raise _BadRequest(400, f"request body ended after {len(body)} of {length} bytes")
@@ -137,8 +135,11 @@ def make_handler(manager, before_predict=None):
             except (TimeoutError, OSError):
                 return self._send(408, {"error": "request body not received in time"}, close=True)
             try:
-                if (self.command == "POST" and before_predict is not None
-                        and self.path.split("?")[0].lower().endswith(":predict")):
+                if (
+                    self.command == "POST"
+                    and before_predict is not None
+                    and self.path.split("?")[0].lower().endswith(":predict")
+                ):
                     injected = before_predict()
                     if injected is not None:
                         return self._send(503, {"error": injected})
@@ -193,8 +194,11 @@ def main(argv):
     manager.start()
     # Like tensorflow_model_server, open the ports once every model has a version available.
     while not manager.wait_until_available(timeout=5):
-        print("waiting for a version of every model: "
-              + ", ".join(f"{m.name} under {m.base_path}" for m in args["models"]), flush=True)
+        print(
+            "waiting for a version of every model: "
+            + ", ".join(f"{m.name} under {m.base_path}" for m in args["models"]),
+            flush=True,
+        )
     injection = FailureInjection(args["delay_s"], args["fail_first"], args["die_after"])
     servers = []
     if args["grpc_port"]:

@@ -25,8 +25,7 @@ def signature_def(servable, name):
     return name, servable.signature_defs[name]
 
 
-def predict(manager, model_name, inputs, version=None, label=None, signature_name="",
-            output_filter=()):
+def predict(manager, model_name, inputs, version=None, label=None, signature_name="", output_filter=()):
     """Runs a signature on {alias: NumPy array}. Returns (version, signature name, {alias: array})."""
     version, servable = manager.resolve(model_name, version, label)
     name, signature = signature_def(servable, signature_name)
@@ -38,25 +37,32 @@ def predict(manager, model_name, inputs, version=None, label=None, signature_nam
             f"input size does not match signature: {len(inputs)}!={len(expected)} "
             f"len({{{','.join(sent)}}}) != len({{{','.join(expected)}}}). Sent extra: "
             f"{{{','.join(sorted(set(sent) - set(expected)))}}}. Missing but required: "
-            f"{{{','.join(sorted(set(expected) - set(sent)))}}}.")
+            f"{{{','.join(sorted(set(expected) - set(sent)))}}}.",
+        )
     tensors = {}
     for position, (alias, value) in enumerate(sorted(inputs.items())):
         if alias not in signature.inputs:
-            raise ServingError("INVALID_ARGUMENT",
-                               f"input tensor alias not found in signature: {alias}. Inputs expected "
-                               f"to be in the set {{{','.join(expected)}}}.")
+            raise ServingError(
+                "INVALID_ARGUMENT",
+                f"input tensor alias not found in signature: {alias}. Inputs expected "
+                f"to be in the set {{{','.join(expected)}}}.",
+            )
         want = tf.dtypes.as_dtype(signature.inputs[alias].dtype)
         value = np.asarray(value)
         if tf.dtypes.as_dtype(value.dtype) != want:
-            raise ServingError("INVALID_ARGUMENT", f"Expects arg[{position}] to be {type_name(want)} "
-                                                   f"but {type_name(value.dtype)} is provided")
+            raise ServingError(
+                "INVALID_ARGUMENT",
+                f"Expects arg[{position}] to be {type_name(want)} but {type_name(value.dtype)} is provided",
+            )
         tensors[alias] = tf.constant(value)
     seen = []
     for alias in output_filter:
         if alias not in signature.outputs:
-            raise ServingError("INVALID_ARGUMENT",
-                               f"output tensor alias not found in signature: {alias} Outputs expected "
-                               f"to be in the set {{{','.join(sorted(signature.outputs))}}}.")
+            raise ServingError(
+                "INVALID_ARGUMENT",
+                f"output tensor alias not found in signature: {alias} Outputs expected "
+                f"to be in the set {{{','.join(sorted(signature.outputs))}}}.",
+            )
         if alias in seen:
             raise ServingError("INVALID_ARGUMENT", f"duplicate output tensor alias: {alias}")
         seen.append(alias)
@@ -76,8 +82,7 @@ def metadata(manager, model_name, version=None, label=None, fields=(SIGNATURE_DE
     from tensorflow_serving.apis import get_model_metadata_pb2
 
     if not fields:
-        raise ServingError("INVALID_ARGUMENT",
-                           "GetModelMetadataRequest must specify at least one metadata_field")
+        raise ServingError("INVALID_ARGUMENT", "GetModelMetadataRequest must specify at least one metadata_field")
     for field in fields:
         if field != SIGNATURE_DEF_FIELD:
             raise ServingError("INVALID_ARGUMENT", f"Metadata field {field} is not supported")

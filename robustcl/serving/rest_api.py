@@ -24,18 +24,38 @@ from robustcl.serving import predict as core
 from robustcl.serving.servables import ServingError
 
 # http_rest_api_util.cc (the first is spelled "Gegex" there).
-PREDICTION_PATH = re.compile(r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?"
-                             r":(classify|regress|predict)", re.IGNORECASE)
-STATUS_PATH = re.compile(r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?"
-                         r"(?:/(metadata))?", re.IGNORECASE)
+PREDICTION_PATH = re.compile(
+    r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?"
+    r":(classify|regress|predict)",
+    re.IGNORECASE,
+)
+STATUS_PATH = re.compile(
+    r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?"
+    r"(?:/(metadata))?",
+    re.IGNORECASE,
+)
 HANDLED_PATH = re.compile(r"/v1/.*", re.IGNORECASE)
 
 # http_server.cc ToHTTPStatusCode.
-HTTP_STATUS = {"OK": 200, "CANCELLED": 499, "UNKNOWN": 500, "INVALID_ARGUMENT": 400,
-               "DEADLINE_EXCEEDED": 504, "NOT_FOUND": 404, "ALREADY_EXISTS": 409,
-               "PERMISSION_DENIED": 403, "RESOURCE_EXHAUSTED": 429, "FAILED_PRECONDITION": 400,
-               "ABORTED": 409, "OUT_OF_RANGE": 400, "UNIMPLEMENTED": 501, "INTERNAL": 500,
-               "UNAVAILABLE": 503, "DATA_LOSS": 500, "UNAUTHENTICATED": 401}
+HTTP_STATUS = {
+    "OK": 200,
+    "CANCELLED": 499,
+    "UNKNOWN": 500,
+    "INVALID_ARGUMENT": 400,
+    "DEADLINE_EXCEEDED": 504,
+    "NOT_FOUND": 404,
+    "ALREADY_EXISTS": 409,
+    "PERMISSION_DENIED": 403,
+    "RESOURCE_EXHAUSTED": 429,
+    "FAILED_PRECONDITION": 400,
+    "ABORTED": 409,
+    "OUT_OF_RANGE": 400,
+    "UNIMPLEMENTED": 501,
+    "INTERNAL": 500,
+    "UNAVAILABLE": 503,
+    "DATA_LOSS": 500,
+    "UNAUTHENTICATED": 401,
+}
 
 MAX_DEBUG_BYTES = 256  # json_tensor.cc kMaxJsonDebugStringBytes
 
@@ -83,8 +103,10 @@ def parse_json(body):
 def _signature_name(document):
     name = document.get("signature_name", "")
     if not isinstance(name, str):
-        raise _invalid(f"JSON Value: {debug_string(document)} not formatted correctly. "
-                       "'signature_name' key must be a string value.")
+        raise _invalid(
+            f"JSON Value: {debug_string(document)} not formatted correctly. "
+            "'signature_name' key must be a string value."
+        )
     return name
 
 
@@ -120,14 +142,14 @@ def _scalar(value, dtype):
             except OverflowError:  # an integer beyond any float: rapidjson's GetFloat gives inf
                 return float("inf") if value > 0 else float("-inf")
     elif dtype in (tf.int8, tf.int16, tf.int32, tf.uint8):
-        if isinstance(value, int) and not isinstance(value, bool) and -2 ** 31 <= value < 2 ** 31:
+        if isinstance(value, int) and not isinstance(value, bool) and -(2**31) <= value < 2**31:
             return value
     elif dtype == tf.int64:
-        if isinstance(value, int) and not isinstance(value, bool) and -2 ** 63 <= value < 2 ** 63:
+        if isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63:
             return value
     elif dtype in (tf.uint32, tf.uint64):
         bits = 32 if dtype == tf.uint32 else 64
-        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2 ** bits:
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**bits:
             return value
     elif dtype == tf.bool:
         if isinstance(value, bool):
@@ -137,30 +159,41 @@ def _scalar(value, dtype):
             return value.encode()
     else:
         raise ServingError("UNIMPLEMENTED", f"Conversion of JSON Value: {debug_string(value)} to type: {name}")
-    raise _invalid(f"JSON Value: {debug_string(value)} Type: {json_type(value)} is not of expected "
-                   f"type: {name}")
+    raise _invalid(f"JSON Value: {debug_string(value)} Type: {json_type(value)} is not of expected type: {name}")
 
 
 def _fill(value, shape, level, dtype, out):
     """Checks a dense nested list against its shape (json_tensor.cc FillTensorProto)."""
     if not isinstance(value, list):
         if level != len(shape):
-            raise _invalid(f"JSON Value: {debug_string(value)} found at incorrect level: {level + 1} in "
-                           f"the JSON DOM. Expected at level: {len(shape)}")
+            raise _invalid(
+                f"JSON Value: {debug_string(value)} found at incorrect level: {level + 1} in "
+                f"the JSON DOM. Expected at level: {len(shape)}"
+            )
         out.append(_scalar(value, dtype))
         return
     if level >= len(shape):
         raise _invalid(f"Encountered list at unexpected level: {level} expected < {len(shape)}")
     if len(value) != shape[level]:
-        raise _invalid(f"Encountered list at unexpected size: {len(value)} at level: {level} expected "
-                       f"size: {shape[level]}")
+        raise _invalid(
+            f"Encountered list at unexpected size: {len(value)} at level: {level} expected size: {shape[level]}"
+        )
     for item in value:
         _fill(item, shape, level + 1, dtype, out)
 
 
-_FAST_KINDS = {tf.float32: (float, int), tf.float64: (float, int), tf.float16: (float, int),
-               tf.bfloat16: (float, int), tf.int32: (int,), tf.int16: (int,), tf.int8: (int,),
-               tf.uint8: (int,), tf.int64: (int,), tf.bool: (bool,)}
+_FAST_KINDS = {
+    tf.float32: (float, int),
+    tf.float64: (float, int),
+    tf.float16: (float, int),
+    tf.bfloat16: (float, int),
+    tf.int32: (int,),
+    tf.int16: (int,),
+    tf.int8: (int,),
+    tf.uint8: (int,),
+    tf.int64: (int,),
+    tf.bool: (bool,),
+}
 
 
 def _dense(value, shape, dtype):
@@ -178,12 +211,13 @@ def _dense(value, shape, dtype):
     flat = leaves.ravel().tolist()
     if not set(map(type, flat)) <= set(kinds):  # bool is not int here: type(True) is bool
         return None
-    bound = 2 ** 63 if dtype == tf.int64 else 2 ** 31  # what rapidjson's IsInt64 / IsInt accept
+    bound = 2**63 if dtype == tf.int64 else 2**31  # what rapidjson's IsInt64 / IsInt accept
     if dtype.is_integer and flat and not -bound <= min(flat) <= max(flat) < bound:
         return None
     try:
-        return np.array(flat, dtype=np.float64 if dtype.is_floating else None).astype(
-            dtype.as_numpy_dtype).reshape(shape)
+        return (
+            np.array(flat, dtype=np.float64 if dtype.is_floating else None).astype(dtype.as_numpy_dtype).reshape(shape)
+        )
     except (OverflowError, ValueError):
         return None
 
@@ -200,8 +234,11 @@ def to_array(value, dtype):
     if dtype == tf.string:
         return np.array(values, dtype=object).reshape(shape)
     # Integers outside the dtype's range wrap as TensorFlow's proto conversion does.
-    return np.array(values).astype(dtype.as_numpy_dtype).reshape(shape) if values else np.zeros(
-        shape, dtype.as_numpy_dtype)
+    return (
+        np.array(values).astype(dtype.as_numpy_dtype).reshape(shape)
+        if values
+        else np.zeros(shape, dtype.as_numpy_dtype)
+    )
 
 
 def _instances(instances, input_infos):
@@ -209,8 +246,10 @@ def _instances(instances, input_infos):
     first = instances[0]
     names = sorted(input_infos)
     if not isinstance(first, dict) and len(input_infos) > 1:
-        raise _invalid("instances is a plain list, but expecting list of objects as multiple input "
-                       "tensors required as per tensorinfo_map")
+        raise _invalid(
+            "instances is a plain list, but expecting list of objects as multiple input "
+            "tensors required as per tensorinfo_map"
+        )
     objects = isinstance(first, dict) and not _is_base64(first)
     rows = {name: [] for name in names}
     shapes = {}
@@ -226,8 +265,10 @@ def _instances(instances, input_infos):
             size = int(np.prod(shapes[name]))
             if size != array.size:
                 raise _invalid(f"{prefix}Expecting tensor size: {size} but got: {array.size}")
-            raise _invalid(f"{prefix}Expecting shape [{','.join(map(str, shapes[name]))}] but got: "
-                           f"[{','.join(map(str, array.shape))}]")
+            raise _invalid(
+                f"{prefix}Expecting shape [{','.join(map(str, shapes[name]))}] but got: "
+                f"[{','.join(map(str, array.shape))}]"
+            )
         shapes[name] = array.shape
         rows[name].append(array)
 
@@ -237,16 +278,20 @@ def _instances(instances, input_infos):
             if not element_is_object:
                 raise _invalid(f"Expecting object but got list at item {index} of input list")
             for name, item in element.items():
-                add(item, name, f"Failed to process element: {index} key: {name} of 'instances' list. "
-                                "Error: INVALID_ARGUMENT: ")
+                add(
+                    item,
+                    name,
+                    f"Failed to process element: {index} key: {name} of 'instances' list. Error: INVALID_ARGUMENT: ",
+                )
             if set(element) != set(names):
-                raise _invalid(f"Failed to process element: {index} of 'instances' list. JSON object: "
-                               f"{debug_string(element)} keys must be equal to: {','.join(names)}")
+                raise _invalid(
+                    f"Failed to process element: {index} of 'instances' list. JSON object: "
+                    f"{debug_string(element)} keys must be equal to: {','.join(names)}"
+                )
         else:
             if element_is_object:
                 raise _invalid(f"Expecting value/list but got object at item {index} of input list")
-            add(element, names[0], f"Failed to process element: {index} of 'instances' list. Error: "
-                                   "INVALID_ARGUMENT: ")
+            add(element, names[0], f"Failed to process element: {index} of 'instances' list. Error: INVALID_ARGUMENT: ")
     return {name: np.stack(arrays) for name, arrays in rows.items() if arrays}
 
 
@@ -254,9 +299,11 @@ def _inputs(value, input_infos):
     """{alias: array} from the columnar format (json_tensor.cc FillTensorMapFromInputsMap)."""
     if not isinstance(value, dict) or _is_base64(value):
         if len(input_infos) > 1:
-            raise _invalid("inputs is a plain value/list, but expecting an object as multiple input "
-                           "tensors required as per tensorinfo_map")
-        (name, dtype), = input_infos.items()
+            raise _invalid(
+                "inputs is a plain value/list, but expecting an object as multiple input "
+                "tensors required as per tensorinfo_map"
+            )
+        ((name, dtype),) = input_infos.items()
         return {name: to_array(value, dtype)}
     arrays = {}
     for name in sorted(input_infos):
@@ -270,8 +317,10 @@ def predict_request(document, input_infos):
     """({alias: array}, row format?) from a predict document (json_tensor.cc FillPredictRequestFromJson)."""
     has_instances, has_inputs = "instances" in document, "inputs" in document
     if has_instances and has_inputs:
-        raise _invalid(f"JSON Value: {debug_string(document)} Not formatted correctly expecting only "
-                       "one of 'inputs' or 'instances' keys to exist ")
+        raise _invalid(
+            f"JSON Value: {debug_string(document)} Not formatted correctly expecting only "
+            "one of 'inputs' or 'instances' keys to exist "
+        )
     if has_instances:
         instances = document["instances"]
         if not isinstance(instances, list):
@@ -286,6 +335,7 @@ def predict_request(document, input_infos):
 
 def _json_values(array):
     if array.dtype == object:  # strings: text when it decodes, else {"b64": ...} (as TF Serving)
+
         def convert(item):
             if isinstance(item, bytes):
                 try:
@@ -293,6 +343,7 @@ def _json_values(array):
                 except UnicodeDecodeError:
                     return {"b64": base64.b64encode(item).decode()}
             return [convert(i) for i in item]
+
         return convert(array.tolist())
     return array.tolist()
 
@@ -310,8 +361,7 @@ def predict_response(outputs, row_format):
         if value.ndim == 0:
             raise _invalid(f"Tensor name: {name} has no shape information ")
         if batch is not None and value.shape[0] != batch:
-            raise _invalid(f"Tensor name: {name} has inconsistent batch size: {value.shape[0]} "
-                           f"expecting: {batch}")
+            raise _invalid(f"Tensor name: {name} has inconsistent batch size: {value.shape[0]} expecting: {batch}")
         batch = value.shape[0]
     columns = {name: _json_values(value) for name, value in outputs.items()}
     if len(columns) == 1:
@@ -328,8 +378,10 @@ def _classify_or_regress(manager, method, name, version, label, body):
     signature_name = _signature_name(document) or "serving_default"
     examples = document.get("examples")
     if "examples" not in document:
-        raise _invalid(f"JSON Value: {debug_string(document)} When method is classify, key 'examples' "
-                       "is expected and was not found")
+        raise _invalid(
+            f"JSON Value: {debug_string(document)} When method is classify, key 'examples' "
+            "is expected and was not found"
+        )
     if not isinstance(examples, list):
         raise _invalid(f"JSON Value: {debug_string(document)} Expecting 'examples' value to be an list/array")
     if not examples:
@@ -350,8 +402,10 @@ def _classify_or_regress(manager, method, name, version, label, body):
         if "inputs" not in signature.inputs:
             raise _invalid(f"No classification inputs found in SignatureDef: {text}")
         if not {"classes", "scores"} & set(signature.outputs):
-            raise _invalid('Expected classification signature outputs to contain at least one of '
-                           f'"classes" or "scores". Signature was: {text}')
+            raise _invalid(
+                "Expected classification signature outputs to contain at least one of "
+                f'"classes" or "scores". Signature was: {text}'
+            )
     else:
         if len(signature.outputs) != 1:
             raise _invalid("Expected one output Tensor.")
@@ -359,8 +413,11 @@ def _classify_or_regress(manager, method, name, version, label, body):
             raise _invalid(f"No regression inputs found in SignatureDef: {text}")
         if "outputs" not in signature.outputs:
             raise _invalid(f"No regression outputs found in SignatureDef: {text}")
-    raise ServingError("UNIMPLEMENTED", f"{method} is not served by robustcl's stand-in model server "
-                                        "(predict signatures only); TensorFlow Serving serves it")
+    raise ServingError(
+        "UNIMPLEMENTED",
+        f"{method} is not served by robustcl's stand-in model server "
+        "(predict signatures only); TensorFlow Serving serves it",
+    )
 
 
 def _model_info(method, path):
@@ -372,7 +429,7 @@ def _model_info(method, path):
     name, version, label, last = match.groups()
     name = urllib.parse.unquote(name) if name else ""
     if version is not None:
-        if int(version) >= 2 ** 63:  # absl::SimpleAtoi into int64
+        if int(version) >= 2**63:  # absl::SimpleAtoi into int64
             raise _invalid(f"Failed to convert version: {version} to numeric.")
         version = int(version)
     label = urllib.parse.unquote(label) if label else None
@@ -423,11 +480,11 @@ def _metadata_json(response):
     response.metadata[core.SIGNATURE_DEF_FIELD].Unpack(signatures)
 
     def as_dict(message):
-        return json_format.MessageToDict(message, preserving_proto_field_name=True,
-                                         always_print_fields_with_no_presence=True)
+        return json_format.MessageToDict(
+            message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+        )
 
-    return {"model_spec": as_dict(response.model_spec),
-            "metadata": {core.SIGNATURE_DEF_FIELD: as_dict(signatures)}}
+    return {"model_spec": as_dict(response.model_spec), "metadata": {core.SIGNATURE_DEF_FIELD: as_dict(signatures)}}
 
 
 def handle(manager, method, path, body=b""):

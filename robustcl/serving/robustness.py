@@ -49,12 +49,12 @@ class ResultStore:
 def _white_box(local, x, y, eps, steps, seed):
     objective = OBJECTIVES.get("ce")
     loss_fn = lambda z: objective({"logits": local.logits_tf(z)}, tf.constant(y))  # noqa: E731
-    return pgd(loss_fn, tf.constant(x), LinfBall(eps), steps, 2.5 * eps / steps, True,
-               tf.constant([seed, 0], tf.int64)).numpy()
+    return pgd(
+        loss_fn, tf.constant(x), LinfBall(eps), steps, 2.5 * eps / steps, True, tf.constant([seed, 0], tf.int64)
+    ).numpy()
 
 
-def run(target, local, x, y, output_dir, eps=8 / 255, pgd_steps=20, square_queries=1000, chunk=32,
-        seed=0, log=print):
+def run(target, local, x, y, output_dir, eps=8 / 255, pgd_steps=20, square_queries=1000, chunk=32, seed=0, log=print):
     os.makedirs(output_dir, exist_ok=True)
     store = ResultStore(os.path.join(output_dir, "results.jsonl"))
     stages = ["clean"] + (["transfer"] if local is not None else []) + ["square"]
@@ -62,7 +62,7 @@ def run(target, local, x, y, output_dir, eps=8 / 255, pgd_steps=20, square_queri
         for start in range(0, len(x), chunk):
             if store.done(stage, start):
                 continue
-            xs, ys = x[start:start + chunk], y[start:start + chunk]
+            xs, ys = x[start : start + chunk], y[start : start + chunk]
             record = {"stage": stage, "start": start, "end": start + len(xs)}
             before = (target.queries, len(target.latencies))
             if stage == "clean":
@@ -77,16 +77,18 @@ def run(target, local, x, y, output_dir, eps=8 / 255, pgd_steps=20, square_queri
                 record["local_adv_pred"] = np.argmax(local.predict(x_adv), -1).tolist()
                 record["target_adv_pred"] = np.argmax(target.predict(x_adv), -1).tolist()
                 record["target_uint8_pred"] = np.argmax(
-                    target.predict(quantized, signature="serving_uint8"), -1).tolist()
+                    target.predict(quantized, signature="serving_uint8"), -1
+                ).tolist()
                 record["uint8_linf"] = float(np.abs(quantized / 255.0 - xs).max())
             else:
                 # A budget below AutoAttack's 5000: the p schedule is rescaled to it (the
                 # reference class's default), so square sizes shrink within the budget.
-                _, still, queries = square(target.predict, xs, ys, LinfBall(eps), square_queries, 0.8,
-                                           seed + start, rescale_schedule=True)
+                _, still, queries = square(
+                    target.predict, xs, ys, LinfBall(eps), square_queries, 0.8, seed + start, rescale_schedule=True
+                )
                 record["robust"] = still.tolist()
                 record["queries"] = queries.tolist()
-            record["latencies"] = target.latencies[before[1]:]
+            record["latencies"] = target.latencies[before[1] :]
             record["images_sent"] = target.queries - before[0]
             store.add(record)
             log(f"{stage}: images {start}..{start + len(xs)} done")
@@ -105,7 +107,7 @@ def _gather(records, key):
 def summarize(store, y, eps, pgd_steps, square_queries, target):
     report = {"num_points": int(len(y)), "eps": float(eps), "norm": "linf"}
     clean = store.stage("clean")
-    target_correct = _gather(clean, "target_pred") == y[:len(_gather(clean, "target_pred"))]
+    target_correct = _gather(clean, "target_pred") == y[: len(_gather(clean, "target_pred"))]
     report["clean_accuracy_target"] = float(target_correct.mean())
     if clean and "local_pred" in clean[0]:
         local_pred = _gather(clean, "local_pred")
@@ -115,23 +117,30 @@ def summarize(store, y, eps, pgd_steps, square_queries, target):
     transfer = store.stage("transfer")
     if transfer:
         report["transfer"] = {
-            "attack": f"PGD-{pgd_steps} white-box on the local logits signature", "steps": pgd_steps,
+            "attack": f"PGD-{pgd_steps} white-box on the local logits signature",
+            "steps": pgd_steps,
             "local_robust_accuracy": float((target_correct & (_gather(transfer, "local_adv_pred") == y)).mean()),
             "target_robust_accuracy": float((target_correct & (_gather(transfer, "target_adv_pred") == y)).mean()),
             "target_robust_accuracy_uint8": float(
-                (target_correct & (_gather(transfer, "target_uint8_pred") == y)).mean()),
+                (target_correct & (_gather(transfer, "target_uint8_pred") == y)).mean()
+            ),
             "uint8_max_linf": float(max(r["uint8_linf"] for r in transfer)),
         }
     square_records = store.stage("square")
     if square_records:
         queries = _gather(square_records, "queries")
         square_robust = target_correct & _gather(square_records, "robust").astype(bool)
-        report["square"] = {"attack": "Square L-inf through the target only", "query_budget": square_queries,
-                            "robust_accuracy": float(square_robust.mean()),
-                            "queries_mean": float(queries.mean()), "queries_median": float(np.median(queries)),
-                            "queries_total": int(queries.sum())}
-    latencies = np.concatenate([np.asarray(r["latencies"]) for r in store.records.values()]) \
-        if store.records else np.zeros(0)
+        report["square"] = {
+            "attack": "Square L-inf through the target only",
+            "query_budget": square_queries,
+            "robust_accuracy": float(square_robust.mean()),
+            "queries_mean": float(queries.mean()),
+            "queries_median": float(np.median(queries)),
+            "queries_total": int(queries.sum()),
+        }
+    latencies = (
+        np.concatenate([np.asarray(r["latencies"]) for r in store.records.values()]) if store.records else np.zeros(0)
+    )
     if latencies.size:
         report["latency_ms"] = {f"p{p}": float(np.percentile(latencies * 1000, p)) for p in (50, 90, 99)}
     report["requests"] = int(latencies.size)
@@ -141,10 +150,15 @@ def summarize(store, y, eps, pgd_steps, square_queries, target):
 
 
 def markdown(report):
-    lines = ["# Robustness of the served model", "",
-             f"{report['num_points']} points, L-inf eps {report['eps']:.5g}.", "",
-             "| figure | value |", "|---|---|",
-             f"| clean accuracy (target) | {report['clean_accuracy_target']:.4f} |"]
+    lines = [
+        "# Robustness of the served model",
+        "",
+        f"{report['num_points']} points, L-inf eps {report['eps']:.5g}.",
+        "",
+        "| figure | value |",
+        "|---|---|",
+        f"| clean accuracy (target) | {report['clean_accuracy_target']:.4f} |",
+    ]
     for key in ("clean_accuracy_local", "prediction_agreement", "max_logit_diff"):
         if key in report:
             lines.append(f"| {key.replace('_', ' ')} | {report[key]:.6g} |")
@@ -154,6 +168,9 @@ def markdown(report):
             lines.append(f"| {section}: {key.replace('_', ' ')} | {shown} |")
     for key, value in report.get("latency_ms", {}).items():
         lines.append(f"| latency {key} (ms) | {value:.1f} |")
-    lines += [f"| requests | {report['requests']} |", f"| images sent | {report['images_sent']} |",
-              f"| retried (this run) | {report['retried_this_run']} |"]
+    lines += [
+        f"| requests | {report['requests']} |",
+        f"| images sent | {report['images_sent']} |",
+        f"| retried (this run) | {report['retried_this_run']} |",
+    ]
     return "\n".join(lines) + "\n"

@@ -55,25 +55,34 @@ def parse_model_config_file(path):
     except OSError as error:
         raise ValueError(f"--model_config_file: cannot read {path}: {error}") from None
     except text_format.ParseError as error:
-        raise ValueError(f"--model_config_file: {path} is not a ModelServerConfig text proto: "
-                         f"{error}") from None
+        raise ValueError(f"--model_config_file: {path} is not a ModelServerConfig text proto: {error}") from None
     if config.WhichOneof("config") != "model_config_list":
         raise ValueError(f"--model_config_file: {path} has no model_config_list")
     models = []
     for entry in config.model_config_list.config:
         if not entry.name or not entry.base_path:
-            raise ValueError(f"--model_config_file: every config needs a name and a base_path; got "
-                             f"{text_format.MessageToString(entry, as_one_line=True)!r}")
+            raise ValueError(
+                f"--model_config_file: every config needs a name and a base_path; got "
+                f"{text_format.MessageToString(entry, as_one_line=True)!r}"
+            )
         if entry.model_platform not in ("", "tensorflow"):
-            raise ValueError(f"--model_config_file: model {entry.name}: platform "
-                             f"{entry.model_platform!r} is not served here (tensorflow only)")
+            raise ValueError(
+                f"--model_config_file: model {entry.name}: platform "
+                f"{entry.model_platform!r} is not served here (tensorflow only)"
+            )
         policy = entry.model_version_policy
         kind = policy.WhichOneof("policy_choice") or "latest"
         num_versions = policy.latest.num_versions if kind == "latest" else 1
-        models.append(ModelConfig(
-            entry.name, entry.base_path, kind, num_versions or 1,
-            tuple(policy.specific.versions) if kind == "specific" else (),
-            tuple(sorted(entry.version_labels.items()))))
+        models.append(
+            ModelConfig(
+                entry.name,
+                entry.base_path,
+                kind,
+                num_versions or 1,
+                tuple(policy.specific.versions) if kind == "specific" else (),
+                tuple(sorted(entry.version_labels.items())),
+            )
+        )
     names = [m.name for m in models]
     duplicated = sorted({n for n in names if names.count(n) > 1})
     if duplicated:
@@ -115,16 +124,18 @@ class ModelManager:
     def _wanted(self, config):
         """The versions the policy wants among those on disk."""
         try:
-            on_disk = sorted(int(d) for d in os.listdir(config.base_path)
-                             if d.isdigit() and os.path.isfile(os.path.join(config.base_path, d,
-                                                                            "saved_model.pb")))
+            on_disk = sorted(
+                int(d)
+                for d in os.listdir(config.base_path)
+                if d.isdigit() and os.path.isfile(os.path.join(config.base_path, d, "saved_model.pb"))
+            )
         except OSError:
             on_disk = []
         if config.policy == "all":
             return on_disk
         if config.policy == "specific":
             return [v for v in on_disk if v in config.versions]
-        return on_disk[-config.num_versions:]
+        return on_disk[-config.num_versions :]
 
     def poll(self):
         """One pass over every base path: load what the policies want, unload what they do not."""
@@ -134,8 +145,9 @@ class ModelManager:
                 current = self._versions[config.name]
                 unload = [v for v, s in current.items() if s.state == "AVAILABLE" and v not in wanted]
                 # A version that failed to load is not retried (its error stays in its status).
-                load = sorted(v for v in wanted if v not in current
-                              or (current[v].state == "END" and not current[v].error))
+                load = sorted(
+                    v for v in wanted if v not in current or (current[v].state == "END" and not current[v].error)
+                )
                 for v in load:
                     current[v] = Version("LOADING")
                 for v in unload:
@@ -180,8 +192,9 @@ class ModelManager:
         deadline = None if timeout is None else time.time() + timeout
         while True:
             with self._lock:
-                ready = all(any(v.state == "AVAILABLE" for v in versions.values())
-                            for versions in self._versions.values())
+                ready = all(
+                    any(v.state == "AVAILABLE" for v in versions.values()) for versions in self._versions.values()
+                )
             if ready or (deadline is not None and time.time() > deadline):
                 return ready
             time.sleep(0.1)
@@ -191,8 +204,10 @@ class ModelManager:
     def resolve(self, name, version=None, label=None):
         """(version, Version) of an AVAILABLE servable for a request; ServingError otherwise."""
         if version is not None and label is not None:
-            raise ServingError("INVALID_ARGUMENT", f"Both model version ({version}) and model version "
-                                                   f"label ({label}) cannot be supplied.")
+            raise ServingError(
+                "INVALID_ARGUMENT",
+                f"Both model version ({version}) and model version label ({label}) cannot be supplied.",
+            )
         with self._lock:
             versions = self._versions.get(name)
             if label is not None:
@@ -206,8 +221,7 @@ class ModelManager:
                     raise ServingError("NOT_FOUND", f"Servable not found for request: Latest({name})")
                 version = max(available)
             elif version not in available:
-                raise ServingError("NOT_FOUND",
-                                   f"Servable not found for request: Specific({name}, {version})")
+                raise ServingError("NOT_FOUND", f"Servable not found for request: Specific({name}, {version})")
             return version, available[version]
 
     def status(self, name, version=None):
@@ -224,5 +238,7 @@ class ModelManager:
 
     def available(self):
         with self._lock:
-            return {name: sorted(v for v, s in versions.items() if s.state == "AVAILABLE")
-                    for name, versions in self._versions.items()}
+            return {
+                name: sorted(v for v, s in versions.items() if s.state == "AVAILABLE")
+                for name, versions in self._versions.items()
+            }

@@ -51,13 +51,11 @@ class EmbeddingProjector(keras.callbacks.Callback):
     """Every `every_epochs` epochs (and after the last), writes projector data, embedding-space
     scalars and a 2-D projection PNG for fixed validation images into `<model_dir>/projector`."""
 
-    def __init__(self, network, run_dir, x, y, indices, class_names, attack_config, every_epochs,
-                 epochs, seed=0):
+    def __init__(self, network, run_dir, x, y, indices, class_names, attack_config, every_epochs, epochs, seed=0):
         super().__init__()
         self.network, self.run_dir = network, run_dir
         self.x, self.y, self.indices, self.class_names = x, y, indices, class_names
-        self.attack_config, self.every_epochs, self.epochs, self.seed = (
-            attack_config, every_epochs, epochs, seed)
+        self.attack_config, self.every_epochs, self.epochs, self.seed = (attack_config, every_epochs, epochs, seed)
 
     def on_epoch_end(self, epoch, logs=None):
         from robustcl.embeddings.projector import write_projector_epoch
@@ -65,6 +63,15 @@ class EmbeddingProjector(keras.callbacks.Callback):
         done = epoch + 1
         if done % self.every_epochs and done != self.epochs:
             return
-        write_projector_epoch(self.run_dir, f"epoch_{done:03d}", self.network, self.x, self.y,
-                              self.indices, self.class_names, self.attack_config, step=done,
-                              seed=self.seed)
+        write_projector_epoch(
+            self.run_dir,
+            f"epoch_{done:03d}",
+            self.network,
+            self.x,
+            self.y,
+            self.indices,
+            self.class_names,
+            self.attack_config,
+            step=done,
+            seed=self.seed,
+        )

@@ -33,7 +33,8 @@ def parse_tf_config(text):
     if not text:
         raise ClusterConfigError(
             f"--strategy=multi_worker needs the {TF_CONFIG} environment variable: "
-            '{"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": i}}')
+            '{"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": i}}'
+        )
     try:
         spec = json.loads(text)
     except json.JSONDecodeError as error:
@@ -45,31 +46,42 @@ def parse_tf_config(text):
         raise ClusterConfigError(f'{TF_CONFIG} has no "cluster" (task type -> list of host:port)')
     unknown = sorted(set(cluster) - set(_TASK_TYPES) - {"evaluator", "ps"})
     if unknown:
-        raise ClusterConfigError(f"{TF_CONFIG} cluster has unknown task types {unknown}; "
-                                 f"MultiWorkerMirroredStrategy trains on {' and '.join(_TASK_TYPES)}")
+        raise ClusterConfigError(
+            f"{TF_CONFIG} cluster has unknown task types {unknown}; "
+            f"MultiWorkerMirroredStrategy trains on {' and '.join(_TASK_TYPES)}"
+        )
     if "ps" in cluster:
-        raise ClusterConfigError(f"{TF_CONFIG} has parameter servers: multi_worker is "
-                                 "MultiWorkerMirroredStrategy, which has none")
+        raise ClusterConfigError(
+            f"{TF_CONFIG} has parameter servers: multi_worker is MultiWorkerMirroredStrategy, which has none"
+        )
     for task_type, addresses in cluster.items():
-        if (not isinstance(addresses, list) or not addresses
-                or not all(isinstance(a, str) and a.rpartition(":")[2].isdigit() for a in addresses)):
-            raise ClusterConfigError(f'{TF_CONFIG} cluster "{task_type}" must be a non-empty list of '
-                                     f'"host:port", got {addresses!r}')
+        if (
+            not isinstance(addresses, list)
+            or not addresses
+            or not all(isinstance(a, str) and a.rpartition(":")[2].isdigit() for a in addresses)
+        ):
+            raise ClusterConfigError(
+                f'{TF_CONFIG} cluster "{task_type}" must be a non-empty list of "host:port", got {addresses!r}'
+            )
     if len(cluster.get("chief", [])) > 1:
         raise ClusterConfigError(f"{TF_CONFIG} has {len(cluster['chief'])} chiefs; at most one")
     if not isinstance(task, dict) or "type" not in task or "index" not in task:
-        raise ClusterConfigError(f'{TF_CONFIG} has no "task" {{"type": ..., "index": ...}} saying '
-                                 "which member of the cluster this process is")
+        raise ClusterConfigError(
+            f'{TF_CONFIG} has no "task" {{"type": ..., "index": ...}} saying '
+            "which member of the cluster this process is"
+        )
     task_type, index = task["type"], task["index"]
     if task_type not in _TASK_TYPES:
-        raise ClusterConfigError(f"{TF_CONFIG} task type {task_type!r} does not train; this process "
-                                 f"must be one of {', '.join(_TASK_TYPES)}")
+        raise ClusterConfigError(
+            f"{TF_CONFIG} task type {task_type!r} does not train; this process must be one of {', '.join(_TASK_TYPES)}"
+        )
     if task_type not in cluster:
-        raise ClusterConfigError(f"{TF_CONFIG} task type {task_type!r} is not in the cluster "
-                                 f"({', '.join(cluster)})")
+        raise ClusterConfigError(f"{TF_CONFIG} task type {task_type!r} is not in the cluster ({', '.join(cluster)})")
     if not isinstance(index, int) or not 0 <= index < len(cluster[task_type]):
-        raise ClusterConfigError(f"{TF_CONFIG} task index {index!r} is not in 0..{len(cluster[task_type]) - 1}"
-                                 f" (the cluster has {len(cluster[task_type])} {task_type} task(s))")
+        raise ClusterConfigError(
+            f"{TF_CONFIG} task index {index!r} is not in 0..{len(cluster[task_type]) - 1}"
+            f" (the cluster has {len(cluster[task_type])} {task_type} task(s))"
+        )
     return cluster, task_type, index
 
 
@@ -83,8 +95,7 @@ def make_strategy(name, environ=os.environ):
         return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices("GPU")
     if name == "mirrored":
-        return tf.distribute.MirroredStrategy(
-            None if gpus else [d.name for d in tf.config.list_logical_devices("CPU")])
+        return tf.distribute.MirroredStrategy(None if gpus else [d.name for d in tf.config.list_logical_devices("CPU")])
     if name == "one_device":
         return tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0")
     return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()

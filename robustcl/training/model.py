@@ -22,13 +22,13 @@ def _keras_averages_outputs_over_workers():
     axis=0): under MultiWorkerMirroredStrategy across several workers, where a scalar output fails
     ("Invalid reduction dimension 0 for input with 0 dimensions")."""
     strategy = tf.distribute.get_strategy()
-    return (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-            and strategy.num_replicas_in_sync > len(strategy.extended.worker_devices))
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and strategy.num_replicas_in_sync > len(
+        strategy.extended.worker_devices
+    )
 
 
 def _correct(labels, logits):
-    return tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), tf.cast(labels, tf.int32)),
-                   tf.float32)
+    return tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), tf.cast(labels, tf.int32)), tf.float32)
 
 
 class AdversarialModel(keras.Model):
@@ -44,18 +44,17 @@ class AdversarialModel(keras.Model):
     exactly what one device reports on the same batch.
     """
 
-    def __init__(self, network, method, train_attack, val_attack, weight_decay=0.0, seed=0,
-                 jit_compile_attack=False, **kwargs):
+    def __init__(
+        self, network, method, train_attack, val_attack, weight_decay=0.0, seed=0, jit_compile_attack=False, **kwargs
+    ):
         super().__init__(**kwargs)
         self.network = network
         self.method = method
         self.weight_decay = float(weight_decay)
         self.seed = int(seed)
         self._objective = method.objective if method.attack_objective else None
-        self._objective_exchanges = (method.objective_uses_global_batch
-                                     and method.contrastive_scope == "global")
-        self._train_attack = (attack_from_config(train_attack, method.attack_start_sigma)
-                              if self._objective else None)
+        self._objective_exchanges = method.objective_uses_global_batch and method.contrastive_scope == "global"
+        self._train_attack = attack_from_config(train_attack, method.attack_start_sigma) if self._objective else None
         method.build(embedding_dim=int(network.output["embedding"].shape[-1]))
         self.method_layers = list(method.layers)  # tracked: trained, saved and restored
         self._val_attack = attack_from_config(val_attack)
@@ -63,8 +62,9 @@ class AdversarialModel(keras.Model):
         # train_step it also compiles under tf.distribute.
         # autograph=False: the attack's loop is an explicit tf.while_loop, and autograph mis-converts
         # methods' bound `objective` (seen: "tf__layers() takes 1 positional argument").
-        self._compiled_attack = (tf.function(self._run_attack, jit_compile=True, autograph=False)
-                                 if jit_compile_attack else None)
+        self._compiled_attack = (
+            tf.function(self._run_attack, jit_compile=True, autograph=False) if jit_compile_attack else None
+        )
         names = ["loss", *method.loss_names, "accuracy", "robust_accuracy", "ce", "robust_ce"]
         self._trackers = {name: keras.metrics.Mean(name=name) for name in names}
         self.built = True  # the network and the method's layers are built; no weights of its own
@@ -85,8 +85,7 @@ class AdversarialModel(keras.Model):
         if strategy is None or iterator is None:
             return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
         for _, _, batches in iterator:
-            data_batch = tf.nest.map_structure(lambda v: strategy.experimental_local_results(v)[0],
-                                               next(batches))
+            data_batch = tf.nest.map_structure(lambda v: strategy.experimental_local_results(v)[0], next(batches))
             break
         with strategy.scope():
             self._symbolic_build(data_batch=data_batch)
@@ -130,25 +129,33 @@ class AdversarialModel(keras.Model):
         x_adv = reference = None
         if self._train_attack is not None:
             reference = self.network(x, training=False)
-            seed = tf.stack([tf.constant(self.seed, tf.int64),
-                             tf.cast(self.optimizer.iterations, tf.int64)])
-            x_adv = self._attack(self._train_attack, self._objective, x, labels, reference, seed,
-                                 exchanges=self._objective_exchanges)
+            seed = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(self.optimizer.iterations, tf.int64)])
+            x_adv = self._attack(
+                self._train_attack, self._objective, x, labels, reference, seed, exchanges=self._objective_exchanges
+            )
 
         variables = self.trainable_variables
         with tf.GradientTape() as tape:
             clean = self.network(x, training=True) if self.method.uses_clean else None
-            adversarial = (self.network(x_adv, training=True)
-                           if x_adv is not None and self.method.uses_adversarial else None)
+            adversarial = (
+                self.network(x_adv, training=True) if x_adv is not None and self.method.uses_adversarial else None
+            )
             augmented = self.network(x_view2, training=True) if x_view2 is not None else None
             terms = self.method.losses(labels, clean, adversarial, augmented)
             # Each replica contributes sum(w * v) / global sum(w); the optimizer sums gradients over
             # replicas, giving the gradient of the global mean.
-            denominators = _global_sum([tf.stop_gradient(tf.reduce_sum(
-                tf.ones_like(t.values) if t.weights is None else t.weights)) for t in terms.values()])
-            loss = tf.add_n([
-                tf.reduce_sum(t.values if t.weights is None else t.values * t.weights) / tf.maximum(d, 1e-12)
-                for t, d in zip(terms.values(), denominators)])
+            denominators = _global_sum(
+                [
+                    tf.stop_gradient(tf.reduce_sum(tf.ones_like(t.values) if t.weights is None else t.weights))
+                    for t in terms.values()
+                ]
+            )
+            loss = tf.add_n(
+                [
+                    tf.reduce_sum(t.values if t.weights is None else t.values * t.weights) / tf.maximum(d, 1e-12)
+                    for t, d in zip(terms.values(), denominators)
+                ]
+            )
             scaled_loss = self.optimizer.scale_loss(loss)
         grads = tape.gradient(scaled_loss, variables)
         # Variables the losses do not reach (e.g. an unused embedding head) stay untouched, weight
@@ -158,7 +165,8 @@ class AdversarialModel(keras.Model):
             # These are gradients of the scaled loss (mixed_float16's loss scaling): scale the
             # decay alike, so that LossScaleOptimizer's unscaling leaves weight_decay * v.
             share = self.optimizer.scale_loss(
-                self.weight_decay / tf.distribute.get_replica_context().num_replicas_in_sync)
+                self.weight_decay / tf.distribute.get_replica_context().num_replicas_in_sync
+            )
             pairs = [(g + tf.cast(share, g.dtype) * tf.cast(v, g.dtype), v) for g, v in pairs]
         self.optimizer.apply([g for g, _ in pairs], [v for _, v in pairs])
 

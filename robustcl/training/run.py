@@ -17,22 +17,32 @@ from robustcl.training.model import AdversarialModel
 def build_model(config, num_classes, mean, std, image_shape, strategy):
     """Network + method + AdversarialModel, compiled with SGD and the configured LR schedule."""
     method_class = methods.get(config.method.name)
-    network = models.build(config.model.name, num_classes, mean, std, image_shape,
-                           embedding_dim=config.model.embedding_dim,
-                           embedding_head=config.model.embedding_head,
-                           synchronized_bn=(config.run.sync_batchnorm
-                                            and strategy.num_replicas_in_sync > 1))
-    return AdversarialModel(network, method_class(config.method.params,
-                                                  config.run.contrastive_scope),
-                            config.train_attack, config.val_attack,
-                            weight_decay=config.optimizer.weight_decay, seed=config.run.seed,
-                            jit_compile_attack=config.run.jit_compile)
+    network = models.build(
+        config.model.name,
+        num_classes,
+        mean,
+        std,
+        image_shape,
+        embedding_dim=config.model.embedding_dim,
+        embedding_head=config.model.embedding_head,
+        synchronized_bn=(config.run.sync_batchnorm and strategy.num_replicas_in_sync > 1),
+    )
+    return AdversarialModel(
+        network,
+        method_class(config.method.params, config.run.contrastive_scope),
+        config.train_attack,
+        config.val_attack,
+        weight_decay=config.optimizer.weight_decay,
+        seed=config.run.seed,
+        jit_compile_attack=config.run.jit_compile,
+    )
 
 
 def compile_model(model, config, steps_per_epoch):
     o = config.optimizer
-    optimizer = keras.optimizers.SGD(schedules.from_config(o, steps_per_epoch), momentum=o.momentum,
-                                     nesterov=o.nesterov)
+    optimizer = keras.optimizers.SGD(
+        schedules.from_config(o, steps_per_epoch), momentum=o.momentum, nesterov=o.nesterov
+    )
     model.compile(optimizer=optimizer, jit_compile=False)
     return model
 
@@ -40,8 +50,9 @@ def compile_model(model, config, steps_per_epoch):
 def steps_per_epoch(config, train_size):
     steps = config.optimizer.steps_per_epoch or train_size // config.data.batch_size
     if steps < 1:
-        raise ValueError(f"--batch_size={config.data.batch_size} exceeds the {train_size} training "
-                         "images: no full batch to train on")
+        raise ValueError(
+            f"--batch_size={config.data.batch_size} exceeds the {train_size} training images: no full batch to train on"
+        )
     return steps
 
 
@@ -71,15 +82,24 @@ def _train(config, strategy, output_dir, chief, flags_text, verbose):
     if chief:
         artifacts.write_dataset_files(output_dir, splits.info, splits.class_names)
     steps = steps_per_epoch(config, len(splits.train))
-    train_ds = data.train_dataset(splits.train, splits.info.image_shape, config.data.batch_size,
-                                  config.data.augment, seed=config.run.seed,
-                                  views=methods.get(config.method.name).data_views)
-    val_ds = (data.eval_dataset(splits.val.images, splits.val.labels, config.data.eval_batch_size)
-              if len(splits.val) else None)
+    train_ds = data.train_dataset(
+        splits.train,
+        splits.info.image_shape,
+        config.data.batch_size,
+        config.data.augment,
+        seed=config.run.seed,
+        views=methods.get(config.method.name).data_views,
+    )
+    val_ds = (
+        data.eval_dataset(splits.val.images, splits.val.labels, config.data.eval_batch_size)
+        if len(splits.val)
+        else None
+    )
 
     with strategy.scope():
-        model = build_model(config, splits.info.num_classes, splits.info.mean, splits.info.std,
-                            splits.info.image_shape, strategy)
+        model = build_model(
+            config, splits.info.num_classes, splits.info.mean, splits.info.std, splits.info.image_shape, strategy
+        )
         compile_model(model, config, steps)
 
     callbacks = []
@@ -92,16 +112,32 @@ def _train(config, strategy, output_dir, chief, flags_text, verbose):
         ]
         if config.projector.every_epochs and len(splits.val):
             n = config.projector.examples
-            callbacks.append(EmbeddingProjector(
-                model.network, os.path.join(output_dir, artifacts.PROJECTOR), splits.val.images[:n] / 255.0,
-                splits.val.labels[:n], splits.val_indices[:n], splits.class_names, config.val_attack,
-                config.projector.every_epochs, config.optimizer.epochs, seed=config.run.seed))
+            callbacks.append(
+                EmbeddingProjector(
+                    model.network,
+                    os.path.join(output_dir, artifacts.PROJECTOR),
+                    splits.val.images[:n] / 255.0,
+                    splits.val.labels[:n],
+                    splits.val_indices[:n],
+                    splits.class_names,
+                    config.val_attack,
+                    config.projector.every_epochs,
+                    config.optimizer.epochs,
+                    seed=config.run.seed,
+                )
+            )
         backup_dir = os.path.join(output_dir, artifacts.BACKUP)
     else:
         backup_dir = worker_backup(os.path.join(config.run.model_dir, artifacts.BACKUP), output_dir)
-    callbacks.append(keras.callbacks.BackupAndRestore(
-        backup_dir, double_checkpoint=True, delete_checkpoint=False))
-    history = model.fit(train_ds, epochs=config.optimizer.epochs, steps_per_epoch=steps,
-                        validation_data=val_ds, validation_freq=config.run.validation_freq,
-                        callbacks=callbacks, verbose=verbose, shuffle=False)
+    callbacks.append(keras.callbacks.BackupAndRestore(backup_dir, double_checkpoint=True, delete_checkpoint=False))
+    history = model.fit(
+        train_ds,
+        epochs=config.optimizer.epochs,
+        steps_per_epoch=steps,
+        validation_data=val_ds,
+        validation_freq=config.run.validation_freq,
+        callbacks=callbacks,
+        verbose=verbose,
+        shuffle=False,
+    )
     return model, history

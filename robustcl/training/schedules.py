@@ -15,8 +15,7 @@ class EpochSchedule(keras.optimizers.schedules.LearningRateSchedule):
     epochs after warmup.
     """
 
-    def __init__(self, kind, base_lr, steps_per_epoch, epochs, decay_epochs=(), decay_factor=0.1,
-                 warmup_epochs=0):
+    def __init__(self, kind, base_lr, steps_per_epoch, epochs, decay_epochs=(), decay_factor=0.1, warmup_epochs=0):
         self.kind = kind
         self.base_lr = float(base_lr)
         self.steps_per_epoch = int(steps_per_epoch)
@@ -42,12 +41,19 @@ class EpochSchedule(keras.optimizers.schedules.LearningRateSchedule):
         return lr
 
     def get_config(self):
-        return {"kind": self.kind, "base_lr": self.base_lr, "steps_per_epoch": self.steps_per_epoch,
-                "epochs": self.epochs, "decay_epochs": list(self.decay_epochs),
-                "decay_factor": self.decay_factor, "warmup_epochs": self.warmup_epochs}
+        return {
+            "kind": self.kind,
+            "base_lr": self.base_lr,
+            "steps_per_epoch": self.steps_per_epoch,
+            "epochs": self.epochs,
+            "decay_epochs": list(self.decay_epochs),
+            "decay_factor": self.decay_factor,
+            "warmup_epochs": self.warmup_epochs,
+        }
 
 
 def from_config(optimizer_config, steps_per_epoch):
     c = optimizer_config
-    return EpochSchedule(c.lr_schedule, c.learning_rate, steps_per_epoch, c.epochs, c.lr_decay_epochs,
-                         c.lr_decay_factor, c.warmup_epochs)
+    return EpochSchedule(
+        c.lr_schedule, c.learning_rate, steps_per_epoch, c.epochs, c.lr_decay_epochs, c.lr_decay_factor, c.warmup_epochs
+    )
