@@ -11,10 +11,9 @@ import math
 import os
 from typing import Any, Optional, Tuple
 
-from robustcl.registry import Registry, unknown_message
+from robustcl.registry import Registry
 
 # Closed sets of names, spelled as registries (the one name-lookup mechanism, with one message).
-NORMS = Registry("norm", ("linf", "l2"))
 TRAIN_ATTACKS = Registry("attack", ("none", "fgsm", "pgd"))
 # What --precision may say; "auto" is resolved by the hardware (robustcl.hardware) before a config
 # is made, so a config holds one of the others.
@@ -34,10 +33,10 @@ def _check(condition, flag, message):
         raise ConfigError(f"--{flag}: {message}")
 
 
-def _check_known(value, names, flag, kind):
-    """ConfigError naming --flag when `value` is not one of `names` (the one unknown-name message)."""
-    if value not in names:
-        raise ConfigError(f"--{flag}: {unknown_message(kind, value, names)}")
+def check_name(registry, flag, value):
+    """ConfigError naming --flag when `value` is not in `registry` (the one unknown-name message)."""
+    if value not in registry:
+        raise ConfigError(f"--{flag}: {registry.unknown_message(value)}")
 
 
 def _finite(value):
@@ -135,8 +134,8 @@ def check_fields(obj, prefix="", flags=None):
         flag = (flags or {}).get(field.name) or flag_name(field, prefix)
         value = getattr(obj, field.name)
         registry = choices_of(field)
-        if registry is not None and value not in registry:
-            raise ConfigError(f"--{flag}: {registry.unknown_message(value)}")
+        if registry is not None:
+            check_name(registry, flag, value)
         bounded = any(meta[k] is not None for k in ("minimum", "maximum", "above", "below"))
         if (
             value is not None
@@ -146,6 +145,12 @@ def check_fields(obj, prefix="", flags=None):
             raise ConfigError(f"--{flag}: {_bounds_message(meta, value)}")
         if meta["exists"] and value and not os.path.exists(value):
             raise ConfigError(f"--{flag}: {value} does not exist")
+
+
+def _norms():
+    from robustcl.attacks.threat import THREATS  # the threat models the attacks implement
+
+    return THREATS
 
 
 def _datasets():
@@ -226,7 +231,7 @@ class AttackConfig:
     name: str = option(
         "pgd", "Training attack (methods without an attack ignore it).", flag="attack", choices=TRAIN_ATTACKS
     )
-    norm: str = option("linf", "Threat model norm (training and validation).", choices=NORMS)
+    norm: str = option("linf", "Threat model norm (training and validation).", choices=_norms)
     eps: float = option(8 / 255, "Perturbation budget in [0,1] pixel units, e.g. 8/255.", minimum=0, finite=True)
     step_size: float = option(2 / 255, "Training PGD step size, e.g. 2/255.", above=0, finite=True)
     steps: int = option(10, "Training PGD steps.", flag="attack_steps", minimum=1)
@@ -478,7 +483,7 @@ class EvaluationConfig:
         "restarts, Square, APGD-T, FAB-T; rand: APGD-CE and APGD-DLR with EOT over "
         "20 draws, for randomized models); custom: the AutoAttack stages listed in "
         "--attacks, in that order.",
-        choices=lambda: Registry("version", _autoattack().VERSIONS),
+        choices=lambda: _autoattack().VERSIONS,
     )
     apgd_restarts: int = option(0, "AutoAttack: APGD-CE and APGD-DLR restarts; 0: the --version's own.", minimum=0)
     fab_restarts: int = option(0, "AutoAttack: untargeted FAB restarts; 0: the --version's own.", minimum=0)
@@ -557,7 +562,7 @@ class EvaluationConfig:
         _check(self.checkpoint in ("best", "last"), "checkpoint", f"must be best or last, got {self.checkpoint!r}")
         _check(bool(self.attacks), "attacks", "name at least one attack")
         if self.norm:  # "" is the training run's norm
-            _check_known(self.norm, NORMS, "norm", "norm")
+            check_name(_norms(), "norm", self.norm)
         _check(_finite(self.eps) and (self.eps == -1.0 or self.eps >= 0), "eps", f"must be >= 0, got {self.eps}")
         _check(
             self.shard_index == -1 or 0 <= self.shard_index < self.num_shards,

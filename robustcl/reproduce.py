@@ -17,6 +17,8 @@ grid resumed where the run directories are gone (another machine) does not redo 
 """
 
 import concurrent.futures
+import contextlib
+import functools
 import json
 import math
 import os
@@ -119,7 +121,7 @@ def load_state(directory):
 
 
 def _flagfile_text(path):
-    """A flagfile with the flagfiles it includes, as the command's settings depend on them."""
+    """A flagfile with the flagfiles it includes (what the record shows as the protocol)."""
     lines = []
     with open(os.path.join(REPO, path) if not os.path.isabs(path) else path) as f:
         for line in f:
@@ -139,46 +141,110 @@ def _portable(argv):
     return [a for a in argv[1:] if not a.startswith(_PATH_FLAGS)]
 
 
+@functools.lru_cache(maxsize=None)
+def _resolved_train_config(args, data_dir, flagfile_texts=()):
+    """The config a scripts/train.py command trains (its flagfiles read from the repository root),
+    as a dict, less where the data and the run live: what its results depend on, however the
+    flagfiles spell it (a line repeating a default changes nothing). `flagfile_texts` only keys
+    the cache: a flagfile edited while the process runs is read again."""
+    from absl import flags as absl_flags
+
+    from robustcl.cli import flags as cli_flags
+
+    values = absl_flags.FlagValues()
+    cli_flags.define_train_flags(values)
+    with contextlib.chdir(REPO):
+        values(["train.py", *args, f"--data_dir={data_dir}", "--model_dir=unused"])
+        resolved = cli_flags.config_from_flags(values).to_dict()
+    del resolved["run"]["model_dir"], resolved["data"]["data_dir"]
+    return resolved
+
+
+def _train_config(argv, data_dir):
+    args = tuple(_portable(argv)[1:])
+    texts = tuple(tuple(_flagfile_text(a.split("=", 1)[1])) for a in args if a.startswith("--flagfile="))
+    return _resolved_train_config(args, os.path.abspath(data_dir), texts)
+
+
 def settings(config, cell, seed):
     """What a run's results depend on: its commands (less where the data and the run live) and the
-    flagfiles' contents; with a transfer stage, also how the surrogate was trained."""
+    training config they resolve to; with a transfer stage, also the surrogate's."""
+    argvs = commands(config, cell, seed)
     current = {
-        "commands": {stage: _portable(argv) for stage, argv in commands(config, cell, seed).items()},
-        "flagfiles": {path: _flagfile_text(path) for path in (cell.method_flagfile, config.train_flagfile)},
+        "commands": {stage: _portable(argv) for stage, argv in argvs.items()},
+        "train_config": _train_config(argvs["train"], config.data_dir),
     }
     if config.surrogate_flagfile:
         current[SURROGATE] = {
             "command": _portable(surrogate_command(config)),
-            "flagfile": _flagfile_text(config.surrogate_flagfile),
+            "train_config": _train_config(surrogate_command(config), config.data_dir),
         }
     return current
+
+
+def surrogate_settings(config):
+    argv = surrogate_command(config)
+    return {"commands": {"train": _portable(argv)}, "train_config": _train_config(argv, config.data_dir)}
 
 
 def stages_key(current, names):
     """The key of the settings some stages depend on. A row's base stages (STAGES) keep the key
     they had before a grid gained its transfer stage, so adding the stage keeps finished rows."""
-    part = {"commands": {s: current["commands"][s] for s in names}, "flagfiles": current["flagfiles"]}
+    part = {"commands": {s: current["commands"][s] for s in names}, "train_config": current["train_config"]}
     if TRANSFER_STAGE in names:
         part[SURROGATE] = current[SURROGATE]
     return artifacts.settings_key(part)
 
 
-def _check_same_settings(state, current, directory):
+def _legacy_train_config(portable_args, flagfile_lines, data_dir):
+    """The config of a command from before run directories kept their resolved config: they kept
+    the text of each flagfile (includes expanded), which is parsed in place of the files."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as copies:
+        args = []
+        for arg in portable_args[1:]:
+            if arg.startswith("--flagfile="):
+                path = arg.split("=", 1)[1]
+                copy = os.path.join(copies, f"{len(args)}.flags")
+                with open(copy, "w") as f:
+                    f.write("\n".join(flagfile_lines[path]) + "\n")
+                arg = f"--flagfile={copy}"
+            args.append(arg)
+        return _resolved_train_config(tuple(args), os.path.abspath(data_dir))
+
+
+def _upgraded(old, data_dir):
+    """Settings stored before runs were keyed by their resolved config, in today's form."""
+    if "train_config" in old or "flagfiles" not in old:
+        return old
+    texts = old["flagfiles"]
+    upgraded = {
+        "commands": old["commands"],
+        "train_config": _legacy_train_config(old["commands"]["train"], texts, data_dir),
+    }
+    if SURROGATE in old:
+        command = old[SURROGATE]["command"]
+        surrogate_flagfile, train_flagfile = (a.split("=", 1)[1] for a in command[1:3])
+        texts = {**texts, surrogate_flagfile: old[SURROGATE]["flagfile"]}
+        upgraded[SURROGATE] = {"command": command, "train_config": _legacy_train_config(command, texts, data_dir)}
+    return upgraded
+
+
+def _check_same_settings(state, current, directory, data_dir):
     """Refuses a run directory whose stages were made with other settings. A stage it has not run
     yet (one the grid gained since) is not a difference."""
     if not state:
         return
-    old_settings = state["settings"]
+    old_settings = _upgraded(state["settings"], data_dir)
     differences = [
         ("commands", stage, old_settings["commands"][stage], current["commands"].get(stage))
         for stage in old_settings["commands"]
         if old_settings["commands"][stage] != current["commands"].get(stage)
     ]
-    differences += [
-        ("flagfiles", path, old_settings["flagfiles"].get(path), current["flagfiles"].get(path))
-        for path in sorted(set(old_settings["flagfiles"]) | set(current["flagfiles"]))
-        if old_settings["flagfiles"].get(path) != current["flagfiles"].get(path)
-    ]
+    if old_settings["train_config"] != current["train_config"]:
+        setting = _config_difference(old_settings["train_config"], current["train_config"])
+        differences.append(("training config", *setting))
     if SURROGATE in old_settings and old_settings[SURROGATE] != current.get(SURROGATE):
         differences.append((SURROGATE, "training", old_settings[SURROGATE], current.get(SURROGATE)))
     if differences:
@@ -187,6 +253,19 @@ def _check_same_settings(state, current, directory):
             f"{directory} was made with other settings ({key} {name}: {old} now {new}); rerun with "
             "the settings it was made with, or delete it"
         )
+
+
+def _config_difference(old, new, prefix=""):
+    """(setting, old value, new value) of the first setting two resolved configs disagree on."""
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            found = _config_difference(a, b, f"{prefix}{key}.")
+            if found:
+                return found
+        elif a != b:
+            return f"{prefix}{key}", a, b
+    return None
 
 
 def check_settings(config):
@@ -199,13 +278,16 @@ def check_settings(config):
     record_path = _record_path(config)
     record_rows = {(r["cell"], r["seed"]): r for r in artifacts.read_json(record_path, {}).get("rows", [])}
     if config.surrogate_flagfile:
-        _check_same_settings(load_state(surrogate_dir(config)), surrogate_settings(config), surrogate_dir(config))
+        _check_same_settings(
+            load_state(surrogate_dir(config)), surrogate_settings(config), surrogate_dir(config), config.data_dir
+        )
     for cell in config.cells:
         for seed in config.seeds:
             current = settings(config, cell, seed)
-            _check_same_settings(load_state(run_dir(config, cell, seed)), current, run_dir(config, cell, seed))
+            directory = run_dir(config, cell, seed)
+            _check_same_settings(load_state(directory), current, directory, config.data_dir)
             row = record_rows.get((cell.name, seed))
-            if not row:
+            if not row or os.path.isdir(directory):  # the run directory's results stand for the row
                 continue
             other = _finished(row) and row.get("settings_key") != stages_key(current, STAGES)
             if config.surrogate_flagfile and _finished(row, stages(config)):
@@ -215,13 +297,6 @@ def check_settings(config):
                     f"{record_path} holds results of {cell.name} seed {seed} made with other settings; "
                     "rerun with the settings it was made with, or give another --record_name"
                 )
-
-
-def surrogate_settings(config):
-    return {
-        "commands": {"train": _portable(surrogate_command(config))},
-        "flagfiles": {path: _flagfile_text(path) for path in (config.surrogate_flagfile, config.train_flagfile)},
-    }
 
 
 def _finished(row, names=STAGES):
@@ -289,7 +364,7 @@ def train_surrogate(config, log=print, machine=None):
 def _run_stages(config, directory, label, argvs, current, identity, log, machine):
     os.makedirs(directory, exist_ok=True)
     state = load_state(directory)
-    _check_same_settings(state, current, directory)
+    _check_same_settings(state, current, directory, config.data_dir)
     # The settings checked are today's or a part of them (stages the grid has gained since).
     state = {**identity, "stages": {}, **state, "settings": current}
     env = dict(os.environ)
@@ -408,7 +483,7 @@ def collect(config):
                 rows.append(row)
                 continue
             try:
-                _check_same_settings(state, current, directory)
+                _check_same_settings(state, current, directory, config.data_dir)
             except ReproError:  # refused by run_cell; not today's figures
                 rows.append(
                     {

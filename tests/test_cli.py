@@ -1,5 +1,6 @@
 """Flags -> config, flagfiles, and the train script run the real way (as a subprocess)."""
 
+import dataclasses
 import glob
 import json
 import os
@@ -77,6 +78,25 @@ def test_every_method_has_a_flagfile_per_dataset():
     for method in METHOD_NAMES:
         for dataset in ("cifar10", "cifar100"):
             assert os.path.exists(os.path.join(REPO, "configs", f"{method}_{dataset}.flags")), method
+
+
+@pytest.mark.parametrize("method", METHOD_NAMES)
+def test_method_flagfiles_list_only_what_departs_from_the_defaults(method, tmp_path):
+    """Every setting line of a method flagfile changes the config it resolves to: values equal to
+    the base flagfile's or the method's own defaults (its Params, its declared head) are left to
+    them, so they live in one place."""
+    for dataset in ("cifar10", "cifar100"):
+        lines = open(os.path.join(REPO, "configs", f"{method}_{dataset}.flags")).read().splitlines()
+        full = parse(f"--flagfile=configs/{method}_{dataset}.flags")
+        for i, line in enumerate(lines):
+            if not line.startswith("--") or line.startswith(("--flagfile=", "--method=", "--model_dir=")):
+                continue
+            without = tmp_path / "without.flags"
+            without.write_text("\n".join(lines[:i] + lines[i + 1 :]) + "\n")
+            assert (
+                parse(f"--flagfile={without}", "--model_dir=x").to_dict()
+                != dataclasses.replace(full, run=dataclasses.replace(full.run, model_dir="x")).to_dict()
+            ), f"{method}_{dataset}.flags: {line} repeats a default"
 
 
 @pytest.mark.parametrize("method", METHOD_NAMES)

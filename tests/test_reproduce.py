@@ -207,7 +207,7 @@ def test_tiny_grid_runs_resumes_and_refuses_other_settings(synthetic_cifar10, tm
     assert not (tmp_path / "runs" / "pgd_at" / "seed3").exists()
 
 
-def test_settings_include_the_flagfiles_contents(tmp_path, monkeypatch):
+def test_settings_are_what_the_flagfiles_resolve_to(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     train = tmp_path / "train.flags"
     train.write_text("# comment\n--flagfile=configs/smoke.flags\n--epochs=3\n")
@@ -220,10 +220,17 @@ def test_settings_include_the_flagfiles_contents(tmp_path, monkeypatch):
         record_dir=str(tmp_path),
         record_name="r",
     )
-    found = reproduce.settings(config, config.cells[0], 0)["flagfiles"]
-    assert "--model=tiny" in found[str(train)] and found[str(train)][-1] == "--epochs=3"
-    assert "--method=pgd_at" in found["configs/pgd_at_cifar10.flags"]
-    assert "--dataset=cifar10" in found["configs/pgd_at_cifar10.flags"]  # from the base it includes
+    found = reproduce.settings(config, config.cells[0], 0)["train_config"]
+    assert found["model"]["name"] == "tiny" and found["optimizer"]["epochs"] == 3
+    assert found["method"]["name"] == "pgd_at"
+    assert found["data"]["dataset"] == "cifar10"  # from the base the method flagfile includes
+    key = reproduce.stages_key(reproduce.settings(config, config.cells[0], 0), reproduce.STAGES)
+    # What the flagfiles resolve to is the key, not how they spell it: a line repeating a default
+    # changes nothing, a value does.
+    train.write_text("# comment\n--flagfile=configs/smoke.flags\n--epochs=3\n--momentum=0.9\n")
+    assert reproduce.stages_key(reproduce.settings(config, config.cells[0], 0), reproduce.STAGES) == key
+    train.write_text("# comment\n--flagfile=configs/smoke.flags\n--epochs=4\n")
+    assert reproduce.stages_key(reproduce.settings(config, config.cells[0], 0), reproduce.STAGES) != key
 
 
 @pytest.mark.parametrize("grid", ["configs/repro_cifar10_cpu.flags", "configs/repro_cifar10_gpu.flags"])
@@ -336,3 +343,28 @@ def test_claims_are_put_in_plain_words():
     assert "held in part: m over b in pgd; reversed: m below b in cw" in words(
         [("held", "m", "b", "pgd"), ("reversed", "m", "b", "cw")]
     )
+
+
+def test_run_directories_made_before_resolved_keys_are_read_by_their_flagfiles_text(tmp_path, monkeypatch):
+    """A run directory whose state kept its flagfiles' text (before runs were keyed by the config
+    they resolve to) is today's run when that text resolves to today's config, whatever the lines
+    say it with, and is refused, naming the setting, when it does not."""
+    monkeypatch.chdir(REPO)
+    config = ReproduceConfig(
+        cells=(ReproCell("trades", "configs/trades_cifar10.flags"),),
+        seeds=(0,),
+        train_flagfile=_train_flagfile(tmp_path),
+        data_dir=str(tmp_path),
+        runs_dir=str(tmp_path / "runs"),
+        record_dir=str(tmp_path),
+        record_name="r",
+    )
+    cell = config.cells[0]
+    current = reproduce.settings(config, cell, 0)
+    texts = {path: reproduce._flagfile_text(path) for path in (cell.method_flagfile, config.train_flagfile)}
+    texts[cell.method_flagfile] += ["--trades_beta=6.0", "--attack=pgd"]  # defaults, spelled out
+    legacy = {"settings": {"commands": current["commands"], "flagfiles": texts}}
+    reproduce._check_same_settings(legacy, current, "run", config.data_dir)
+    texts[cell.method_flagfile] += ["--trades_beta=3.0"]
+    with pytest.raises(reproduce.ReproError, match=r"training config method\.params\.beta: 3\.0 now 6\.0"):
+        reproduce._check_same_settings(legacy, current, "run", config.data_dir)

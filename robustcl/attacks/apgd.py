@@ -22,9 +22,9 @@ import tensorflow as tf
 
 from robustcl.attacks.objectives import dlr_per_example, dlr_targeted_per_example
 from robustcl.losses import cross_entropy_per_example
-from robustcl.registry import unknown_message
+from robustcl.registry import Registry
 
-LOSSES = ("ce", "dlr", "dlr-targeted")
+LOSSES = Registry("APGD loss", ("ce", "dlr", "dlr-targeted"))
 
 
 def _expand(v, x):
@@ -33,8 +33,7 @@ def _expand(v, x):
 
 def make_loss_and_grad(logits_fn, loss):
     """tf.function (x, y, target) -> (logits, per-example loss, d sum(loss) / dx)."""
-    if loss not in LOSSES:
-        raise ValueError(unknown_message("APGD loss", loss, LOSSES))
+    LOSSES.check(loss)
 
     @tf.function(reduce_retracing=True)
     def loss_and_grad(x, y, target):

@@ -10,7 +10,7 @@ Everything is computed in float32 whatever the model's compute dtype.
 import numpy as np
 import tensorflow as tf
 
-from robustcl.registry import unknown_message
+from robustcl.registry import Registry
 
 _TINY = 1e-12
 
@@ -101,7 +101,9 @@ class L2Ball:
         return np.sqrt(np.square(g).sum(-1))
 
 
-THREATS = {"linf": LinfBall, "l2": L2Ball}
+THREATS = Registry("norm")
+THREATS.register("linf")(LinfBall)
+THREATS.register("l2")(L2Ball)
 
 
 def perturbation_norms(x, x_adv, norm):
@@ -112,10 +114,9 @@ def perturbation_norms(x, x_adv, norm):
         return np.abs(delta).max(1) if delta.shape[1] else np.zeros(len(delta))
     if norm == "l2":
         return np.sqrt(np.sum(delta**2, axis=1))
-    raise ValueError(unknown_message("norm", norm, tuple(THREATS)))
+    raise ValueError(THREATS.unknown_message(norm))
 
 
 def threat_model(norm, eps):
-    if norm not in THREATS:
-        raise ValueError(unknown_message("norm", norm, tuple(THREATS)))
-    return THREATS[norm](eps)
+    THREATS.check(norm)
+    return THREATS.get(norm)(eps)

@@ -103,11 +103,6 @@ def _define_data_flags(defaults, flag_values):
         define_field_flag(fields[name], flag_values, default=getattr(defaults, name))
 
 
-def _check_name(registry, flag, value):
-    if value not in registry:
-        raise cfg.ConfigError(f"--{flag}: {registry.unknown_message(value)}")
-
-
 def _flag_fields(config_class, skip=()):
     return [
         f
@@ -304,7 +299,7 @@ def evaluation_config_from_flags(flag_values=FLAGS):
     if f.dataset is not None:
         from robustcl.data import DATASETS
 
-        _check_name(DATASETS, "dataset", f.dataset)
+        cfg.check_name(DATASETS, "dataset", f.dataset)
     return config_from_field_flags(
         cfg.EvaluationConfig,
         f,

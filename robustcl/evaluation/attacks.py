@@ -10,7 +10,8 @@ square_queries); the PGD step size is written once, in `Plan.step_size`.
 import dataclasses
 from typing import Callable, Tuple
 
-from robustcl.config import NORMS, ConfigError
+from robustcl.attacks.threat import THREATS
+from robustcl.config import ConfigError
 from robustcl.registry import Registry
 
 EVALUATION_ATTACKS = Registry("attack")
@@ -21,10 +22,10 @@ class EvaluationAttack:
     name: str
     about: str
     run: Callable
-    norms: Tuple[str, ...] = NORMS
+    norms: Tuple[str, ...] = tuple(THREATS)
 
 
-def register(name, about, norms=NORMS):
+def register(name, about, norms=tuple(THREATS)):
     def decorator(run):
         EVALUATION_ATTACKS.register(name)(EvaluationAttack(name, about, run, tuple(norms)))
         return run

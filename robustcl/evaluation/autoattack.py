@@ -24,8 +24,8 @@ from robustcl.attacks import threat_model
 from robustcl.attacks.apgd import apgd, make_loss_and_grad
 from robustcl.attacks.fab import fab, make_difference_and_grad, make_differences_and_grads
 from robustcl.attacks.square import square
-from robustcl.config import ConfigError
-from robustcl.registry import unknown_message
+from robustcl.config import ConfigError, check_name
+from robustcl.registry import Registry
 
 STAGES = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
 N_TARGET_CLASSES = 9
@@ -40,12 +40,11 @@ class Version:
     square_restarts: int = 1
 
 
-VERSIONS = {
-    "standard": Version(("apgd-ce", "apgd-t", "fab-t", "square"), 1, 1, 1),
-    "plus": Version(("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"), 5, 5, 1),
-    "rand": Version(("apgd-ce", "apgd-dlr"), 1, 1, 20),
-    "custom": Version((), 1, 1, 1),
-}
+VERSIONS = Registry("version")
+VERSIONS.register("standard")(Version(("apgd-ce", "apgd-t", "fab-t", "square"), 1, 1, 1))
+VERSIONS.register("plus")(Version(("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"), 5, 5, 1))
+VERSIONS.register("rand")(Version(("apgd-ce", "apgd-dlr"), 1, 1, 20))
+VERSIONS.register("custom")(Version((), 1, 1, 1))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,14 +84,13 @@ def cascade_stages(version, attacks):
     """The stages a version runs: its own, or (custom) the stage names among `attacks`, in order."""
     if version == "custom":
         return tuple(a for a in attacks if a in STAGES)
-    return VERSIONS[version].stages
+    return VERSIONS.get(version).stages
 
 
 def check(version, attacks, flag="attacks"):
     """ConfigError naming the problem when --version and --attacks do not fit together: stage names
     belong to --version=custom, which needs at least one and has no 'autoattack' entry."""
-    if version not in VERSIONS:
-        raise ConfigError(f"--version: {unknown_message('version', version, tuple(VERSIONS))}")
+    check_name(VERSIONS, "version", version)
     stages = [a for a in attacks if a in STAGES]
     if version == "custom":
         if not stages:
@@ -120,7 +118,7 @@ def resolve(
     square_restarts=0,
 ):
     """The Cascade of `version`; a count of 0 means the version's own."""
-    spec = VERSIONS[version]
+    spec = VERSIONS.get(version)
     return Cascade(
         version,
         cascade_stages(version, attacks),

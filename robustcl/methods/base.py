@@ -13,7 +13,7 @@ from typing import Dict, NamedTuple, Optional
 import tensorflow as tf
 
 from robustcl.attacks.objectives import OBJECTIVES
-from robustcl.config import CONTRASTIVE_SCOPES, ConfigError, check_fields, option
+from robustcl.config import CONTRASTIVE_SCOPES, check_fields, check_name, option
 from robustcl.losses import global_batch
 from robustcl.registry import Registry
 
@@ -73,8 +73,7 @@ class Method:
     def __init__(self, params=None, contrastive_scope="global"):
         self.params = params if params is not None else self.Params()
         check_params(self.name, self.params)
-        if contrastive_scope not in CONTRASTIVE_SCOPES:
-            raise ConfigError(f"--contrastive_scope: {CONTRASTIVE_SCOPES.unknown_message(contrastive_scope)}")
+        check_name(CONTRASTIVE_SCOPES, "contrastive_scope", contrastive_scope)
         self.contrastive_scope = contrastive_scope
 
     def build(self, embedding_dim):
