@@ -81,6 +81,25 @@ def option(
     return dataclasses.field(default=default, metadata=metadata)
 
 
+def _metadata(field):
+    """A field's option metadata; a field made without `option` (a plain dataclass field of a
+    user's Params) has no constraints and a flag of its name."""
+    return {**_PLAIN_FIELD, **field.metadata}
+
+
+_PLAIN_FIELD = {
+    "help": "",
+    "flag": None,
+    "choices": None,
+    "minimum": None,
+    "maximum": None,
+    "above": None,
+    "below": None,
+    "finite": False,
+    "exists": False,
+}
+
+
 def choices_of(field):
     """The Registry of a field's names, or None."""
     choices = field.metadata.get("choices")
@@ -128,9 +147,7 @@ def check_fields(obj, prefix="", flags=None):
     breaks its constraints. `flags` renames fields' flags ({field: flag}) for a second use of a
     class (the validation attack's)."""
     for field in dataclasses.fields(obj):
-        meta = field.metadata
-        if "help" not in meta:
-            continue
+        meta = _metadata(field)
         flag = (flags or {}).get(field.name) or flag_name(field, prefix)
         value = getattr(obj, field.name)
         registry = choices_of(field)
