@@ -24,6 +24,8 @@ import json
 import os
 from typing import Optional, Tuple
 
+from robustcl.config import CHECKPOINTS
+
 CONFIG = "config.json"
 FLAGS = "flags.txt"
 DATASET = "dataset.json"
@@ -34,7 +36,6 @@ PROJECTOR = "projector"  # the TensorBoard projector run
 EVALUATION_LOGS = "evaluation"  # TensorBoard scalars of scripts/evaluate.py
 REPORT = "report.json"
 EXPORT_ASSETS = "assets.extra"
-CHECKPOINTS = ("best", "last")
 # Run files an export carries in assets.extra/ (TF Serving's place for files outside the graph).
 EXPORTED_RUN_FILES = (CONFIG, DATASET, CLASS_NAMES)
 
@@ -88,8 +89,7 @@ def settings_key(settings):
 
 
 def weights_path(model_dir, checkpoint):
-    if checkpoint not in CHECKPOINTS:
-        raise ValueError(f"checkpoint must be one of {', '.join(CHECKPOINTS)}, got {checkpoint!r}")
+    CHECKPOINTS.check(checkpoint)
     return os.path.join(model_dir, f"{checkpoint}.weights.h5")
 
 

@@ -22,6 +22,8 @@ CONTRASTIVE_SCOPES = Registry("scope", ("global", "replica"))
 STRATEGIES = Registry("strategy", ("auto", "one_device", "mirrored", "multi_worker"))
 LR_SCHEDULES = Registry("schedule", ("piecewise", "cosine", "constant"))
 EMBEDDING_HEADS = Registry("head", ("mlp", "linear"))
+# A training run keeps its best epoch (by validation robust accuracy) and its last.
+CHECKPOINTS = Registry("checkpoint", ("best", "last"))
 
 
 class ConfigError(ValueError):
@@ -462,7 +464,7 @@ class EvaluationConfig:
         "or any other (through --signature).",
     )
     keras_model: str = option("", "Or: a Keras model file (model.save('m.keras') or .h5).")
-    checkpoint: str = option("best", "Which checkpoint of a training run: best or last.")
+    checkpoint: str = option("best", "Which checkpoint of a training run.", choices=CHECKPOINTS)
     output_dir: str = option("", "Where reports go (default <model_dir>/evaluation_<checkpoint>).")
     # The data and threat model when the model carries no robustcl config (else the config's).
     dataset: str = option("", "The dataset (default: the model's own).", flag=False)
@@ -576,7 +578,6 @@ class EvaluationConfig:
             "robustcl runs; a run directory's network is known",
         )
         check_fields(self)
-        _check(self.checkpoint in ("best", "last"), "checkpoint", f"must be best or last, got {self.checkpoint!r}")
         _check(bool(self.attacks), "attacks", "name at least one attack")
         if self.norm:  # "" is the training run's norm
             check_name(_norms(), "norm", self.norm)
@@ -699,7 +700,7 @@ class ExportConfig:
     export_dir: str = option("", "Base directory; the model goes to EXPORT_DIR/<model_name>/<version>/.")
     model_name: Optional[str] = option(None, "Name under EXPORT_DIR (default: the run directory's name).")
     version: Optional[int] = option(None, "Version directory (default: one above the highest).", minimum=1)
-    checkpoint: str = option("best", "best or last.")
+    checkpoint: str = option("best", "Which checkpoint of the run.", choices=CHECKPOINTS)
 
     def validate(self):
         _check(
@@ -709,7 +710,6 @@ class ExportConfig:
         )
         _check(bool(self.export_dir), "export_dir", "is required")
         check_fields(self)
-        _check(self.checkpoint in ("best", "last"), "checkpoint", f"must be best or last, got {self.checkpoint!r}")
         _check(
             self.model_name is None or (bool(self.model_name) and "/" not in self.model_name),
             "model_name",

@@ -32,6 +32,20 @@ def _train_flagfile(tmp_path):
     return str(path)
 
 
+def _one_cell_grid(tmp_path, method="pgd_at", train_flagfile=None, **settings):
+    """A grid of one cell (the method's CIFAR-10 flagfile) and seed 0, everything under tmp_path."""
+    return ReproduceConfig(
+        cells=(ReproCell(method, f"configs/{method}_cifar10.flags"),),
+        seeds=(0,),
+        train_flagfile=train_flagfile or _train_flagfile(tmp_path),
+        data_dir=str(tmp_path),
+        runs_dir=str(tmp_path / "runs"),
+        record_dir=str(tmp_path),
+        record_name="r",
+        **settings,
+    )
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
@@ -211,15 +225,7 @@ def test_settings_are_what_the_flagfiles_resolve_to(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     train = tmp_path / "train.flags"
     train.write_text("# comment\n--flagfile=configs/smoke.flags\n--epochs=3\n")
-    config = ReproduceConfig(
-        cells=(ReproCell("pgd_at", "configs/pgd_at_cifar10.flags"),),
-        seeds=(0,),
-        train_flagfile=str(train),
-        data_dir=str(tmp_path),
-        runs_dir=str(tmp_path / "runs"),
-        record_dir=str(tmp_path),
-        record_name="r",
-    )
+    config = _one_cell_grid(tmp_path, train_flagfile=str(train))
     found = reproduce.settings(config, config.cells[0], 0)["train_config"]
     assert found["model"]["name"] == "tiny" and found["optimizer"]["epochs"] == 3
     assert found["method"]["name"] == "pgd_at"
@@ -268,15 +274,7 @@ def test_every_cell_of_the_grids_is_a_valid_training_config(grid, monkeypatch, t
 
 def test_a_record_of_other_settings_is_refused_not_overwritten(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
-    config = ReproduceConfig(
-        cells=(ReproCell("pgd_at", "configs/pgd_at_cifar10.flags"),),
-        seeds=(0,),
-        train_flagfile=_train_flagfile(tmp_path),
-        data_dir=str(tmp_path),
-        runs_dir=str(tmp_path / "runs"),
-        record_dir=str(tmp_path),
-        record_name="r",
-    )
+    config = _one_cell_grid(tmp_path)
     row = {
         "cell": "pgd_at",
         "seed": 0,
@@ -300,16 +298,7 @@ def test_a_recorded_row_without_a_gained_stage_is_trained_again(tmp_path, monkey
     checkpoints are elsewhere: the new stage needs the cell trained again. A surrogate trained at a
     cell's seed would be white-box, and is refused."""
     monkeypatch.chdir(REPO)
-    base = dict(
-        cells=(ReproCell("pgd_at", "configs/pgd_at_cifar10.flags"),),
-        seeds=(0,),
-        train_flagfile=_train_flagfile(tmp_path),
-        data_dir=str(tmp_path),
-        runs_dir=str(tmp_path / "runs"),
-        record_dir=str(tmp_path),
-        record_name="r",
-    )
-    before = ReproduceConfig(**base)
+    before = _one_cell_grid(tmp_path)
     row = {
         "cell": "pgd_at",
         "seed": 0,
@@ -319,14 +308,14 @@ def test_a_recorded_row_without_a_gained_stage_is_trained_again(tmp_path, monkey
     }
     (tmp_path / "r.json").write_text(json.dumps({"rows": [row]}))
     assert reproduce.pending(before, log=lambda _: None) == []
-    after = ReproduceConfig(**base, surrogate_flagfile="configs/standard_cifar10.flags", surrogate_seed=5)
+    after = _one_cell_grid(tmp_path, surrogate_flagfile="configs/standard_cifar10.flags", surrogate_seed=5)
     reproduce.check_settings(after)  # the base stages' key is unchanged by the new stage
     said = []
     assert reproduce.pending(after, log=said.append) == [(after.cells[0], 0)]
     assert "without its eval_transfer stage" in said[0] and "training it again" in said[0]
     assert reproduce.collect(after)[0]["clean"] == 0.3  # kept until the rerun has finished
     with pytest.raises(ConfigError, match="--surrogate_seed: 0 is one of --seeds"):
-        ReproduceConfig(**base, surrogate_flagfile="configs/standard_cifar10.flags", surrogate_seed=0).validate()
+        _one_cell_grid(tmp_path, surrogate_flagfile="configs/standard_cifar10.flags", surrogate_seed=0).validate()
 
 
 def test_claims_are_put_in_plain_words():
@@ -350,15 +339,7 @@ def test_run_directories_made_before_resolved_keys_are_read_by_their_flagfiles_t
     they resolve to) is today's run when that text resolves to today's config, whatever the lines
     say it with, and is refused, naming the setting, when it does not."""
     monkeypatch.chdir(REPO)
-    config = ReproduceConfig(
-        cells=(ReproCell("trades", "configs/trades_cifar10.flags"),),
-        seeds=(0,),
-        train_flagfile=_train_flagfile(tmp_path),
-        data_dir=str(tmp_path),
-        runs_dir=str(tmp_path / "runs"),
-        record_dir=str(tmp_path),
-        record_name="r",
-    )
+    config = _one_cell_grid(tmp_path, "trades")
     cell = config.cells[0]
     current = reproduce.settings(config, cell, 0)
     texts = {path: reproduce._flagfile_text(path) for path in (cell.method_flagfile, config.train_flagfile)}
