@@ -104,39 +104,31 @@ def main():
                 f"+ pad-crop-flip, {views} view(s)): {pipeline:.1f} images/s",
                 flush=True,
             )
-            step = train_throughput.measure(
-                args.method,
-                model_name,
-                "graph",
-                "float32",
-                args.batch_size,
-                args.attack_steps,
-                args.steps,
-                1,
-                strategy,
-                "global",
-                image_size=size,
-            )
+
+            def measure(**fed):
+                return train_throughput.measure(
+                    args.method,
+                    model_name,
+                    "graph",
+                    "float32",
+                    args.batch_size,
+                    args.attack_steps,
+                    args.steps,
+                    1,
+                    strategy,
+                    "global",
+                    image_size=size,
+                    **fed,
+                )
+
+            step = measure()
             print(
                 f"step {args.method} {model_name} {size} px batch {args.batch_size}, fixed batch: "
                 f"{step['images_per_s']:.2f} images/s",
                 flush=True,
             )
             streamed = data.train_dataset(examples, (size, size, 3), args.batch_size, augment=True, seed=0, views=views)
-            fed = train_throughput.measure(
-                args.method,
-                model_name,
-                "graph",
-                "float32",
-                args.batch_size,
-                args.attack_steps,
-                args.steps,
-                1,
-                strategy,
-                "global",
-                image_size=size,
-                dataset=streamed,
-            )
+            fed = measure(dataset=streamed)
             print(
                 f"step+pipe {args.method} {model_name} {size} px batch {args.batch_size}, fed from "
                 f"the JPEG folder: {fed['images_per_s']:.2f} images/s "
