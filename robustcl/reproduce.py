@@ -157,7 +157,7 @@ def _resolved_train_config(args, data_dir, flagfile_texts=()):
         values(["train.py", *args, f"--data_dir={data_dir}", "--model_dir=unused"])
         resolved = cli_flags.config_from_flags(values).to_dict()
     del resolved["run"]["model_dir"], resolved["data"]["data_dir"]
-    return resolved
+    return json.loads(json.dumps(resolved))  # as a run directory's state file keeps it (lists, not tuples)
 
 
 def _train_config(argv, data_dir):

@@ -5,7 +5,6 @@ to the run's image size in parallel, then augmented and prefetched like the arra
 files' paths are held in memory.
 """
 
-import keras
 import numpy as np
 import tensorflow as tf
 
@@ -15,21 +14,24 @@ AUTOTUNE = tf.data.AUTOTUNE
 class PadCropFlip:
     """The standard CIFAR augmentation: zero-pad 4 pixels, random crop back, random horizontal flip.
 
-    Applied per image: Keras' RandomCrop draws one offset per call, so calling it on a batch would
-    crop every image of the batch alike. Layers are float32 whatever the global precision policy.
+    Applied per image, with stateless draws from the image's own seed: a stateful generator shared
+    by the parallel calls of a map would hand out its draws in scheduling order, so two runs of one
+    seed (or a cluster and a mirrored run) could augment differently under another load.
     """
 
-    def __init__(self, image_shape, padding=None, seed=None):
-        height, width, _ = image_shape
+    def __init__(self, image_shape, padding=None):
+        height, width, channels = image_shape
+        self.shape = (height, width, channels)
         # 4 pixels at CIFAR's 32, the same eighth of the side at larger sizes.
         self.padding = max(4, height // 8) if padding is None else padding
-        self.crop = keras.layers.RandomCrop(height, width, seed=seed, dtype="float32")
-        self.flip = keras.layers.RandomFlip("horizontal", seed=None if seed is None else seed + 1, dtype="float32")
 
-    def __call__(self, image):
+    def __call__(self, image, seed):
+        """image [H, W, C] float, seed int64 [2] -> the augmented image."""
         p = self.padding
         image = tf.pad(image, [[p, p], [p, p], [0, 0]])
-        return self.flip(self.crop(image, training=True), training=True)
+        crop_seed, flip_seed = tf.unstack(tf.random.split(seed, 2))
+        image = tf.image.stateless_random_crop(image, self.shape, seed=crop_seed)
+        return tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
 
 
 def fit_to_size(image, size):
@@ -102,13 +104,20 @@ def train_dataset(examples, image_shape, batch_size, augment=True, seed=0, views
         raise ValueError(f"views must be 1 or 2, got {views}")
     ds = _images_and_labels(examples, image_shape[0], shuffle_seed=seed)
     ds = ds.map(_to_float, num_parallel_calls=AUTOTUNE)
-    augmentation = PadCropFlip(image_shape, seed=seed) if augment else (lambda image: image)
-    if views == 2:
-        ds = ds.map(
-            lambda image, label: ((augmentation(image), augmentation(image)), label), num_parallel_calls=AUTOTUNE
+    augmentation = PadCropFlip(image_shape) if augment else (lambda image, view_seed: image)
+
+    def view(index, image, number):
+        # The image's place in the (seeded, endless) stream and the view's number seed its draws.
+        return augmentation(image, tf.stack([tf.constant(seed or 0, tf.int64), index * views + number]))
+
+    if views == 2 or augment:
+        ds = ds.enumerate().map(
+            lambda index, example: (
+                (view(index, example[0], 0), view(index, example[0], 1)) if views == 2 else view(index, example[0], 0),
+                example[1],
+            ),
+            num_parallel_calls=AUTOTUNE,
         )
-    elif augment:
-        ds = ds.map(lambda image, label: (augmentation(image), label), num_parallel_calls=AUTOTUNE)
     return _shard_by_element(ds.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE))
 
 
