@@ -1,10 +1,11 @@
 """The only module that defines or reads absl flags.
 
-`define_train_flags()` defines every flag (all optional, defaults as in `robustcl.config`);
-`config_from_flags()` turns the parsed flags into a validated, frozen `ExperimentConfig`, failing
-with a message that names the flag before any work is done. A flagfile may include another with a
-`--flagfile=...` line (absl resolves nested flagfiles); later lines override earlier ones.
-Method hyperparameters are flags named `--<method>_<param>`, generated from each method's Params.
+Every flag is generated from a field of the frozen config it fills (`robustcl.config.option`: its
+name, help, type, bounds and registry of names), so a setting is added in one place. `define_*`
+define a script's flags; `*_from_flags` turn the parsed flags into its validated config, failing
+with a message that names the flag before any work is done. Method hyperparameters are flags
+`--<method>_<param>`, generated from each method's Params the same way. A flagfile may include
+another with a `--flagfile=...` line (absl resolves nested flagfiles); later lines override earlier.
 """
 
 import dataclasses
@@ -85,8 +86,11 @@ def define_field_flag(field, flag_values, name=None, help_suffix="", default=_FI
 
 
 def _value_type(field):
-    """bool, int, float, tuple or str: a field's type, Optional[...] unwrapped."""
+    """bool, int, float, tuple or str: a field's type, Optional[...] unwrapped (a string annotation,
+    from `from __future__ import annotations`, is read from the default's type)."""
     kind = field.type
+    if isinstance(kind, str):
+        return type(field.default) if field.default is not None else str
     if typing.get_origin(kind) is typing.Union:
         kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
     return tuple if typing.get_origin(kind) is tuple else kind
