@@ -548,6 +548,12 @@ class EvaluationConfig:
         "the evaluated model, as transfer (black-box) rows of the report.",
         exists=True,
     )
+    transfer_checkpoint: str = option(
+        "best",
+        "Which checkpoint of a --transfer_from run directory crafts the transfer examples (a naturally "
+        "trained surrogate's best by validation robust accuracy is an early, weak epoch: give last).",
+        choices=CHECKPOINTS,
+    )
     transfer_in_worst_case: bool = option(False, "Count the transfer rows in the per-example worst case.")
 
     def validate(self):

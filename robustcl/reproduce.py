@@ -104,6 +104,9 @@ def commands(config, cell, seed):
             "--checkpoint=best",
             "--attacks=fgsm",
             f"--transfer_from={os.path.abspath(surrogate_dir(config))}",
+            # The surrogate is naturally trained: its best epoch by validation robust accuracy is an
+            # early, less accurate one, whose examples transfer worse than the last epoch's.
+            "--transfer_checkpoint=last",
             f"--output_dir={os.path.join(model_dir, TRANSFER_OUTPUT)}",
         ]
     return argvs
@@ -632,6 +635,15 @@ def _fmt(value):
     return "-" if value is None else f"{100 * value:.1f}"
 
 
+def _surrogate_accuracy(config):
+    """', validation accuracy X%' of the surrogate's last epoch, when its history is here."""
+    history = artifacts.read_json(os.path.join(surrogate_dir(config), artifacts.HISTORY), {})
+    epochs = history.get("epochs") or []
+    if not epochs or "val_accuracy" not in epochs[-1]:
+        return ""
+    return f", validation accuracy {100 * epochs[-1]['val_accuracy']:.1f}%"
+
+
 def markdown(config, rows, summary, machine, software, command):
     lines = [
         f"# Reproduction record: {config.record_name}",
@@ -709,7 +721,8 @@ def markdown(config, rows, summary, machine, software, command):
         lines[-1:-1] = [
             f"- Black-box transfer (column `transfer`): a surrogate trained once with "
             f"`{config.surrogate_flagfile}` and the protocol's training flags at seed "
-            f"{config.surrogate_seed} (not a seed of any cell, so no cell is its own surrogate) crafts "
+            f"{config.surrogate_seed} (not a seed of any cell, so no cell is its own surrogate; its last "
+            f"checkpoint{_surrogate_accuracy(config)}) crafts "
             f"PGD-{config.pgd_steps} and APGD-CE ({config.apgd_iterations} iterations) examples on the "
             "same test points; a point counts as robust when the cell's best checkpoint classifies it "
             "correctly clean and on the surrogate's example. The column is the lower of the two "

@@ -41,10 +41,10 @@ def load_classifier(config):
     return artifacts.load_keras_model(config.keras_model, config.output_key, config.input_range, config.outputs)
 
 
-def load_surrogate(path):
-    """--transfer_from: a run directory (best checkpoint), a SavedModel or a Keras model file."""
+def load_surrogate(path, checkpoint="best"):
+    """--transfer_from: a run directory (its `checkpoint`), a SavedModel or a Keras model file."""
     if os.path.isfile(os.path.join(path, artifacts.CONFIG)):
-        return artifacts.load_run(path, "best")
+        return artifacts.load_run(path, checkpoint)
     if os.path.isfile(os.path.join(path, "saved_model.pb")):
         return artifacts.load_saved_model(path)
     if os.path.isfile(path):
@@ -237,7 +237,7 @@ def evaluate_run(config, progress=True):
     output_dir = config.output_dir or artifacts.evaluation_dir(config.model_dir, config.checkpoint)
     n = len(x)
     class_names = classifier.class_names or dataset.class_names
-    surrogate = load_surrogate(config.transfer_from) if config.transfer_from else None
+    surrogate = load_surrogate(config.transfer_from, config.transfer_checkpoint) if config.transfer_from else None
     if surrogate is not None:
         artifacts.check_against_data(surrogate, dataset.info.image_shape, dataset.info.num_classes, x[:2])
     # Keywords: a Plan field added between others must not shift what these mean.
