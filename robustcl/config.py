@@ -551,7 +551,8 @@ class EvaluationConfig:
     transfer_checkpoint: str = option(
         "best",
         "Which checkpoint of a --transfer_from run directory crafts the transfer examples (a naturally "
-        "trained surrogate's best by validation robust accuracy is an early, weak epoch: give last).",
+        "trained surrogate's best by validation robust accuracy is an early epoch; last is the trained "
+        "network the literature's black-box protocol uses).",
         choices=CHECKPOINTS,
     )
     transfer_in_worst_case: bool = option(False, "Count the transfer rows in the per-example worst case.")
