@@ -178,14 +178,13 @@ def settings(config, cell, seed):
         "train_config": _train_config(argvs["train"], config.data_dir),
     }
     if config.surrogate_flagfile:
-        current[SURROGATE] = {
-            "command": _portable(surrogate_command(config)),
-            "train_config": _train_config(surrogate_command(config), config.data_dir),
-        }
+        surrogate = surrogate_settings(config)
+        current[SURROGATE] = {"command": surrogate["commands"]["train"], "train_config": surrogate["train_config"]}
     return current
 
 
 def surrogate_settings(config):
+    """The surrogate run directory's settings (its one stage, train)."""
     argv = surrogate_command(config)
     return {"commands": {"train": _portable(argv)}, "train_config": _train_config(argv, config.data_dir)}
 
@@ -214,7 +213,8 @@ def _legacy_train_config(portable_args, flagfile_lines, data_dir):
                     f.write("\n".join(flagfile_lines[path]) + "\n")
                 arg = f"--flagfile={copy}"
             args.append(arg)
-        return _resolved_train_config(tuple(args), os.path.abspath(data_dir))
+        # Not through the cache: the copies' paths are new on every call.
+        return _resolved_train_config.__wrapped__(tuple(args), os.path.abspath(data_dir))
 
 
 def _upgraded(old, data_dir):
@@ -228,7 +228,7 @@ def _upgraded(old, data_dir):
     }
     if SURROGATE in old:
         command = old[SURROGATE]["command"]
-        surrogate_flagfile, train_flagfile = (a.split("=", 1)[1] for a in command[1:3])
+        surrogate_flagfile = command[1].split("=", 1)[1]  # scripts/train.py --flagfile=SURROGATE ...
         texts = {**texts, surrogate_flagfile: old[SURROGATE]["flagfile"]}
         upgraded[SURROGATE] = {"command": command, "train_config": _legacy_train_config(command, texts, data_dir)}
     return upgraded
