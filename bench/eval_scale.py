@@ -24,6 +24,8 @@ import shutil
 import tempfile
 import time
 
+import robustcl  # noqa: F401  (first: it picks TensorFlow's CPU backend, fixed at TensorFlow's import)
+
 import numpy as np
 
 

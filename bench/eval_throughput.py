@@ -17,6 +17,8 @@ import os
 import platform
 import time
 
+import robustcl  # noqa: F401  (first: it picks TensorFlow's CPU backend, fixed at TensorFlow's import)
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -96,6 +98,9 @@ def main():
                 "machine": platform.machine(),
                 "cpu_model": machine.cpu_model,
                 "cpu_flags": list(machine.cpu_flags),
+                "backend": machine.backend,
+                "backend_origin": machine.backend_origin,
+                "onednn_isa_cap": machine.onednn_isa_cap,
                 "cpus": os.cpu_count(),
                 "results": results,
             },

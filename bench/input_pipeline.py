@@ -24,6 +24,8 @@ import sys
 import tempfile
 import time
 
+import robustcl  # noqa: F401  (first: it picks TensorFlow's CPU backend, fixed at TensorFlow's import)
+
 import keras
 import numpy as np
 import tensorflow as tf

@@ -22,6 +22,8 @@ import platform
 import sys
 import time
 
+import robustcl  # noqa: F401  (first: it picks TensorFlow's CPU backend, fixed at TensorFlow's import)
+
 import numpy as np
 import tensorflow as tf
 

@@ -35,6 +35,9 @@ def main(argv):
     from robustcl.artifacts import ModelLoadError
     from robustcl.evaluation import EvaluationError
     from robustcl.evaluation.run import evaluate_run
+    from robustcl import hardware
+
+    print(hardware.startup_line(), flush=True)
 
     try:
         report, output_dir = evaluate_run(config)

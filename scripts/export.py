@@ -25,7 +25,10 @@ def main(argv):
         args = cli_flags.export_args_from_flags()
     except ConfigError as error:
         sys.exit(f"error: {error}")
+    from robustcl import hardware
     from robustcl.serving.export import export_run
+
+    print(hardware.startup_line(), flush=True)
 
     try:
         print(export_run(**args))

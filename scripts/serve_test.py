@@ -32,10 +32,11 @@ def main(argv):
         args = cli_flags.serve_test_args_from_flags()
     except ConfigError as error:
         sys.exit(f"error: {error}")
-    from robustcl import artifacts, data
+    from robustcl import artifacts, data, hardware
     from robustcl.serving import robustness
     from robustcl.serving.client import GrpcClient, RestClient, SavedModelBackend, ServerError
 
+    print(hardware.startup_line(), flush=True)
     local = SavedModelBackend(args["saved_model"]) if args["saved_model"] else None
     dataset, image_size = args["dataset"], 0
     exported = os.path.join(args["saved_model"], artifacts.EXPORT_ASSETS) if args["saved_model"] else None

@@ -34,7 +34,7 @@ def main(argv):
     from robustcl.training import run
     from robustcl.training.distribute import ClusterConfigError
 
-    print(f"precision: {config.run.precision} ({hardware.detect().describe()})", flush=True)
+    print(hardware.startup_line(config.run.precision), flush=True)
 
     try:
         run.train(config, flags_text=cli_flags.FLAGS.flags_into_string())

@@ -8,6 +8,8 @@ import sys
 import tempfile
 import time
 
+import robustcl  # noqa: F401  (first: it picks TensorFlow's CPU backend, fixed at TensorFlow's import)
+
 import numpy as np
 import pytest
 import tensorflow as tf

@@ -1,6 +1,12 @@
 """--precision: auto resolved by the hardware; mixed precision keeps the attack and logits float32;
 mixed_float16's loss scaling leaves weight decay as it is in float32."""
 
+import json
+import os
+import subprocess
+import sys
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -43,6 +49,51 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
     assert "native CPU bfloat16: yes" in found.describe()
     missing = hardware.detect(str(tmp_path / "absent"))
     assert missing.cpu_model == "unknown" and missing.cpu_flags == () and not missing.cpu_bfloat16
+
+
+def test_onednn_is_turned_on_unless_the_user_chose(monkeypatch):
+    monkeypatch.setattr(hardware, "_backend_origin", hardware._backend_origin)
+    environ = {}
+    assert hardware.choose_backend(environ, modules={}) == "TF_ENABLE_ONEDNN_OPTS=1 set by robustcl"
+    assert environ == {"TF_ENABLE_ONEDNN_OPTS": "1"}
+    for choice in ("0", "1"):  # the user's word stands, off included
+        environ = {"TF_ENABLE_ONEDNN_OPTS": choice}
+        assert hardware.choose_backend(environ, modules={}) == f"TF_ENABLE_ONEDNN_OPTS={choice} set by the user"
+        assert environ == {"TF_ENABLE_ONEDNN_OPTS": choice}
+
+
+def test_tensorflow_imported_first_without_onednn_is_said_not_silent(monkeypatch):
+    monkeypatch.setattr(hardware, "_backend_origin", hardware._backend_origin)
+    monkeypatch.setattr(hardware, "onednn_enabled", lambda: False)
+    environ = {}
+    with pytest.warns(UserWarning, match="imported before robustcl.*set TF_ENABLE_ONEDNN_OPTS=1"):
+        origin = hardware.choose_backend(environ, modules={"tensorflow": tf})
+    assert environ == {} and "imported before robustcl" in origin  # too late to change: not touched
+    monkeypatch.setattr(hardware, "onednn_enabled", lambda: True)  # on by TensorFlow's default: nothing to say
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        hardware.choose_backend({}, modules={"tensorflow": tf})
+
+
+def test_this_process_runs_the_backend_robustcl_chose():
+    # conftest imports robustcl before TensorFlow, as every script, bench and the server do.
+    assert hardware.onednn_enabled() == (os.environ["TF_ENABLE_ONEDNN_OPTS"] == "1")
+
+
+@pytest.mark.slow
+def test_a_fresh_process_gets_onednn_and_says_so():
+    environ = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    code = (
+        "import json, os, robustcl, tensorflow; from robustcl import hardware; "
+        "print(json.dumps([os.environ.get('TF_ENABLE_ONEDNN_OPTS'), hardware.onednn_enabled(), "
+        "hardware.startup_line('float32')]))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], env=environ, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    variable, enabled, line = json.loads(result.stdout.strip().splitlines()[-1])
+    assert variable == "1" and enabled is True
+    assert line.startswith("precision: float32; machine: ")
+    assert "oneDNN kernels on (TF_ENABLE_ONEDNN_OPTS=1 set by robustcl)" in line
 
 
 def test_bfloat16_attack_has_float32_finite_input_gradients_and_float32_logits():

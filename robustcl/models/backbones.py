@@ -85,18 +85,19 @@ def _imagenet_stem(x, f):
     return layers.MaxPooling2D(3, 2, padding="same", name="stem_pool")(x)
 
 
-def _resnet_stages(x, f, block, blocks_per_stage):
-    for stage, (filters, strides) in enumerate([(64, 1), (128, 2), (256, 2), (512, 2)]):
+def _resnet_stages(x, f, block, blocks_per_stage, width=64):
+    stages = [(width, 1), (2 * width, 2), (4 * width, 2), (8 * width, 2)]
+    for stage, (filters, strides) in enumerate(stages):
         for i in range(blocks_per_stage[stage]):
             x = block(f, x, filters, strides if i == 0 else 1, f"stage{stage + 1}_block{i + 1}")
     return x
 
 
-def _resnet18(x, f, block, final_bn_relu):
-    x = f.conv(64, name="stem_conv")(x)
+def _resnet18(x, f, block, final_bn_relu, width=64):
+    x = f.conv(width, name="stem_conv")(x)
     if not final_bn_relu:  # ResNet v1 normalizes the stem; the pre-activation net does it in blocks.
         x = layers.ReLU()(f.bn("stem_bn")(x))
-    x = _resnet_stages(x, f, block, (2, 2, 2, 2))
+    x = _resnet_stages(x, f, block, (2, 2, 2, 2), width)
     if final_bn_relu:
         x = layers.ReLU()(f.bn("final_bn")(x))
     return layers.GlobalAveragePooling2D(name="pool")(x)
@@ -110,6 +111,14 @@ def resnet18(x, f):
 @BACKBONES.register("preact_resnet18")
 def preact_resnet18(x, f):
     return _resnet18(x, f, _preact_block, final_bn_relu=True)
+
+
+@BACKBONES.register("preact_resnet18_w16")
+def preact_resnet18_w16(x, f):
+    """PreAct ResNet-18 at base width 16 (stages 16-32-64-128, about 0.70M parameters): the
+    mid-scale network of the reproduction protocol, a quarter of the width and 1/16 of the
+    FLOPs of the full one."""
+    return _resnet18(x, f, _preact_block, final_bn_relu=True, width=16)
 
 
 @BACKBONES.register("resnet18_imagenet")

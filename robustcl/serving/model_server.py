@@ -187,8 +187,11 @@ def main(argv):
         args = cli_flags.model_server_args_from_flags()
     except ConfigError as error:
         sys.exit(f"error: {error}")
+    from robustcl import hardware
     from robustcl.serving import grpc_api
     from robustcl.serving.servables import ModelManager
+
+    print(hardware.startup_line(), flush=True)
 
     manager = ModelManager(args["models"], args["poll_wait_seconds"])
     manager.start()
