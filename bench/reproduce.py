@@ -4,7 +4,8 @@
     python bench/reproduce.py --flagfile=configs/repro_cifar10_cpu.flags [--data_dir=DIR]
 
 Rerunning the same command skips finished cells and continues an interrupted one (see
-robustcl/reproduce.py); the record (RECORD_DIR/NAME.md, .json, .png) is rewritten after every cell.
+robustcl/reproduce/); the record (robustcl/reproduce/record.py: RECORD_DIR/NAME.md, .json, .rows.json,
+.png, _training.png) is rewritten after every cell, and with --commit_record committed.
 Exits 1 if a cell failed (its log is in its run directory), after running all the others.
 """
 
@@ -34,17 +35,30 @@ def main(argv):
     import tensorflow as tf
 
     from robustcl import hardware, reproduce
+    from robustcl.reproduce import record as record_io
 
     machine = f"{hardware.detect().describe()}, {os.cpu_count()} cores"
     software = f"Python {platform.python_version()}, TensorFlow {tf.__version__}, Keras {keras.__version__}"
     # The command that makes the grid (--record_only only rewrites the record).
-    command = "python bench/reproduce.py " + " ".join(
-        a for a in sys.argv[1:] if a not in ("--record_only", "--record_only=true")
-    )
+    # Where this machine keeps the data, runs and record is not part of the protocol.
+    placeholders = {"--data_dir=": "DIR", "--runs_dir=": "RUNS_DIR", "--record_dir=": "RECORD_DIR"}
+    shown = []
+    for arg in sys.argv[1:]:
+        if arg in ("--record_only", "--record_only=true", "--commit_record", "--commit_record=true"):
+            continue
+        prefix = next((p for p in placeholders if arg.startswith(p)), None)
+        shown.append(prefix + placeholders[prefix] if prefix else arg)
+    command = "python bench/reproduce.py " + " ".join(shown)
     print(f"machine: {machine}\nsoftware: {software}", flush=True)
 
     def record():
-        reproduce.write_record(config, machine, software, command)
+        record_io.write(config, machine, software, command)
+
+    def record_and_commit(cell=None, seed=None):
+        record()
+        if config.commit_record:
+            done = f"{cell} seed {seed} finished" if cell else "record rewritten"
+            print("commit:", record_io.commit(config, f"Reproduction record {config.record_name}: {done}"), flush=True)
 
     try:
         reproduce.check_settings(config)
@@ -56,11 +70,11 @@ def main(argv):
         print(f"record: {os.path.join(config.record_dir, config.record_name)}.md")
         return
     try:
-        failed = reproduce.run_grid(config, on_cell_done=record, machine=machine)
+        failed = reproduce.run_grid(config, on_cell_done=record_and_commit, machine=machine)
     except reproduce.ReproError as error:  # the surrogate's training failed: no transfer stage can run
         record()
         sys.exit(f"error: {error}")
-    record()
+    record_and_commit()
     print(f"record: {os.path.join(config.record_dir, config.record_name)}.md")
     if failed:
         sys.exit("failed: " + ", ".join(f"{cell} seed {seed}" for cell, seed in failed))

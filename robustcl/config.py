@@ -628,6 +628,12 @@ class ReproduceConfig:
     record_dir: str = option("docs/results", "Where the record goes.")
     record_name: str = option("", "The record's file name: RECORD_DIR/NAME.md, .json, .png.")
     eval_examples: int = option(1000, "First N test images evaluated.", minimum=1)
+    eval_examples_pgd: int = option(
+        0,
+        "First N test images of a second evaluation of the best checkpoint with PGD alone (a stage of "
+        "its own; 0: none): PGD on more points than the whole --eval_attacks suite.",
+        minimum=0,
+    )
     eval_attacks: Tuple[str, ...] = option(
         REPRO_EVAL_ATTACKS, "Attacks on the best checkpoint (the last checkpoint gets clean and PGD)."
     )
@@ -650,6 +656,22 @@ class ReproduceConfig:
     surrogate_seed: int = option(1000, "Seed of the surrogate's training (not one of --seeds).")
     record_only: bool = option(
         False, "Write the record from the finished stages in --runs_dir and stop: nothing is trained or evaluated."
+    )
+    # The size check before verdicts: a grid whose baseline is this weak cannot decide its claims.
+    adequacy_cell: str = option("pgd_at", "The baseline cell whose accuracies decide whether verdicts are written.")
+    adequacy_clean: float = option(
+        0.0,
+        "Verdicts only once --adequacy_cell's mean clean accuracy reaches this (0: no check).",
+        minimum=0,
+        maximum=1,
+    )
+    adequacy_pgd: float = option(
+        0.0, "Verdicts only once --adequacy_cell's mean PGD accuracy reaches this (0: no check).", minimum=0, maximum=1
+    )
+    commit_record: bool = option(
+        False,
+        "After every finished cell, git-commit the record's files (and nothing else) in the repository "
+        "that holds --record_dir, so a machine that stops loses at most the cell in progress.",
     )
 
     def validate(self):

@@ -1,15 +1,19 @@
 """bench/reproduce.py: a real (tiny) grid through the real scripts, resumed, and its record."""
 
+import dataclasses
 import json
 import os
 import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from absl import flags
 
 from robustcl import artifacts, reproduce
+from robustcl.reproduce import record as record_io
+from robustcl.reproduce import statistics
 from robustcl.cli import flags as cli_flags
 from robustcl.config import ConfigError, ReproCell, ReproduceConfig
 
@@ -91,43 +95,75 @@ def test_unknown_evaluation_attacks_are_refused_before_any_work(tmp_path, monkey
     assert not os.path.exists(tmp_path / "runs")
 
 
+SMALL_GRID = [
+    "standard",
+    "pgd_at",
+    "trades",
+    "mart",
+    "morel_mart",
+    "morel_trades",
+    "supcon_margin",
+    "supcon_margin_m0",
+    "anchor",
+    "contrastive_at",
+]
+MID_GRID = ["pgd_at", "mart", "morel", "supcon_margin", "supcon_margin_m0", "anchor", "contrastive_at"]
+
+
 @pytest.mark.parametrize(
-    "flagfile, examples", [("configs/repro_cifar10_cpu.flags", 1000), ("configs/repro_cifar10_gpu.flags", 10000)]
+    "flagfile, names, examples",
+    [
+        ("configs/repro_cifar10_cpu.flags", SMALL_GRID, 1000),
+        ("configs/repro_cifar10_gpu.flags", SMALL_GRID, 10000),
+        ("configs/repro_cifar10_mid.flags", MID_GRID, 1000),
+    ],
 )
-def test_the_repository_grid_flagfiles_parse(flagfile, examples, monkeypatch, tmp_path):
+def test_the_repository_grid_flagfiles_parse(flagfile, names, examples, monkeypatch, tmp_path):
     monkeypatch.chdir(REPO)
     config = cli_flags.reproduce_config_from_flags(_flag_values([f"--flagfile={flagfile}", f"--data_dir={tmp_path}"]))
-    names = [c.name for c in config.cells]
-    assert names == [
-        "standard",
-        "pgd_at",
-        "trades",
-        "mart",
-        "morel_mart",
-        "morel_trades",
-        "supcon_margin",
-        "supcon_margin_m0",
-        "anchor",
-        "contrastive_at",
-    ]
+    assert [c.name for c in config.cells] == names
     assert config.seeds == (0, 1) and config.eval_examples == examples
     # Every claim compares cells the grid has.
-    for claim in reproduce.CLAIMS:
-        for method, baseline, _ in claim["comparisons"]:
-            assert method in names and baseline in names
+    for claim in record_io.CLAIMS:
+        assert any(a in names and b in names for a, b, _ in claim["comparisons"]), claim["claim"]
 
 
-def test_judge_by_the_seeds_spread():
-    summary = {"m": {"pgd": (0.40, 0.01, 2)}, "b": {"pgd": (0.30, 0.02, 2)}, "c": {"pgd": (0.31, 0.02, 2)}}
-    assert reproduce.judge(summary, "m", "b", "pgd")[0] == "held"
-    assert reproduce.judge(summary, "b", "m", "pgd")[0] == "reversed"
-    assert reproduce.judge(summary, "c", "b", "pgd")[0] == "not resolved"
-    assert reproduce.judge(summary, "m", "b", "fgsm")[0] == "pending"
-    assert "+10.0 points" in reproduce.judge(summary, "m", "b", "pgd")[1]
-    # One seed has no spread: a 10-point difference is not yet a result.
-    one_seed = {"m": {"pgd": (0.40, 0.0, 1)}, "b": {"pgd": (0.30, 0.02, 2)}}
-    verdict, text = reproduce.judge(one_seed, "m", "b", "pgd")
-    assert verdict == "not resolved" and "one seed on a side" in text
+def _verdicts(rng, accuracy, n=1000):
+    return rng.random(n) < accuracy
+
+
+def test_paired_comparison_by_a_bootstrap_over_points():
+    rng = np.random.default_rng(0)
+    base = {s: _verdicts(rng, 0.30) for s in (0, 1)}
+    # A method that keeps every point the baseline has and adds 10% of the others: +7 points.
+    better = {s: base[s] | _verdicts(rng, 0.10) for s in (0, 1)}
+    found = statistics.compare(better, base)
+    expected = 100 * np.mean([better[s].mean() - base[s].mean() for s in (0, 1)])
+    assert found["diff"] == pytest.approx(expected, abs=1e-9)
+    assert found["ci_low"] < found["diff"] < found["ci_high"] and found["verdict"] == "holds"
+    assert statistics.compare(base, better)["verdict"] == "contradicted"
+    # 6 points gained and 4 lost per seed on 1000: +0.2 points, well inside the sampling error.
+    close = {s: base[s].copy() for s in (0, 1)}
+    for s in (0, 1):
+        close[s][np.flatnonzero(~base[s])[:6]] = True
+        close[s][np.flatnonzero(base[s])[:4]] = False
+    assert statistics.compare(close, base)["verdict"] == "not resolved"
+    # Identical cells: no spread to resample, the interval is the point 0.
+    same = statistics.compare(base, base)
+    assert (same["diff"], same["ci_low"], same["ci_high"], same["verdict"]) == (0, 0, 0, "not resolved")
+    # One seed in common is not a result yet; only the seeds both cells have count.
+    assert statistics.compare({0: better[0]}, base)["verdict"] == "pending"
+    assert statistics.compare({0: better[0], 5: better[1]}, base)["seeds"] == [0]
+    with pytest.raises(ValueError, match="different numbers of points"):
+        statistics.compare({0: better[0][:10]}, base)
+
+
+def test_per_point_verdicts_pack_to_text_and_back():
+    verdicts = np.random.default_rng(1).random(10_001) < 0.4
+    packed = statistics.pack(verdicts)
+    assert json.loads(json.dumps(packed)) == packed
+    np.testing.assert_array_equal(statistics.unpack(packed), verdicts)
+    np.testing.assert_array_equal(statistics.unpack(statistics.pack([True])), [True])
 
 
 @pytest.mark.slow
@@ -161,17 +197,36 @@ def test_tiny_grid_runs_resumes_and_refuses_other_settings(synthetic_cifar10, tm
     last = json.load(open(run / "evaluation_last" / "report.json"))
     assert [a["attack"] for a in last["attacks"]] == ["pgd"]
 
-    record = json.load(open(tmp_path / "record" / "tiny.json"))
+    record = json.load(open(tmp_path / "record" / "tiny.rows.json"))
     (row,) = record["rows"]
     assert row["clean"] == best["clean_accuracy"] and row["worst_case"] == best["worst_case_robust_accuracy"]
     assert row["autoattack"] == [a for a in best["attacks"] if a["attack"] == "square"][0]["robust_accuracy"]
     assert row["last_pgd"] == last["attacks"][0]["robust_accuracy"]
+    # Per-point verdicts kept in the committed rows: what the paired tests are made from.
+    np.testing.assert_array_equal(statistics.unpack(row["points"]["clean"]), best["per_point"]["clean_correct"])
+    aa_stage = best["autoattack"]["stages"][-1]
+    np.testing.assert_array_equal(statistics.unpack(row["points"]["autoattack"]), best["per_point"]["robust"][aa_stage])
+    assert row["precision"] == "float32" and [e["epoch"] for e in row["history"]] == [1, 2]
+    public = json.load(open(tmp_path / "record" / "tiny.json"))
+    assert set(public) == {"protocol", "cells", "claims"}
+    assert {"model", "params", "train_examples", "epochs", "precision", "cpu"} <= set(public["protocol"])
+    (cell,) = public["cells"]
+    assert {
+        "name": "pgd_at",
+        "method": "pgd_at",
+        "seed": 3,
+        "implementation": "robustcl",
+        "clean": best["clean_accuracy"],
+        "eval_points_aa": 24,
+        "eval_points_pgd": 24,
+    }.items() <= cell.items()
     text = open(tmp_path / "record" / "tiny.md").read()
     assert "Cells finished: 1 of 1." in text and "| pgd_at | 3 |" in text
     # Each row names the machine it ran on (a grid spans sessions on different CPUs).
     assert row["machine"] == record["machine"] and row["machine"].endswith(f"{os.cpu_count()} cores")
     assert f"- A: {row['machine']}" in text and "| A |" in text
     assert os.path.getsize(tmp_path / "record" / "tiny.png") > 1000
+    assert os.path.getsize(tmp_path / "record" / "tiny_training.png") > 1000
 
     # The same command again: nothing left to do, nothing rerun.
     again = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -189,7 +244,7 @@ def test_tiny_grid_runs_resumes_and_refuses_other_settings(synthetic_cifar10, tm
     )
     assert other.returncode != 0
     assert "was made with other settings" in other.stderr and "--pgd_steps=4" in other.stderr
-    assert json.load(open(tmp_path / "record" / "tiny.json"))["rows"] == record["rows"]  # untouched
+    assert json.load(open(tmp_path / "record" / "tiny.rows.json"))["rows"] == record["rows"]  # untouched
 
     # The grid gains the transfer stage: the surrogate trains once and only the new stage runs on
     # the finished cell, whose rows keep their settings key.
@@ -204,21 +259,47 @@ def test_tiny_grid_runs_resumes_and_refuses_other_settings(synthetic_cifar10, tm
     assert transfer["transfer_from"] and {"transfer-pgd", "transfer-apgd-ce"} <= {
         a["attack"] for a in transfer["attacks"]
     }
-    (row,) = json.load(open(tmp_path / "record" / "tiny.json"))["rows"]
+    (row,) = json.load(open(tmp_path / "record" / "tiny.rows.json"))["rows"]
     assert row["settings_key"] == record["rows"][0]["settings_key"] and row["clean"] == best["clean_accuracy"]
     assert row["transfer"] == min(
         a["robust_accuracy"] for a in transfer["attacks"] if a["attack"].startswith("transfer-")
     )
     assert row["status"]["eval_transfer"] == "done" and "| transfer |" in open(tmp_path / "record" / "tiny.md").read()
-    with_transfer = json.load(open(tmp_path / "record" / "tiny.json"))["rows"]
+    with_transfer = json.load(open(tmp_path / "record" / "tiny.rows.json"))["rows"]
 
     # On another machine (no run directories, the committed record): finished rows are kept.
     shutil.rmtree(tmp_path / "runs")
     moved = subprocess.run(transfer_argv, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert moved.returncode == 0, moved.stderr[-3000:]
     assert "finished in the record" in moved.stdout and "] train ..." not in moved.stdout
-    assert json.load(open(tmp_path / "record" / "tiny.json"))["rows"] == with_transfer
+    assert json.load(open(tmp_path / "record" / "tiny.rows.json"))["rows"] == with_transfer
     assert not (tmp_path / "runs" / "pgd_at" / "seed3").exists()
+
+    # The grid gains a PGD-only evaluation on more points; with --commit_record every finished cell's
+    # record is committed to the repository that holds it, and nothing else is.
+    record_repo = tmp_path / "record"
+    subprocess.run(["git", "init", "-q"], cwd=record_repo, check=True)
+    for key, value in (("user.email", "grid@example.com"), ("user.name", "grid")):
+        subprocess.run(["git", "config", key, value], cwd=record_repo, check=True)
+    (record_repo / "unrelated.txt").write_text("not the record's\n")
+    wider = transfer_argv + ["--eval_examples_pgd=40", "--commit_record"]
+    grown = subprocess.run(wider, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert grown.returncode == 0, grown.stdout[-2000:] + grown.stderr[-3000:]
+    assert "[pgd_at seed 3] eval_pgd_all ..." in grown.stdout and "commit:" in grown.stdout
+    all_points = json.load(open(run / "evaluation_pgd_all" / "report.json"))
+    assert all_points["num_points"] == 40 and [a["attack"] for a in all_points["attacks"]] == ["pgd"]
+    (row,) = json.load(open(record_repo / "tiny.rows.json"))["rows"]
+    assert row["pgd_all"] == all_points["attacks"][0]["robust_accuracy"] and row["num_points_all"] == 40
+    assert statistics.unpack(row["points"]["pgd_all"]).size == 40
+    (cell,) = json.load(open(record_repo / "tiny.json"))["cells"]
+    assert cell["eval_points_pgd"] == 40 and cell["pgd20"] == row["pgd_all"] and cell["eval_points_aa"] == 24
+    committed = subprocess.run(
+        ["git", "show", "--name-only", "--format=%s", "HEAD"], cwd=record_repo, capture_output=True, text=True
+    ).stdout.split()
+    assert {"tiny.rows.json", "tiny.json", "tiny.md", "tiny.png", "tiny_training.png"} <= set(committed)
+    assert "unrelated.txt" not in committed
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=record_repo, capture_output=True, text=True)
+    assert status.stdout.strip() == "?? unrelated.txt"
 
 
 def test_settings_are_what_the_flagfiles_resolve_to(tmp_path, monkeypatch):
@@ -281,16 +362,20 @@ def test_a_record_of_other_settings_is_refused_not_overwritten(tmp_path, monkeyp
         "settings_key": "made-elsewhere",
         "status": dict.fromkeys(reproduce.STAGES, "done"),
     }
-    (tmp_path / "r.json").write_text(json.dumps({"rows": [row]}))
+    (tmp_path / "r.rows.json").write_text(json.dumps({"rows": [row]}))
     with pytest.raises(reproduce.ReproError, match="holds results of pgd_at seed 0 made with other"):
         reproduce.check_settings(config)
     row["settings_key"] = artifacts.settings_key(reproduce.settings(config, config.cells[0], 0))
-    (tmp_path / "r.json").write_text(json.dumps({"rows": [row]}))
+    (tmp_path / "r.rows.json").write_text(json.dumps({"rows": [row]}))
     reproduce.check_settings(config)
     assert reproduce.recorded_rows(config) == {("pgd_at", 0): row}
     # A row from before rows named their machine ran on the one the record names.
-    (tmp_path / "r.json").write_text(json.dumps({"machine": "CPU X, 2 cores", "rows": [row]}))
+    (tmp_path / "r.rows.json").write_text(json.dumps({"machine": "CPU X, 2 cores", "rows": [row]}))
     assert reproduce.recorded_rows(config)[("pgd_at", 0)] == {**row, "machine": "CPU X, 2 cores"}
+    # A record from before rows had a file of their own kept them in NAME.json.
+    os.remove(tmp_path / "r.rows.json")
+    (tmp_path / "r.json").write_text(json.dumps({"rows": [row]}))
+    assert reproduce.recorded_rows(config) == {("pgd_at", 0): row}
 
 
 def test_a_recorded_row_without_a_gained_stage_is_trained_again(tmp_path, monkeypatch):
@@ -306,32 +391,20 @@ def test_a_recorded_row_without_a_gained_stage_is_trained_again(tmp_path, monkey
         "settings_key": artifacts.settings_key(reproduce.settings(before, before.cells[0], 0)),
         "clean": 0.3,
     }
-    (tmp_path / "r.json").write_text(json.dumps({"rows": [row]}))
+    # Recorded before rows kept per-point verdicts: the paired tests need it trained again.
+    (tmp_path / "r.rows.json").write_text(json.dumps({"rows": [row]}))
+    assert reproduce.pending(before, log=lambda _: None) == [(before.cells[0], 0)]
+    row["points"] = {"clean": statistics.pack([True, False])}
+    (tmp_path / "r.rows.json").write_text(json.dumps({"rows": [row]}))
     assert reproduce.pending(before, log=lambda _: None) == []
     after = _one_cell_grid(tmp_path, surrogate_flagfile="configs/standard_cifar10.flags", surrogate_seed=5)
     reproduce.check_settings(after)  # the base stages' key is unchanged by the new stage
     said = []
     assert reproduce.pending(after, log=said.append) == [(after.cells[0], 0)]
-    assert "without its eval_transfer stage" in said[0] and "training it again" in said[0]
-    assert reproduce.collect(after)[0]["clean"] == 0.3  # kept until the rerun has finished
+    assert "without a stage this grid has" in said[0] and "training it again" in said[0]
+    assert record_io.collect(after)[0]["clean"] == 0.3  # kept until the rerun has finished
     with pytest.raises(ConfigError, match="--surrogate_seed: 0 is one of --seeds"):
         _one_cell_grid(tmp_path, surrogate_flagfile="configs/standard_cifar10.flags", surrogate_seed=0).validate()
-
-
-def test_claims_are_put_in_plain_words():
-    words = reproduce.in_plain_words
-    assert words([("pending", "m", "b", "pgd")]) == "not measured yet."
-    assert words([("held", "m", "b", "pgd")]).startswith("the claim held here on every metric")
-    summary = {"m": {"pgd": (0.20, 0.001, 2)}, "b": {"pgd": (0.19, 0.001, 2)}}
-    verdict, text = reproduce.judge(summary, "m", "b", "pgd", num_points=1000)
-    assert verdict == "held" and "within twice the sampling error of 1000 test points (+-3.5 points)" in text
-    assert "sampling error" not in reproduce.judge(summary, "m", "b", "pgd", num_points=100_000)[1]
-    reversed_ = words([("reversed", "m", "b", "pgd"), ("not resolved", "m", "b", "autoattack")])
-    assert reversed_.startswith("it did not hold here: m below b in pgd, beyond the seeds' spread")
-    assert "1 of 2 comparisons are within the seeds' spread" in reversed_
-    assert "held in part: m over b in pgd; reversed: m below b in cw" in words(
-        [("held", "m", "b", "pgd"), ("reversed", "m", "b", "cw")]
-    )
 
 
 def test_run_directories_made_before_resolved_keys_are_read_by_their_flagfiles_text(tmp_path, monkeypatch):
@@ -342,10 +415,53 @@ def test_run_directories_made_before_resolved_keys_are_read_by_their_flagfiles_t
     config = _one_cell_grid(tmp_path, "trades")
     cell = config.cells[0]
     current = reproduce.settings(config, cell, 0)
-    texts = {path: reproduce._flagfile_text(path) for path in (cell.method_flagfile, config.train_flagfile)}
+    texts = {path: reproduce.flagfile_text(path) for path in (cell.method_flagfile, config.train_flagfile)}
     texts[cell.method_flagfile] += ["--trades_beta=6.0", "--attack=pgd"]  # defaults, spelled out
     legacy = {"settings": {"commands": current["commands"], "flagfiles": texts}}
-    reproduce._check_same_settings(legacy, current, "run", config.data_dir)
+    reproduce.check_same_settings(legacy, current, "run", config.data_dir)
     texts[cell.method_flagfile] += ["--trades_beta=3.0"]
     with pytest.raises(reproduce.ReproError, match=r"training config method\.params\.beta: 3\.0 now 6\.0"):
-        reproduce._check_same_settings(legacy, current, "run", config.data_dir)
+        reproduce.check_same_settings(legacy, current, "run", config.data_dir)
+
+
+def test_claims_are_paired_tests_and_their_verdicts_follow_their_intervals(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    config = _one_cell_grid(tmp_path, adequacy_clean=0.55, adequacy_pgd=0.30)
+    config = dataclasses.replace(
+        config,
+        cells=(
+            ReproCell("pgd_at", "configs/pgd_at_cifar10.flags"),
+            ReproCell("anchor", "configs/anchor_cifar10.flags"),
+        ),
+        seeds=(0, 1),
+    )
+    rng = np.random.default_rng(3)
+    rows = []
+    for seed in (0, 1):
+        clean = _verdicts(rng, 0.6, 2000)
+        pgd = clean & _verdicts(rng, 0.6, 2000)
+        rows.append({"cell": "pgd_at", "seed": seed, "clean": clean.mean(), "pgd": pgd.mean()})
+        rows[-1]["points"] = {"clean": statistics.pack(clean), "pgd": statistics.pack(pgd)}
+        better = clean | _verdicts(rng, 0.2, 2000)  # ANCHOR: clean accuracy higher, PGD the same points
+        rows.append({"cell": "anchor", "seed": seed, "clean": better.mean(), "pgd": pgd.mean()})
+        rows[-1]["points"] = {"clean": statistics.pack(better), "pgd": statistics.pack(pgd)}
+    summary = record_io.summarize(rows)
+    adequate, text = record_io.adequacy(config, summary)
+    assert adequate and "reached" in text
+    found = {(c["a"], c["b"], c["metric"]): c for c in record_io.claims(config, rows)}
+    assert found[("anchor", "pgd_at", "clean")]["verdict"] == "holds"
+    assert found[("anchor", "pgd_at", "pgd")]["verdict"] == "not resolved"
+    assert found[("anchor", "pgd_at", "autoattack")]["verdict"] == "pending"  # not measured
+    for claim in found.values():
+        assert {"claim", "a", "b", "metric", "diff", "ci_low", "ci_high", "verdict"} <= set(claim)
+        if claim["verdict"] != "pending":
+            assert claim["verdict"] == statistics.verdict_of(claim["ci_low"], claim["ci_high"])
+            assert claim["ci_low"] <= claim["diff"] <= claim["ci_high"]
+    # A baseline below the protocol's size check: no verdict is written.
+    weak = dataclasses.replace(config, adequacy_clean=0.9)
+    adequate, text = record_io.adequacy(weak, summary)
+    assert not adequate and "too small" in text
+    assert {c["verdict"] for c in record_io.claims(weak, rows, adequate)} == {
+        "withheld: protocol too small",
+        "pending",
+    }

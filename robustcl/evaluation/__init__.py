@@ -320,7 +320,11 @@ def merge(chunks, y, class_names, plan, model_name="model", data_name=""):
         ],
         "deviations": DEVIATIONS if "autoattack" in plan.runs() else [],
         "seconds": round(sum(sum(a["seconds"] for a in c["meta"]["attacks"]) for c in chunks), 2),
-        "per_point": {"clean_correct": clean_correct.tolist(), "worst_case_robust": worst.tolist()},
+        "per_point": {
+            "clean_correct": clean_correct.tolist(),
+            "worst_case_robust": worst.tolist(),
+            "robust": {r.name: r.robust.tolist() for r in results},
+        },
         **_autoattack_summary(plan, by_name),
     }
 
