@@ -150,6 +150,63 @@ def test_gradient_masking_model_triggers_warnings_and_falls_to_square(undefended
     assert rows["square"]["robust_accuracy"] < rows["apgd-t"]["robust_accuracy"] - 0.3
 
 
+class Defence(keras.layers.Layer):
+    """Input transformations of published defences that mask gradients (Athalye et al. 2018)."""
+
+    def __init__(self, kind, **kwargs):
+        super().__init__(**kwargs)
+        self.kind = kind
+
+    def call(self, x):
+        if self.kind == "input_noise":  # randomized: fresh Gaussian noise at every call
+            return tf.clip_by_value(x + tf.random.normal(tf.shape(x), stddev=0.05), 0.0, 1.0)
+        if self.kind == "quantizer":  # no gradient at all
+            return tf.stop_gradient(tf.round(x * 7.0) / 7.0)
+        if self.kind == "resize_and_pad":  # randomized (Xie et al. 2018): random size and offset
+            size = tf.random.uniform([], 26, 33, dtype=tf.int32)
+            offset = tf.random.uniform([], 0, 33 - size, dtype=tf.int32)
+            return tf.image.pad_to_bounding_box(tf.image.resize(x, [size, size]), offset, offset, 32, 32)
+        if self.kind == "shattered":  # differentiable but useless gradients: a fast oscillation
+            return x + 0.03 * tf.sin(2000.0 * x)
+        return x
+
+
+@pytest.mark.parametrize(
+    "defence, expected",
+    [
+        ("scaled_logits", "zero input gradients"),
+        ("softmax_output", "look like probabilities"),
+        ("input_noise", "logits change across repeated calls"),
+        ("quantizer", "Square (black-box) breaks"),
+        ("resize_and_pad", "need EOT attacks"),
+        ("shattered", "accuracy rises with eps"),
+    ],
+)
+def test_every_masking_defence_is_still_flagged(undefended, defence, expected):
+    """The warnings judge sampling noise (exact tests on per-point verdicts) and still fire on each
+    kind of masked model."""
+    network, x, y = undefended
+    images = keras.Input((32, 32, 3))
+    logits = network(Defence(defence)(images))["logits"]
+    if defence == "scaled_logits":  # softmax saturates in float32: zero gradients
+        logits = keras.layers.Rescaling(1000.0)(logits)
+    if defence == "softmax_output":
+        logits = keras.layers.Softmax()(logits)
+    model = keras.Model(images, {"logits": logits})
+    report = evaluate(
+        model,
+        x[:48],
+        y[:48],
+        [str(i) for i in range(10)],
+        eps=8 / 255,
+        pgd_steps=5,
+        apgd_iterations=10,
+        square_queries=300,
+        progress=False,
+    )
+    assert any(expected in w for w in report["warnings"]), report["warnings"]
+
+
 def test_report_is_reproducible_with_a_seed(undefended):
     network, x, y = undefended
     kwargs = dict(eps=EPS, pgd_steps=5, apgd_iterations=10, square_queries=30, progress=False, seed=7)

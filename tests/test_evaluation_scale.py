@@ -221,3 +221,37 @@ def test_transfer_rows_from_a_surrogate(single, fitted_model, synthetic_cifar10,
     rows = {row["attack"]: row for row in counted["attacks"]}
     assert rows["transfer-pgd"]["robust_accuracy"] >= rows["pgd"]["robust_accuracy"]
     assert counted["worst_case_robust_accuracy"] <= single["worst_case_robust_accuracy"]
+
+
+def test_sweep_warnings_need_more_than_noise():
+    """Two budgets 1 point apart in 100 are noise; a rise on many points, or accuracy above chance
+    at eps 0.5 by more than a binomial draw, is not."""
+    at_small = np.zeros(100, bool)
+    at_small[:30] = True
+    one_more = at_small.copy()
+    one_more[30] = True  # robust at the larger eps only: 1 point to 0, p = 0.5
+    sweep = [{"eps": 4 / 255, "robust": at_small}, {"eps": 8 / 255, "robust": one_more}]
+    for point in sweep:  # as the report's eps_sweep rows carry them too
+        point["robust_accuracy"] = float(point["robust"].mean())
+    assert checks.warn_sweep(sweep, 10, "linf") == []
+    many_more = at_small.copy()
+    many_more[30:40] = True  # 10 points to 0: p = 0.001
+    [message] = checks.warn_sweep([sweep[0], {"eps": 8 / 255, "robust": many_more}], 10, "linf")
+    assert "accuracy rises with eps" in message and "10 points robust only at the larger eps" in message
+    # At eps 0.5 on 100 points of 10 classes: 12 robust is within chance (p = 0.30), 25 is not.
+    twelve, twenty_five = np.arange(100) < 12, np.arange(100) < 25
+    assert checks.warn_sweep([{"eps": 0.5, "robust": twelve}], 10, "linf") == []
+    [message] = checks.warn_sweep([{"eps": 0.5, "robust": twenty_five}], 10, "linf")
+    assert "above chance" in message
+
+
+def test_square_beating_white_box_needs_more_than_noise():
+    white = np.ones(100, bool)
+    white[:50] = False
+    square = white.copy()
+    square[50] = False  # Square breaks 1 point of 100 every white-box attack left robust: p = 0.18
+    found = checks.warn_attack_ordering({"pgd": _Verdicts(white), "square": _Verdicts(square)}, ["pgd"])
+    assert found == []
+    square[50:53] = False  # 3 of 100: p = 0.001
+    [message] = checks.warn_attack_ordering({"pgd": _Verdicts(white), "square": _Verdicts(square)}, ["pgd"])
+    assert "Square (black-box) breaks 3 of 100 points" in message

@@ -276,9 +276,9 @@ def merge(chunks, y, class_names, plan, model_name="model", data_name=""):
             worst &= r.robust
     sweep_points = []
     if first["sweep"]:
-        for value in first["sweep"]:
-            sweep_points.append({"eps": value, "robust_accuracy": float(joined(f"sweep/{value!r}").mean())})
-        warnings += checks.warn_sweep(sweep_points, num_classes, plan.norm)
+        verdicts = [{"eps": value, "robust": joined(f"sweep/{value!r}")} for value in first["sweep"]]
+        sweep_points = [{"eps": v["eps"], "robust_accuracy": float(v["robust"].mean())} for v in verdicts]
+        warnings += checks.warn_sweep(verdicts, num_classes, plan.norm)
     sweep_name = {
         "pgd": f"pgd-{plan.pgd_steps}",
         "fgsm": "fgsm",
