@@ -24,6 +24,7 @@ import json
 import os
 from typing import Optional, Tuple
 
+from robustcl import registry
 from robustcl.config import CHECKPOINTS
 
 CONFIG = "config.json"
@@ -128,9 +129,8 @@ def read_config(directory):
         raise FileNotFoundError(f"{path} not found: is {directory} a robustcl run directory?")
     with open(path) as f:
         raw = json.load(f)
-    from robustcl.cli.flags import import_modules
 
-    import_modules(raw.get("run", {}).get("extra_modules", ()))  # a user's method or backbone
+    registry.import_modules(raw.get("run", {}).get("extra_modules", ()))  # a user's method or backbone
     return ExperimentConfig.from_dict(raw, methods.get(raw["method"]["name"]).Params)
 
 
@@ -232,6 +232,8 @@ class _KerasNetwork:
 
         outputs = self.model(tf.cast(images, tf.float32) * self.scale, training=training)
         if isinstance(outputs, dict):
+            if self.output_key is None:  # a model of unknown input shape: its outputs seen only now
+                self.output_key = _pick(outputs, "", "output_key", "the model's outputs", prefer="logits")
             outputs = outputs[self.output_key]
         return {"logits": _as_logits(outputs, self.log_probabilities)}
 
@@ -324,9 +326,56 @@ def load_saved_model(path, signature="", input_key="", output_key="", input_rang
     return classifier
 
 
-def load_keras_model(path, output_key="", input_range="0,1", outputs="logits"):
-    """A model saved with `model.save("m.keras")` (or .h5): any Keras classifier of images."""
+def _symbolic(model, name):
+    """A Keras model's symbolic `inputs` or `outputs`; None where it has none (a subclassed model
+    raises AttributeError, an unbuilt Sequential ValueError)."""
+    try:
+        return getattr(model, name)
+    except (AttributeError, ValueError):
+        return None
+
+
+def _keras_image_shape(model):
+    """(H, W, C) a Keras model takes, from its inputs (functional, Sequential) or the shape it was
+    built with (subclassed); None where it does not say."""
+    inputs = _symbolic(model, "inputs")
+    if inputs:
+        if len(inputs) != 1:
+            raise ModelLoadError(
+                f"--keras_model: the model takes {len(inputs)} inputs; robustcl attacks models of one image input"
+            )
+        return tuple(inputs[0].shape[1:])
+    built = (model.get_build_config() or {}).get("input_shape") if model.built else None
+    if built and len(built) == 4 and not isinstance(built[0], (list, tuple)):
+        return (None, None, None) if any(d is None for d in built[1:]) else tuple(built[1:])
+    return None
+
+
+def _ends_in_softmax(model):
+    """Whether the model's last layer turns scores into probabilities (a Softmax layer or a softmax
+    activation); for models whose last layer is their output (Sequential, one-output functional)."""
     import keras
+
+    if not isinstance(model, (keras.Sequential, keras.Model)) or not model.layers:
+        return False
+    outputs = _symbolic(model, "outputs")
+    if outputs is not None and len(outputs) != 1:
+        return False
+    if outputs is None and not isinstance(model, keras.Sequential):
+        return False  # a subclassed model: its layers' order says nothing about its output
+    last = model.layers[-1]
+    return isinstance(last, keras.layers.Softmax) or getattr(getattr(last, "activation", None), "__name__", "") in (
+        "softmax",
+        "log_softmax",
+    )
+
+
+def load_keras_model(path, output_key="", input_range="0,1", outputs="logits"):
+    """A model saved with `model.save("m.keras")` (or .h5): any Keras classifier of images,
+    Sequential, functional or subclassed (its class registered with
+    keras.saving.register_keras_serializable in a module imported first: --extra_modules)."""
+    import keras
+    import numpy as np
 
     if not os.path.isfile(path):
         raise ModelLoadError(f"--keras_model: {path} is not a file")
@@ -334,24 +383,33 @@ def load_keras_model(path, output_key="", input_range="0,1", outputs="logits"):
         model = keras.saving.load_model(path, compile=False)
     except Exception as error:  # Keras raises many types (unknown layers, bad archives)
         raise ModelLoadError(
-            f"--keras_model: cannot load {path}: {error} (a model with custom "
-            "layers needs them registered: keras.saving.register_keras_serializable)"
+            f"--keras_model: cannot load {path}: {error} (a model of custom classes needs them "
+            "registered with keras.saving.register_keras_serializable, in a module named with --extra_modules)"
         ) from error
-    if len(model.inputs) != 1:
-        raise ModelLoadError(
-            f"--keras_model: {path} takes {len(model.inputs)} inputs; robustcl attacks models of one image input"
-        )
+    image_shape = _keras_image_shape(model)
     key = None
-    if isinstance(model.output, dict):
-        key = _pick(model.output, output_key, "output_key", f"{path}'s outputs", prefer="logits")
-    elif output_key:
-        raise ModelLoadError(f"--output_key: {path} has one unnamed output")
+    # The output's structure from one call (a loaded Sequential or subclassed model has no symbolic
+    # output to read); a model of unknown input shape is probed on the data later.
+    if image_shape and None not in image_shape:
+        probe = model(np.zeros((1, *image_shape), np.float32), training=False)
+        if isinstance(probe, dict):
+            key = _pick(probe, output_key, "output_key", f"{path}'s outputs", prefer="logits")
+        elif output_key:
+            raise ModelLoadError(f"--output_key: {path} has one unnamed output")
+    notes = list(_adaptation_notes(input_range, outputs))
+    if outputs == "logits" and key is None and _ends_in_softmax(model):
+        # Attacked as logits, probabilities saturate and hide the gradient: use their logarithm.
+        outputs = "probabilities"
+        notes.append(
+            f"the model's last layer ({model.layers[-1].name}) is a softmax: its outputs are probabilities, "
+            "and the attacks use their logarithm as logits, as --outputs=probabilities does"
+        )
     network = _KerasNetwork(model, key, INPUT_RANGES[input_range], outputs == "probabilities")
     return Classifier(
         network,
         f"{path} (Keras model {model.name})",
-        tuple(model.inputs[0].shape[1:]),
-        notes=_adaptation_notes(input_range, outputs),
+        image_shape,
+        notes=tuple(notes),
         files=(path,),
     )
 
@@ -388,6 +446,13 @@ def check_against_data(classifier, image_shape, num_classes, x_probe, outputs="l
     values = np.asarray(result)
     if not np.all(np.isfinite(values)):
         raise ModelLoadError("the model's outputs contain NaN or inf on clean test images")
+    if outputs == "logits" and values.min() >= 0 and values.max() <= 1 and np.allclose(values.sum(-1), 1, atol=1e-3):
+        # Probabilities attacked as logits saturate and hide the gradient: robustness overstated.
+        raise ModelLoadError(
+            "the model's outputs are probabilities (in [0, 1], each row summing to 1), not logits: "
+            "attacked as logits they overstate robustness; pass --outputs=probabilities (the attacks "
+            "then use their logarithm)"
+        )
     if outputs == "probabilities":
         sums = np.exp(values).sum(-1)
         if not np.allclose(sums, 1.0, atol=1e-3):

@@ -464,6 +464,11 @@ class EvaluationConfig:
         "or any other (through --signature).",
     )
     keras_model: str = option("", "Or: a Keras model file (model.save('m.keras') or .h5).")
+    extra_modules: Tuple[str, ...] = option(
+        (),
+        "Python modules to import before the model is loaded: where a Keras model's own classes are "
+        "registered (keras.saving.register_keras_serializable).",
+    )
     checkpoint: str = option("best", "Which checkpoint of a training run.", choices=CHECKPOINTS)
     output_dir: str = option("", "Where reports go (default <model_dir>/evaluation_<checkpoint>).")
     # The data and threat model when the model carries no robustcl config (else the config's).

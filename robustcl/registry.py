@@ -1,6 +1,9 @@
 """Name -> object registries with errors that list what is available."""
 
 import difflib
+import importlib
+import os
+import sys
 
 
 class Registry:
@@ -57,3 +60,20 @@ def unknown_message(kind, name, names):
     if close:
         message += f" (did you mean {close[0]!r}?)"
     return message
+
+
+class ModuleImportError(ValueError):
+    """A user's module (named to register methods, backbones or Keras classes) failed to import."""
+
+
+def import_modules(names, flag="extra_modules"):
+    """Imports a user's modules, which register methods or backbones (robustcl.methods.register,
+    robustcl.models.register) or Keras classes (keras.saving.register_keras_serializable), from the
+    working directory or sys.path. A failure names the module, the flag and the reason."""
+    if names and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception as error:  # any failure: the user's module is named with the reason
+            raise ModuleImportError(f"--{flag}: cannot import {name!r}: {type(error).__name__}: {error}") from None

@@ -18,7 +18,12 @@ import sys
 from absl import app
 
 from robustcl.cli import flags as cli_flags
+from robustcl.config import ConfigError
 
+try:  # a Keras model's own classes are registered by the user's modules: imported before loading
+    cli_flags.import_extra_modules(sys.argv)
+except ConfigError as error:
+    sys.exit(f"error: {error}")
 cli_flags.define_evaluate_flags()
 
 
@@ -36,6 +41,7 @@ def main(argv):
     from robustcl.evaluation import EvaluationError
     from robustcl.evaluation.run import evaluate_run
     from robustcl import hardware
+    from robustcl.registry import ModuleImportError
 
     print(hardware.startup_line(), flush=True)
 
@@ -48,7 +54,14 @@ def main(argv):
                 f"{config.num_shards} and no --shard_index"
             )
             return
-    except (DataNotFoundError, DataFormatError, FileNotFoundError, ModelLoadError, ConfigError) as error:
+    except (
+        DataNotFoundError,
+        DataFormatError,
+        FileNotFoundError,
+        ModelLoadError,
+        ModuleImportError,
+        ConfigError,
+    ) as error:
         sys.exit(f"error: {error}")
     except EvaluationError as error:
         print(f"evaluation failed a hard check: {error}", file=sys.stderr)

@@ -16,6 +16,7 @@ import typing
 from absl import flags
 
 from robustcl import config as cfg
+from robustcl import registry
 
 FLAGS = flags.FLAGS
 
@@ -142,23 +143,6 @@ def config_from_field_flags(config_class, flag_values, **given):
 EXTRA_MODULES = "extra_modules"
 
 
-def import_modules(names):
-    """Imports a user's modules (which register methods or backbones with robustcl.methods.register
-    and robustcl.models.register), from the working directory or sys.path."""
-    import importlib
-    import sys
-
-    if names and os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    for name in names:
-        try:
-            importlib.import_module(name)
-        except Exception as error:  # any failure: the user's module is named with the reason
-            raise cfg.ConfigError(
-                f"--{EXTRA_MODULES}: cannot import {name!r}: {type(error).__name__}: {error}"
-            ) from None
-
-
 def import_extra_modules(argv, flag_values=FLAGS):
     """Imports the modules --extra_modules names on the command line or in its flagfiles, before
     the flags are defined, so their methods' and backbones' flags and names exist (as tf-models
@@ -167,7 +151,10 @@ def import_extra_modules(argv, flag_values=FLAGS):
     for arg in flag_values.read_flags_from_files(list(argv[1:]), force_gnu=False):
         if arg.startswith(f"--{EXTRA_MODULES}="):
             names += [n.strip() for n in arg.split("=", 1)[1].split(",") if n.strip()]
-    import_modules(names)
+    try:
+        registry.import_modules(names, EXTRA_MODULES)
+    except registry.ModuleImportError as error:
+        raise cfg.ConfigError(str(error)) from None
     return names
 
 

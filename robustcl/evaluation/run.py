@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 
-from robustcl import artifacts, data
+from robustcl import artifacts, data, registry
 from robustcl.config import AttackConfig, ConfigError
 from robustcl.evaluation import Plan, attacks as eval_attacks, chunk_starts, evaluate_chunk, merge
 from robustcl.evaluation import report as report_io
@@ -27,6 +27,7 @@ DEFAULT_NORM, DEFAULT_EPS = "linf", 8 / 255
 
 def load_classifier(config):
     """EvaluationConfig -> artifacts.Classifier."""
+    registry.import_modules(config.extra_modules)
     if config.model_dir:
         return artifacts.load_run(config.model_dir, config.checkpoint)
     if config.saved_model:
