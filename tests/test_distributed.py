@@ -1,5 +1,8 @@
-"""One training step of every registered method under MirroredStrategy (2 logical CPU replicas)
-equals one device on the same global batch: every logged term, the total loss, the updated weights.
+"""One training step of every registered method under MirroredStrategy (2 logical CPU replicas
+here, 4 in a fresh process) equals one device on the same global batch: every logged term on its
+own, relative to its own size, the gradient of every variable and the updated weights; once with
+every loss term weighted 1 (a term the method weights 1e-6, as MOREL's contrastive term, is then
+as visible as the others) and once with the weights of the method's flagfile.
 
 The batch is split so that replica 0 holds a single sample of class 3 (no positive on its own part)
 and replica 1 the other three: a contrastive term computed per replica differs from the one-device
@@ -20,22 +23,62 @@ One MirroredStrategy serves every case: two in one process can clash ("Shape mis
 collective instance").
 """
 
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from absl import flags
 
 from robustcl import methods, models
+from robustcl.cli import flags as cli_flags
 from robustcl.config import AttackConfig
 from robustcl.losses import global_batch
 from robustcl.training.model import AdversarialModel
 from tests.conftest import template_batch
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BATCH = 32
 # L2 budget of the training attack. At 0.5 the untrained network is fooled outright (robust accuracy
 # 0) and MART's boosted CE -log(1.0001 - p_wrong), with p_wrong near 1, amplifies summation-order
 # differences of float32 into weights 1.3e-4 apart (seen); at 0.25 they agree to 1.2e-7.
 EPS = 0.25
+LEARNING_RATE = 0.1
+# Every loss term weighted 1. A method registered without an entry fails the test below: its
+# weights must be named here for the replica test to see each of its terms.
+UNIT_WEIGHTS = {
+    "standard": {},
+    "pgd_at": {},
+    "trades": {"beta": 1.0},
+    "mart": {"beta": 1.0},
+    "morel": {"beta": 1.0, "alpha": 1.0, "k_feature": 1.0, "k_accuracy": 1.0, "gamma": 0.0},
+    "supcon_margin": {"weight": 1.0},
+    "anchor": {"weight": 1.0},
+    "contrastive_at": {"weight": 1.0},
+}
+# Tolerances, each relative to the size of what it compares: a logged term to 2e-5 of itself, so a
+# term weighted 1e-6 is held to 2e-11 absolute, far below its own size; a variable's gradient to
+# 1e-3 of its largest entry (the gradient is recovered from the SGD step, (w0 - w1) / lr, where
+# float32 rounding of w costs ~1e-6 / lr); an updated weight to 2e-6 of the variable's largest entry
+# (at least 1).
+TERM_RTOL = 2e-5
+GRADIENT_RTOL = 1e-3
+# A gradient that is 0 in exact arithmetic (the attention's key bias: softmax ignores a shift shared
+# by every key) comes out as float32 noise of ~1e-9 on both sides; 1e-7 is below every gradient a
+# loss term contributes, the flagfile-weighted 1e-6 contrastive term's included.
+GRADIENT_FLOOR = 1e-7
+# TRADES' KL gradient is a difference of nearly equal probabilities (the 3-step attack on an untrained
+# network barely moves them): on 4 replicas, whose synchronized BatchNorm sums its statistics in
+# another order, its gradients came out up to 1.2e-2 of their largest entry from one device's, with
+# the adversarial inputs identical and every logged term within 2e-5 (seen; with its KL term removed,
+# or a uniform random start that moves the points further, they agree within 1e-3).
+GRADIENT_RTOL_ILL_CONDITIONED = {("trades", 4): 2e-2}
+WEIGHT_RTOL = 2e-6
 
 
 def _batch():
@@ -57,7 +100,20 @@ def _network(method_name, embedding):
     )
 
 
-def _one_step(strategy, method_name, x, y, initial_weights, scope="global"):
+def _params(method_name, weights):
+    """The method's Params: its flagfile's (configs/<method>_cifar10.flags), or every term weighted 1."""
+    if weights == "unit":
+        method_class = methods.get(method_name)
+        return dataclasses.replace(method_class.Params(), **UNIT_WEIGHTS[method_name])
+    values = flags.FlagValues()
+    cli_flags.define_train_flags(values)
+    values(["train.py", f"--flagfile={REPO}/configs/{method_name}_cifar10.flags", f"--data_dir={REPO}"])
+    return cli_flags.config_from_flags(values).method.params
+
+
+def _one_step(strategy, method_name, x, y, initial_weights, params=None, scope="global"):
+    """(logged figures, weights before, weights after) of one SGD step (momentum starts at 0, so the
+    step is w1 = w0 - lr * gradient)."""
     method_class = methods.get(method_name)
     keras.utils.set_random_seed(1)  # the method's own layers (MOREL's attention) start alike
     with strategy.scope():
@@ -65,18 +121,68 @@ def _one_step(strategy, method_name, x, y, initial_weights, scope="global"):
         network.set_weights(initial_weights)
         model = AdversarialModel(
             network,
-            method_class(contrastive_scope=scope),
+            method_class(params, contrastive_scope=scope),
             AttackConfig(norm="l2", eps=EPS, step_size=EPS / 4, steps=3),
             AttackConfig(steps=2),
             weight_decay=5e-4,
             seed=11,
         )
-        model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
+        model.compile(optimizer=keras.optimizers.SGD(LEARNING_RATE, momentum=0.9))
+    before = [np.array(w.numpy()) for w in model.weights]
     inputs = _inputs(method_class, x)
     dataset = tf.data.Dataset.from_tensor_slices((inputs, y)).batch(len(y))
     history = model.fit(dataset, epochs=1, verbose=0, shuffle=False)
-    logs = {k: v[0] for k, v in history.history.items()}
-    return logs, [w.numpy() for w in model.weights]
+    logs = {k: float(v[0]) for k, v in history.history.items()}
+    trainable = [w.path for w in model.trainable_weights]
+    after = {w.path: np.array(w.numpy()) for w in model.weights}
+    return logs, dict(zip(after, before)), after, trainable
+
+
+def _initial(method_name):
+    keras.utils.set_random_seed(0)
+    return _network(method_name, 16).get_weights()
+
+
+def _differences(one, many, gradient_rtol=GRADIENT_RTOL):
+    """Every disagreement of two _one_step results beyond the tolerances, as readable lines."""
+    one_logs, one_before, one_after, trainable = one
+    many_logs, _, many_after, _ = many
+    found = []
+    if set(one_logs) != set(many_logs):
+        found.append(f"logged {sorted(one_logs)} vs {sorted(many_logs)}")
+    for name in sorted(set(one_logs) & set(many_logs)):
+        a, b = one_logs[name], many_logs[name]
+        if abs(b - a) > TERM_RTOL * abs(a) + 1e-12:
+            found.append(f"term {name}: {a!r} on one device, {b!r} on replicas ({(b - a) / (abs(a) or 1):+.2e} rel)")
+    for path, w0 in one_before.items():
+        a, b = one_after[path], many_after[path]
+        if path in trainable:
+            g1, g2 = (w0 - a) / LEARNING_RATE, (w0 - b) / LEARNING_RATE
+            worst = float(np.abs(g2 - g1).max())
+            if worst > gradient_rtol * float(np.abs(g1).max()) + GRADIENT_FLOOR:
+                found.append(f"gradient {path}: differs by {worst:.3g} (largest entry {np.abs(g1).max():.3g})")
+        worst = float(np.abs(b - a).max())
+        # The step moves a weight by lr * gradient: a looser gradient tolerance loosens it alike.
+        if worst > WEIGHT_RTOL * (gradient_rtol / GRADIENT_RTOL) * max(float(np.abs(a).max()), 1.0):
+            found.append(f"updated weight {path}: differs by {worst:.3g}")
+    return found
+
+
+def compare_all(strategy, one_device, method_names, weightings=("unit", "flagfile")):
+    """{(method, weighting): differences} of one step on `strategy` against one device."""
+    x, y = _batch()
+    out = {}
+    for method_name in method_names:
+        initial = _initial(method_name)
+        for weights in weightings:
+            params = _params(method_name, weights)
+            one = _one_step(one_device, method_name, x, y, initial, params)
+            many = _one_step(strategy, method_name, x, y, initial, params)
+            moved = max(np.abs(one[2][p] - w0).max() for p, w0 in one[1].items())
+            assert moved > 1e-3, f"{method_name}: the step changed no weight"
+            rtol = GRADIENT_RTOL_ILL_CONDITIONED.get((method_name, strategy.num_replicas_in_sync), GRADIENT_RTOL)
+            out[method_name, weights] = _differences(one, many, rtol)
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -88,30 +194,45 @@ def devices():
     return tf.distribute.OneDeviceStrategy(cpus[0].name), mirrored
 
 
-def _initial(method_name):
-    keras.utils.set_random_seed(0)
-    return _network(method_name, 16).get_weights()
+def test_every_method_names_its_term_weights():
+    assert set(UNIT_WEIGHTS) == set(methods.METHODS.names())
 
 
+@pytest.mark.parametrize("weights", ["unit", "flagfile"])
 @pytest.mark.parametrize("method_name", methods.METHODS.names())
-def test_mirrored_step_matches_one_device(devices, method_name):
+def test_two_replicas_train_what_one_device_trains(devices, method_name, weights):
     one_device, mirrored = devices
-    x, y = _batch()
-    initial = _initial(method_name)
-    one_logs, one_weights = _one_step(one_device, method_name, x, y, initial)
-    two_logs, two_weights = _one_step(mirrored, method_name, x, y, initial)
+    assert compare_all(mirrored, one_device, [method_name], [weights]) == {(method_name, weights): []}
 
-    loss_names = methods.get(method_name)().loss_names
-    assert set(loss_names) | {"loss", "accuracy"} <= set(one_logs) == set(two_logs)
-    for name in one_logs:
-        np.testing.assert_allclose(
-            two_logs[name], one_logs[name], rtol=2e-5, atol=1e-6, err_msg=f"{method_name}: {name}"
-        )
-    moved = max(np.abs(w - w0).max() for w, w0 in zip(one_weights, initial))
-    assert moved > 1e-3, "the step changed the weights"
-    assert len(one_weights) == len(two_weights)
-    for a, b in zip(one_weights, two_weights):
-        np.testing.assert_allclose(b, a, rtol=2e-5, atol=2e-6, err_msg=method_name)
+
+FOUR_REPLICAS = """
+import json, sys
+import tests.conftest  # splits the CPU in 2; reconfigured to 4 before TensorFlow starts
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 4)
+from tests import test_distributed as t
+cpus = tf.config.list_logical_devices("CPU")
+found = t.compare_all(
+    tf.distribute.MirroredStrategy([c.name for c in cpus]), tf.distribute.OneDeviceStrategy(cpus[0].name),
+    sys.argv[1].split(","),
+)
+print(json.dumps({f"{m} {w}": d for (m, w), d in found.items()}))
+"""
+
+
+@pytest.mark.slow
+def test_four_replicas_train_what_one_device_trains():
+    """In a fresh process (two MirroredStrategies in one process can clash): every method, both
+    weightings, 4 replicas of 8 samples each."""
+    names = ",".join(methods.METHODS.names())
+    result = subprocess.run(
+        [sys.executable, "-c", FOUR_REPLICAS, names], cwd=REPO, capture_output=True, text=True, timeout=900
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    assert len(found) == 2 * len(methods.METHODS.names())
+    assert {k: v for k, v in found.items() if v} == {}
 
 
 @pytest.mark.parametrize("method_name,term", [("supcon_margin", "supcon"), ("morel", "contrastive")])
@@ -121,8 +242,8 @@ def test_replica_scope_is_the_per_replica_objective(devices, method_name, term):
     one_device, mirrored = devices
     x, y = _batch()
     initial = _initial(method_name)
-    one_logs, _ = _one_step(one_device, method_name, x, y, initial, scope="replica")
-    two_logs, _ = _one_step(mirrored, method_name, x, y, initial, scope="replica")
+    one_logs = _one_step(one_device, method_name, x, y, initial, scope="replica")[0]
+    two_logs = _one_step(mirrored, method_name, x, y, initial, scope="replica")[0]
     assert abs(two_logs[term] - one_logs[term]) > 0.01 * abs(one_logs[term]), (one_logs, two_logs)
 
 
