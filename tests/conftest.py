@@ -52,6 +52,25 @@ def template_batch(n=128, num_classes=10, seed=0, contrast=0.03, noise=0.05):
     return x, y
 
 
+def cleverhans_pgd(model_fn, x, y, eps, steps):
+    """cleverhans' L-inf PGD (an independent implementation of ours): no random start, step eps/4."""
+    from cleverhans.tf2.attacks.projected_gradient_descent import projected_gradient_descent
+
+    return projected_gradient_descent(
+        model_fn,
+        tf.constant(x),
+        eps,
+        eps / 4,
+        steps,
+        np.inf,
+        clip_min=0.0,
+        clip_max=1.0,
+        y=tf.constant(y),
+        rand_init=False,
+        sanity_checks=False,
+    ).numpy()
+
+
 @pytest.fixture(scope="session")
 def undefended():
     """(network, x, y): the tiny CNN fitted to 100% clean accuracy on its own training batch."""

@@ -15,6 +15,7 @@ from robustcl.attacks.threat import threat_model
 from robustcl.config import ConfigError
 from robustcl.evaluation import evaluate
 from robustcl.evaluation.suite import Attacker
+from tests.conftest import cleverhans_pgd
 
 EPS = 1 / 255
 
@@ -84,7 +85,7 @@ def test_apgd_ce_at_least_as_strong_as_pgd_with_the_same_budget(undefended):
 
 
 def test_fgsm_and_pgd_match_cleverhans(undefended):
-    cleverhans = pytest.importorskip("cleverhans.tf2.attacks.projected_gradient_descent")
+    pytest.importorskip("cleverhans.tf2.attacks.projected_gradient_descent")
     from cleverhans.tf2.attacks.fast_gradient_method import fast_gradient_method
 
     network, x, y = undefended
@@ -97,20 +98,8 @@ def test_fgsm_and_pgd_match_cleverhans(undefended):
     # Same seed-free settings: FGSM is deterministic, so the points agree to float rounding.
     np.testing.assert_allclose(ours_fgsm.x_adv, theirs_fgsm.numpy(), atol=1e-6)
     ours_pgd = attacker.gradient_attack("pgd", x, y, "linf", EPS, 20, EPS / 4, 1, "ce", 0, False)
-    theirs_pgd = cleverhans.projected_gradient_descent(
-        model_fn,
-        tf.constant(x),
-        EPS,
-        EPS / 4,
-        20,
-        np.inf,
-        clip_min=0.0,
-        clip_max=1.0,
-        y=tf.constant(y),
-        rand_init=False,
-        sanity_checks=False,
-    )
-    ours, theirs = ours_pgd.robust.mean(), _accuracy(network, theirs_pgd.numpy(), y)
+    theirs_pgd = cleverhans_pgd(model_fn, x, y, EPS, 20)
+    ours, theirs = ours_pgd.robust.mean(), _accuracy(network, theirs_pgd, y)
     assert abs(ours - theirs) <= 0.03, (ours, theirs)
 
 

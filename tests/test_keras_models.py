@@ -17,6 +17,7 @@ import tensorflow as tf
 from robustcl import artifacts, data
 from robustcl.config import EvaluationConfig
 from robustcl.evaluation.run import evaluate_run
+from tests.conftest import cleverhans_pgd
 from tests.keras_user_module import SmallClassifier
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -101,21 +102,7 @@ def _save(kind, model, root):
 
 
 def _cleverhans_pgd_accuracy(model_fn, x, y):
-    from cleverhans.tf2.attacks.projected_gradient_descent import projected_gradient_descent
-
-    x_adv = projected_gradient_descent(
-        model_fn,
-        tf.constant(x),
-        EPS,
-        EPS / 4,
-        STEPS,
-        np.inf,
-        clip_min=0.0,
-        clip_max=1.0,
-        y=tf.constant(y),
-        rand_init=False,
-        sanity_checks=False,
-    )
+    x_adv = cleverhans_pgd(model_fn, x, y, EPS, STEPS)
     return float(np.mean(np.argmax(model_fn(x_adv).numpy(), -1) == y))
 
 
