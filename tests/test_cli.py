@@ -19,7 +19,7 @@ from robustcl.config import ConfigError, ExperimentConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Training flagfiles; the reproduction grids (bench/reproduce.py's flags) are tested in test_reproduce.
-GRIDS = ("repro_cifar10_cpu.flags", "repro_cifar10_gpu.flags")
+GRIDS = ("repro_cifar10_cpu.flags", "repro_cifar10_gpu.flags", "repro_cifar10_mid.flags")
 CONFIGS = sorted(c for c in glob.glob(os.path.join(REPO, "configs", "*.flags")) if os.path.basename(c) not in GRIDS)
 METHOD_NAMES = methods.METHODS.names()  # a newly registered method is smoke-tested with its flagfile
 
