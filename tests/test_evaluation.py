@@ -167,7 +167,7 @@ class Defence(keras.layers.Layer):
         ("softmax_output", "look like probabilities"),
         ("input_noise", "logits change across repeated calls"),
         ("quantizer", "Square (black-box) breaks"),
-        ("resize_and_pad", "need EOT attacks"),
+        ("resize_and_pad", "EOT attacks"),  # its logits or its gradients change between calls
         ("shattered", "accuracy rises with eps"),
     ],
 )
