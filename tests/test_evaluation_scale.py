@@ -201,7 +201,15 @@ def test_transfer_rows_from_a_surrogate(single, fitted_model, synthetic_cifar10,
     assert rows["transfer-pgd"]["robust_accuracy"] == rows["pgd"]["robust_accuracy"]
     assert "transfer-apgd-ce" in rows and report["transfer_from"].startswith(fitted_model)
     # Not in the worst case unless asked: the worst case is the one without them.
-    assert report["per_point"] == single["per_point"]
+    # Per point as well: every attack's verdicts and the worst case; the transfer rows come beside.
+    for key in ("clean_correct", "worst_case_robust"):
+        assert report["per_point"][key] == single["per_point"][key]
+    for name, verdicts in single["per_point"]["robust"].items():
+        assert report["per_point"]["robust"][name] == verdicts, name
+    assert set(report["per_point"]["robust"]) - set(single["per_point"]["robust"]) == {
+        "transfer-pgd",
+        "transfer-apgd-ce",
+    }
     assert "not counted in the worst case" in (tmp_path / "self" / "report.md").read_text()
     # Another network as surrogate (an untrained one: its examples transfer poorly).
     keras.utils.set_random_seed(5)
