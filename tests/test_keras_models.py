@@ -75,14 +75,13 @@ def _fit(model, x, y, softmax):
     model.fit(x, y, epochs=60, batch_size=len(x), verbose=0)
 
 
-class _Serving(tf.Module):
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    @tf.function(input_signature=[tf.TensorSpec([None, 32, 32, 3], tf.float32, name="images")])
-    def serve(self, images):
-        return {"logits": self.model(images)}
+def _serving_module(model):
+    """A TF SavedModel's module with one serving signature (float images -> {"logits"})."""
+    module = tf.Module()
+    module.model = model
+    spec = tf.TensorSpec([None, 32, 32, 3], tf.float32, name="images")
+    module.serve = tf.function(lambda images: {"logits": model(images)}, input_signature=[spec])
+    return module
 
 
 def _save(kind, model, root):
@@ -93,7 +92,7 @@ def _save(kind, model, root):
         return {"saved_model": path}
     if kind == "tf_saved_model":
         path = os.path.join(root, "tf_module")
-        module = _Serving(model)
+        module = _serving_module(model)
         tf.saved_model.save(module, path, signatures={"serving_default": module.serve})
         return {"saved_model": path}
     path = os.path.join(root, f"{kind}.keras")
