@@ -372,7 +372,7 @@ def markdown(config, rows, summary, found_claims, adequate_text, machine, softwa
         f"    {command}",
         "",
         "Rerunning the same command skips every finished cell and continues an interrupted one; "
-        f"the TensorBoard run directories are written to `{config.runs_dir}/<cell>/seed<S>/` "
+        "the TensorBoard run directories are written to `RUNS_DIR/<cell>/seed<S>/` (`--runs_dir`) "
         f"(not committed); `{config.record_name}.rows.json` keeps every finished row with its per-point "
         "verdicts, so the record and its tests can be made again without them.",
         "",
