@@ -353,21 +353,16 @@ def _keras_image_shape(model):
 
 def _ends_in_softmax(model):
     """Whether the model's last layer turns scores into probabilities (a Softmax layer or a softmax
-    activation); for models whose last layer is their output (Sequential, one-output functional)."""
+    activation), for models whose last layer is their one output (Sequential, one-output functional;
+    a subclassed model has no symbolic outputs, and its layers' order says nothing about them)."""
     import keras
 
-    if not isinstance(model, (keras.Sequential, keras.Model)) or not model.layers:
-        return False
     outputs = _symbolic(model, "outputs")
-    if outputs is not None and len(outputs) != 1:
+    if not outputs or len(outputs) != 1 or not model.layers:
         return False
-    if outputs is None and not isinstance(model, keras.Sequential):
-        return False  # a subclassed model: its layers' order says nothing about its output
     last = model.layers[-1]
-    return isinstance(last, keras.layers.Softmax) or getattr(getattr(last, "activation", None), "__name__", "") in (
-        "softmax",
-        "log_softmax",
-    )
+    activation = getattr(getattr(last, "activation", None), "__name__", "")
+    return isinstance(last, keras.layers.Softmax) or activation in ("softmax", "log_softmax")
 
 
 def load_keras_model(path, output_key="", input_range="0,1", outputs="logits"):
