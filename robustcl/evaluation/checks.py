@@ -118,8 +118,7 @@ SIGNIFICANCE = 0.01
 def one_sided_sign_test(wins, losses):
     """P(at least `wins` of the wins + losses discordant points go one way) if each went either way
     with probability 1/2: the exact one-sided McNemar (sign) test."""
-    n = wins + losses
-    return float(stats.binomtest(wins, n, 0.5, alternative="greater").pvalue) if n else 1.0
+    return _above_rate(wins, wins + losses, 0.5)
 
 
 def _beats(stronger, weaker):
