@@ -409,6 +409,14 @@ def load_keras_model(path, output_key="", input_range="0,1", outputs="logits"):
     )
 
 
+def looks_like_probabilities(outputs):
+    """Rows all in [0, 1] summing to 1 (within 1e-3): softmax outputs, not logits."""
+    import numpy as np
+
+    rows = np.asarray(outputs, np.float64)
+    return bool(rows.min() >= 0 and rows.max() <= 1 and np.allclose(rows.sum(-1), 1.0, atol=1e-3))
+
+
 def check_against_data(classifier, image_shape, num_classes, x_probe, outputs="logits"):
     """Fails naming the mismatch when the model's input shape differs from the data's, or its
     outputs are not class scores of the dataset's classes."""
@@ -441,7 +449,7 @@ def check_against_data(classifier, image_shape, num_classes, x_probe, outputs="l
     values = np.asarray(result)
     if not np.all(np.isfinite(values)):
         raise ModelLoadError("the model's outputs contain NaN or inf on clean test images")
-    if outputs == "logits" and values.min() >= 0 and values.max() <= 1 and np.allclose(values.sum(-1), 1, atol=1e-3):
+    if outputs == "logits" and looks_like_probabilities(values):
         # Probabilities attacked as logits saturate and hide the gradient: robustness overstated.
         raise ModelLoadError(
             "the model's outputs are probabilities (in [0, 1], each row summing to 1), not logits: "

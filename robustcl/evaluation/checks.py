@@ -9,6 +9,7 @@ import numpy as np
 import tensorflow as tf
 from scipy import stats
 
+from robustcl.artifacts import looks_like_probabilities
 from robustcl.attacks.threat import perturbation_norms
 from robustcl.losses import cross_entropy_per_example
 
@@ -42,8 +43,7 @@ def check_robust_not_above_clean(result, clean_correct):
 
 def warn_probabilities(logits):
     """Outputs that look like probabilities (rows in [0, 1] summing to 1) instead of logits."""
-    rows = np.asarray(logits, np.float64)
-    if rows.min() >= 0 and rows.max() <= 1 and np.allclose(rows.sum(-1), 1.0, atol=1e-3):
+    if looks_like_probabilities(logits):
         return (
             "model outputs look like probabilities (all in [0, 1], rows sum to 1 within 1e-3): "
             "attacks on softmax outputs are weak; the model must return logits"
