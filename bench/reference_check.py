@@ -27,7 +27,8 @@ import robustcl  # noqa: F401  (first: it picks TensorFlow's CPU backend, fixed 
 import numpy as np
 import tensorflow as tf
 
-from robustcl import artifacts, data
+from robustcl import data
+from robustcl.evaluation import classifiers
 from robustcl.evaluation import autoattack
 from robustcl.evaluation.suite import Attacker
 
@@ -108,7 +109,7 @@ def main():
     sys.path.insert(0, os.path.abspath(args.autoattack_dir))
     from autoattack import AutoAttack
 
-    run = artifacts.load_run(args.model_dir, args.checkpoint)
+    run = classifiers.load_run(args.model_dir, args.checkpoint)
     config, network = run.config, run.network
     x, y = data.first_test_images(
         data.load_dataset(

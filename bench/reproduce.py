@@ -17,24 +17,25 @@ from absl import app
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from robustcl.cli import flags as cli_flags  # noqa: E402  (after the path of a source checkout)
+from robustcl.reproduce import flags as repro_flags  # noqa: E402  (after the path of a source checkout)
 
-cli_flags.define_reproduce_flags()
+repro_flags.define_reproduce_flags()
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    from robustcl.config import ConfigError
+    from robustcl.settings import ConfigError
 
     try:
-        config = cli_flags.reproduce_config_from_flags()
+        config = repro_flags.reproduce_config_from_flags()
     except ConfigError as error:
         sys.exit(f"error: {error}")
     import keras
     import tensorflow as tf
 
-    from robustcl import hardware, reproduce
+    from robustcl import hardware
+    from robustcl.reproduce import grid
     from robustcl.reproduce import record as record_io
 
     machine = f"{hardware.detect().describe()}, {os.cpu_count()} cores"
@@ -61,8 +62,8 @@ def main(argv):
             print("commit:", record_io.commit(config, f"Reproduction record {config.record_name}: {done}"), flush=True)
 
     try:
-        reproduce.check_settings(config)
-    except (reproduce.ReproError, ConfigError) as error:
+        grid.check_settings(config)
+    except (grid.ReproError, ConfigError) as error:
         sys.exit(f"error: {error}")
 
     record()
@@ -70,8 +71,8 @@ def main(argv):
         print(f"record: {os.path.join(config.record_dir, config.record_name)}.md")
         return
     try:
-        failed = reproduce.run_grid(config, on_cell_done=record_and_commit, machine=machine)
-    except reproduce.ReproError as error:  # the surrogate's training failed: no transfer stage can run
+        failed = grid.run_grid(config, on_cell_done=record_and_commit, machine=machine)
+    except grid.ReproError as error:  # the surrogate's training failed: no transfer stage can run
         record()
         sys.exit(f"error: {error}")
     record_and_commit()

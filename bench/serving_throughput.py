@@ -5,7 +5,7 @@ on 127.0.0.1: one line per figure, plus a JSON file.
     python bench/serving_throughput.py [--saved_model=EXPORT_DIR/NAME/1] [--requests 200] \
         [--batches 1,64] [--output bench/results/serving_throughput.json]
 
-Starts `python -m robustcl.serving.model_server` as a real process (gRPC and REST) on an export
+Starts `python -m robustcl.cli.model_server` as a real process (gRPC and REST) on an export
 (default: the tiny CIFAR network, exported to a temporary directory), then one client sends
 --requests predict requests back to back per API and batch size (after 5 warm-up requests) through
 robustcl's RestClient (JSON) and GrpcClient (TensorProto). Client and server share the machine's
@@ -49,7 +49,7 @@ def _start(base_path, name, grpc_port, rest_port, log):
         [
             sys.executable,
             "-m",
-            "robustcl.serving.model_server",
+            "robustcl.cli.model_server",
             "--host=127.0.0.1",
             f"--port={grpc_port}",
             f"--rest_api_port={rest_port}",

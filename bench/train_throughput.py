@@ -33,7 +33,7 @@ import numpy as np
 import tensorflow as tf
 
 from robustcl import hardware, methods, models
-from robustcl.config import AttackConfig
+from robustcl.attacks.settings import AttackConfig
 from robustcl.training.model import AdversarialModel
 
 

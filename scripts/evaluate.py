@@ -18,7 +18,7 @@ import sys
 from absl import app
 
 from robustcl.cli import flags as cli_flags
-from robustcl.config import ConfigError
+from robustcl.settings import ConfigError
 
 try:  # a Keras model's own classes are registered by the user's modules: imported before loading
     cli_flags.import_extra_modules(sys.argv)
@@ -30,14 +30,14 @@ cli_flags.define_evaluate_flags()
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    from robustcl.config import ConfigError
+    from robustcl.settings import ConfigError
     from robustcl.data import DataFormatError, DataNotFoundError
 
     try:
         config = cli_flags.evaluation_config_from_flags()
     except ConfigError as error:
         sys.exit(f"error: {error}")
-    from robustcl.artifacts import ModelLoadError
+    from robustcl.evaluation.classifiers import ModelLoadError
     from robustcl.evaluation import EvaluationError
     from robustcl.evaluation.run import evaluate_run
     from robustcl import hardware

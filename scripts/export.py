@@ -19,7 +19,7 @@ cli_flags.define_export_flags()
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    from robustcl.config import ConfigError
+    from robustcl.settings import ConfigError
 
     try:
         args = cli_flags.export_args_from_flags()

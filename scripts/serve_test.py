@@ -26,22 +26,23 @@ cli_flags.define_serve_test_flags()
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    from robustcl.config import ConfigError
+    from robustcl.settings import ConfigError
 
     try:
         args = cli_flags.serve_test_args_from_flags()
     except ConfigError as error:
         sys.exit(f"error: {error}")
-    from robustcl import artifacts, data, hardware
+    from robustcl import data, hardware
+    from robustcl.training import rundir
     from robustcl.serving import robustness
     from robustcl.serving.client import GrpcClient, RestClient, SavedModelBackend, ServerError
 
     print(hardware.startup_line(), flush=True)
     local = SavedModelBackend(args["saved_model"]) if args["saved_model"] else None
     dataset, image_size = args["dataset"], 0
-    exported = os.path.join(args["saved_model"], artifacts.EXPORT_ASSETS) if args["saved_model"] else None
-    if not dataset and exported and os.path.isfile(os.path.join(exported, artifacts.CONFIG)):
-        config = artifacts.read_config(exported)
+    exported = os.path.join(args["saved_model"], rundir.EXPORT_ASSETS) if args["saved_model"] else None
+    if not dataset and exported and os.path.isfile(os.path.join(exported, rundir.CONFIG)):
+        config = rundir.read_config(exported)
         dataset, image_size = config.data.dataset, config.data.image_size
     if not dataset:
         sys.exit("error: --dataset: required without a robustcl export (--saved_model)")

@@ -11,7 +11,7 @@ import sys
 from absl import app
 
 from robustcl.cli import flags as cli_flags
-from robustcl.config import ConfigError
+from robustcl.settings import ConfigError
 
 try:  # a user's methods and backbones first: their flags and names must exist when flags parse
     cli_flags.import_extra_modules(sys.argv)
@@ -23,7 +23,7 @@ cli_flags.define_train_flags()
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    from robustcl.config import ConfigError
+    from robustcl.settings import ConfigError
     from robustcl.data import DataFormatError, DataNotFoundError
 
     try:

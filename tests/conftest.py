@@ -105,7 +105,7 @@ class ModelServer:
             [
                 sys.executable,
                 "-m",
-                "robustcl.serving.model_server",
+                "robustcl.cli.model_server",
                 "--host=127.0.0.1",
                 *([f"--model_base_path={base_path}"] if base_path else []),
                 f"--file_system_poll_wait_seconds={poll}",

@@ -104,7 +104,7 @@ def test_kl_objective_is_zero_at_clean_point_and_positive_elsewhere():
 
 
 def test_attack_from_config():
-    from robustcl.config import AttackConfig
+    from robustcl.attacks.settings import AttackConfig
 
     assert attacks.attack_from_config(AttackConfig(name="none")) is None
     x = tf.fill([2, 4, 4, 3], 0.5)

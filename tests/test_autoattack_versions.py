@@ -5,7 +5,8 @@ import keras
 import pytest
 import tensorflow as tf
 
-from robustcl.config import ConfigError, EvaluationConfig
+from robustcl.settings import ConfigError
+from robustcl.evaluation.settings import EvaluationConfig
 from robustcl.evaluation import attacks as eval_attacks
 from robustcl.evaluation import autoattack, evaluate
 

@@ -15,7 +15,8 @@ from absl import flags
 
 from robustcl import methods
 from robustcl.cli import flags as cli_flags
-from robustcl.config import ConfigError, ExperimentConfig
+from robustcl.settings import ConfigError
+from robustcl.training.settings import ExperimentConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Training flagfiles; the reproduction grids (bench/reproduce.py's flags) are tested in test_reproduce.
@@ -288,9 +289,9 @@ def test_a_users_method_and_backbone_train_without_editing_robustcl(synthetic_ci
     assert config["model"]["name"] == "user_mlp" and config["run"]["extra_modules"] == ["my_methods"]
     # The run loads back (evaluation, export) by importing the module its config names.
     monkeypatch.syspath_prepend(str(tmp_path / "user_code"))
-    from robustcl import artifacts
+    from robustcl.evaluation import classifiers
 
-    classifier = artifacts.load_run(str(run_dir))
+    classifier = classifiers.load_run(str(run_dir))
     assert classifier.network.name == "user_mlp"
     missing = _run(
         _train_command("pgd_at_cifar10.flags", synthetic_cifar10, tmp_path / "other", "--extra_modules=no_such_module")

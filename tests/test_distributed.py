@@ -37,7 +37,7 @@ from absl import flags
 
 from robustcl import methods, models
 from robustcl.cli import flags as cli_flags
-from robustcl.config import AttackConfig
+from robustcl.attacks.settings import AttackConfig
 from robustcl.losses import global_batch
 from robustcl.training.model import AdversarialModel
 from tests.conftest import template_batch

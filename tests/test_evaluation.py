@@ -12,7 +12,7 @@ from robustcl.attacks.apgd import apgd
 from robustcl.attacks.fab import fab, project_onto_hyperplane
 from robustcl.attacks.square import square
 from robustcl.attacks.threat import threat_model
-from robustcl.config import ConfigError
+from robustcl.settings import ConfigError
 from robustcl.evaluation import evaluate
 from robustcl.evaluation.suite import Attacker
 from tests.conftest import cleverhans_pgd

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from robustcl import data
-from robustcl.config import ConfigError, EvaluationConfig
+from robustcl.settings import ConfigError
+from robustcl.evaluation.settings import EvaluationConfig
 from robustcl.evaluation import checks
 from robustcl.evaluation.run import evaluate_run
 

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from robustcl import artifacts, data
-from robustcl.config import EvaluationConfig
+from robustcl import data
+from robustcl.evaluation import classifiers
+from robustcl.evaluation.settings import EvaluationConfig
 from robustcl.evaluation.run import evaluate_run
 from tests.conftest import cleverhans_pgd
 from tests.keras_user_module import SmallClassifier
@@ -159,7 +160,7 @@ def test_probabilities_from_a_model_that_cannot_be_inspected_are_refused(synthet
         projector_examples=0,
         download=False,
     ).validate()
-    with pytest.raises(artifacts.ModelLoadError, match="--outputs=probabilities"):
+    with pytest.raises(classifiers.ModelLoadError, match="--outputs=probabilities"):
         evaluate_run(config, progress=False)
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from robustcl import attacks, data, methods, models
-from robustcl.config import AttackConfig
+from robustcl.attacks.settings import AttackConfig
 from robustcl.training.model import AdversarialModel
 
 TRAIN_ATTACK = AttackConfig(eps=8 / 255, step_size=2.5 / 255, steps=5)

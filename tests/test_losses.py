@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from robustcl import losses
-from robustcl.mining import hard_positive_weights
+from robustcl.losses.mining import hard_positive_weights
 
 RNG = np.random.default_rng(0)
 

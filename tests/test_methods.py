@@ -4,9 +4,10 @@ import pytest
 import tensorflow as tf
 
 from robustcl import losses, methods, models
-from robustcl.config import AttackConfig, ConfigError
+from robustcl.attacks.settings import AttackConfig
+from robustcl.settings import ConfigError
 from robustcl.methods.morel import ClassAttention
-from robustcl.mining import hard_positive_weights
+from robustcl.losses.mining import hard_positive_weights
 from robustcl.training.model import AdversarialModel
 from tests.conftest import template_batch
 

@@ -423,7 +423,7 @@ def test_serve_test_survives_a_dying_server_and_resumes_over_rest_and_grpc(serve
 def test_flags_are_tensorflow_model_servers_and_bad_ones_are_named(tmp_path):
     def run(*args):
         return subprocess.run(
-            [sys.executable, "-m", "robustcl.serving.model_server", *args],
+            [sys.executable, "-m", "robustcl.cli.model_server", *args],
             cwd=REPO,
             capture_output=True,
             text=True,

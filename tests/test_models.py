@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from robustcl import models
 from robustcl.training import schedules
-from robustcl.config import OptimizerConfig
+from robustcl.training.settings import OptimizerConfig
 
 EXPECTED_FEATURES = {"tiny": 64, "resnet18": 512, "preact_resnet18": 512, "wrn28_10": 640, "wrn34_10": 640}
 # Parameter counts of the published CIFAR networks (10 classes): ResNet-18 11.17M, WRN-34-10 46.16M.

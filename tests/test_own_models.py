@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from robustcl import artifacts, data
-from robustcl.config import ConfigError, EvaluationConfig
+from robustcl import data
+from robustcl.evaluation import classifiers
+from robustcl.settings import ConfigError
+from robustcl.evaluation.settings import EvaluationConfig
 from robustcl.evaluation.run import evaluate_run
 from tests.image_files import write_tiny_imagenet
 
@@ -128,13 +130,13 @@ def test_any_saved_model_through_its_signature(synthetic_cifar10, tmp_path):
         fields = dict(vars(config), **overrides)
         evaluate_run(EvaluationConfig(**fields).validate(), progress=False)
 
-    with pytest.raises(artifacts.ModelLoadError, match=r"no signature 'serve'; it has as_uint8, predict"):
+    with pytest.raises(classifiers.ModelLoadError, match=r"no signature 'serve'; it has as_uint8, predict"):
         run(signature="serve")
-    with pytest.raises(artifacts.ModelLoadError, match=r"--output_key: .* has 2 of them \(scores, top\)"):
+    with pytest.raises(classifiers.ModelLoadError, match=r"--output_key: .* has 2 of them \(scores, top\)"):
         run(output_key="")
-    with pytest.raises(artifacts.ModelLoadError, match="takes uint8 'pixels'"):
+    with pytest.raises(classifiers.ModelLoadError, match="takes uint8 'pixels'"):
         run(signature="as_uint8")
-    with pytest.raises(artifacts.ModelLoadError, match=r"outputs do not sum to 1"):
+    with pytest.raises(classifiers.ModelLoadError, match=r"outputs do not sum to 1"):
         run(outputs="probabilities")
     with pytest.raises(ConfigError, match="--dataset: required"):
         run(dataset="")
@@ -153,7 +155,7 @@ def test_mismatches_are_named(synthetic_cifar10, tmp_path):
         **QUICK,
     )
     with pytest.raises(
-        artifacts.ModelLoadError, match=r"takes images of shape \[64, 64, 3\]; the data's are \[32, 32, 3\]"
+        classifiers.ModelLoadError, match=r"takes images of shape \[64, 64, 3\]; the data's are \[32, 32, 3\]"
     ):
         evaluate_run(config.validate(), progress=False)
     inputs = keras.Input((32, 32, 3))
@@ -166,7 +168,7 @@ def test_mismatches_are_named(synthetic_cifar10, tmp_path):
         output_dir=str(tmp_path / "r"),
         **QUICK,
     )
-    with pytest.raises(artifacts.ModelLoadError, match=r"outputs have shape \[2, 5\].* 10 classes"):
+    with pytest.raises(classifiers.ModelLoadError, match=r"outputs have shape \[2, 5\].* 10 classes"):
         evaluate_run(config.validate(), progress=False)
     with pytest.raises(ConfigError, match=r"--input_range: must be 0,1 or 0,255, got '0,256'"):
         EvaluationConfig(keras_model="m.keras", input_range="0,256", output_dir="r").validate()
@@ -201,7 +203,7 @@ def test_64px_file_dataset_trains_evaluates_and_exports(tmp_path):
     facts = json.loads((run_dir / "dataset.json").read_text())
     assert facts["image_shape"] == [64, 64, 3] and facts["num_classes"] == 3
     assert json.loads((run_dir / "class_names.json").read_text()) == ["thing0", "thing1", "thing2"]
-    classifier = artifacts.load_run(str(run_dir), "last")
+    classifier = classifiers.load_run(str(run_dir), "last")
     assert classifier.network.input.shape[1:] == (64, 64, 3)
     report, _ = evaluate_run(
         EvaluationConfig(model_dir=str(run_dir), checkpoint="last", data_dir=path, **QUICK).validate(), progress=False

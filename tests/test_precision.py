@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from robustcl import hardware, methods, models
 from robustcl.attacks import OBJECTIVES, attack_from_config
-from robustcl.config import AttackConfig
+from robustcl.attacks.settings import AttackConfig
 from robustcl.training.model import AdversarialModel
 from tests.conftest import template_batch
 

@@ -11,18 +11,22 @@ import numpy as np
 import pytest
 from absl import flags
 
-from robustcl import artifacts, reproduce
+from robustcl.reproduce import grid
+from robustcl.files import settings_key
 from robustcl.reproduce import record as record_io
+from robustcl.reproduce import flags as repro_flags
+from robustcl.reproduce import rows as rows_io
 from robustcl.reproduce import statistics
 from robustcl.cli import flags as cli_flags
-from robustcl.config import ConfigError, ReproCell, ReproduceConfig
+from robustcl.settings import ConfigError
+from robustcl.reproduce.settings import ReproCell, ReproduceConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _flag_values(argv):
     values = flags.FlagValues()
-    cli_flags.define_reproduce_flags(values)
+    repro_flags.define_reproduce_flags(values)
     values(["reproduce.py", *argv])
     return values
 
@@ -73,12 +77,12 @@ def test_bad_grid_flags_are_named(argv, message, tmp_path, monkeypatch):
         "--record_name=r",
     ]
     with pytest.raises(ConfigError, match=message):
-        cli_flags.reproduce_config_from_flags(_flag_values(base + argv))
+        repro_flags.reproduce_config_from_flags(_flag_values(base + argv))
 
 
 def test_unknown_evaluation_attacks_are_refused_before_any_work(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
-    config = cli_flags.reproduce_config_from_flags(
+    config = repro_flags.reproduce_config_from_flags(
         _flag_values(
             [
                 f"--train_flagfile={_train_flagfile(tmp_path)}",
@@ -91,7 +95,7 @@ def test_unknown_evaluation_attacks_are_refused_before_any_work(tmp_path, monkey
         )
     )
     with pytest.raises(ConfigError, match=r"--eval_attacks: unknown deepfool; known: autoattack, cw"):
-        reproduce.check_settings(config)
+        grid.check_settings(config)
     assert not os.path.exists(tmp_path / "runs")
 
 
@@ -120,7 +124,7 @@ MID_GRID = ["pgd_at", "mart", "morel", "supcon_margin", "supcon_margin_m0", "anc
 )
 def test_the_repository_grid_flagfiles_parse(flagfile, names, examples, monkeypatch, tmp_path):
     monkeypatch.chdir(REPO)
-    config = cli_flags.reproduce_config_from_flags(_flag_values([f"--flagfile={flagfile}", f"--data_dir={tmp_path}"]))
+    config = repro_flags.reproduce_config_from_flags(_flag_values([f"--flagfile={flagfile}", f"--data_dir={tmp_path}"]))
     assert [c.name for c in config.cells] == names
     assert config.seeds == (0, 1) and config.eval_examples == examples
     # Every claim compares cells the grid has.
@@ -189,7 +193,7 @@ def test_tiny_grid_runs_resumes_and_refuses_other_settings(synthetic_cifar10, tm
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-3000:]
     run = tmp_path / "runs" / "pgd_at" / "seed3"
     state = json.load(open(run / "repro_cell.json"))
-    assert {s: state["stages"][s]["status"] for s in reproduce.STAGES} == dict.fromkeys(reproduce.STAGES, "done")
+    assert {s: state["stages"][s]["status"] for s in grid.STAGES} == dict.fromkeys(grid.STAGES, "done")
     assert json.load(open(run / "config.json"))["run"]["seed"] == 3
     best = json.load(open(run / "evaluation_best" / "report.json"))
     assert best["num_points"] == 24
@@ -307,17 +311,17 @@ def test_settings_are_what_the_flagfiles_resolve_to(tmp_path, monkeypatch):
     train = tmp_path / "train.flags"
     train.write_text("# comment\n--flagfile=configs/smoke.flags\n--epochs=3\n")
     config = _one_cell_grid(tmp_path, train_flagfile=str(train))
-    found = reproduce.settings(config, config.cells[0], 0)["train_config"]
+    found = grid.cell_settings(config, config.cells[0], 0)["train_config"]
     assert found["model"]["name"] == "tiny" and found["optimizer"]["epochs"] == 3
     assert found["method"]["name"] == "pgd_at"
     assert found["data"]["dataset"] == "cifar10"  # from the base the method flagfile includes
-    key = reproduce.stages_key(reproduce.settings(config, config.cells[0], 0), reproduce.STAGES)
+    key = grid.stages_key(grid.cell_settings(config, config.cells[0], 0), grid.STAGES)
     # What the flagfiles resolve to is the key, not how they spell it: a line repeating a default
     # changes nothing, a value does.
     train.write_text("# comment\n--flagfile=configs/smoke.flags\n--epochs=3\n--momentum=0.9\n")
-    assert reproduce.stages_key(reproduce.settings(config, config.cells[0], 0), reproduce.STAGES) == key
+    assert grid.stages_key(grid.cell_settings(config, config.cells[0], 0), grid.STAGES) == key
     train.write_text("# comment\n--flagfile=configs/smoke.flags\n--epochs=4\n")
-    assert reproduce.stages_key(reproduce.settings(config, config.cells[0], 0), reproduce.STAGES) != key
+    assert grid.stages_key(grid.cell_settings(config, config.cells[0], 0), grid.STAGES) != key
 
 
 @pytest.mark.parametrize("grid", ["configs/repro_cifar10_cpu.flags", "configs/repro_cifar10_gpu.flags"])
@@ -325,10 +329,10 @@ def test_every_cell_of_the_grids_is_a_valid_training_config(grid, monkeypatch, t
     """Each cell's training command (method flagfile, then the protocol, then the cell's flags)
     gives a valid config with the protocol's network, schedule and threat model."""
     monkeypatch.chdir(REPO)
-    config = cli_flags.reproduce_config_from_flags(_flag_values([f"--flagfile={grid}", f"--data_dir={tmp_path}"]))
+    config = repro_flags.reproduce_config_from_flags(_flag_values([f"--flagfile={grid}", f"--data_dir={tmp_path}"]))
     trained = []
     for cell in config.cells:
-        argv = reproduce.commands(config, cell, 0)["train"][2:]
+        argv = grid.commands(config, cell, 0)["train"][2:]
         values = flags.FlagValues()
         cli_flags.define_train_flags(values)
         values(["train.py", *argv])
@@ -360,22 +364,22 @@ def test_a_record_of_other_settings_is_refused_not_overwritten(tmp_path, monkeyp
         "cell": "pgd_at",
         "seed": 0,
         "settings_key": "made-elsewhere",
-        "status": dict.fromkeys(reproduce.STAGES, "done"),
+        "status": dict.fromkeys(grid.STAGES, "done"),
     }
     (tmp_path / "r.rows.json").write_text(json.dumps({"rows": [row]}))
-    with pytest.raises(reproduce.ReproError, match="holds results of pgd_at seed 0 made with other"):
-        reproduce.check_settings(config)
-    row["settings_key"] = artifacts.settings_key(reproduce.settings(config, config.cells[0], 0))
+    with pytest.raises(grid.ReproError, match="holds results of pgd_at seed 0 made with other"):
+        grid.check_settings(config)
+    row["settings_key"] = settings_key(grid.cell_settings(config, config.cells[0], 0))
     (tmp_path / "r.rows.json").write_text(json.dumps({"rows": [row]}))
-    reproduce.check_settings(config)
-    assert reproduce.recorded_rows(config) == {("pgd_at", 0): row}
+    grid.check_settings(config)
+    assert grid.recorded_rows(config) == {("pgd_at", 0): row}
     # A row from before rows named their machine ran on the one the record names.
     (tmp_path / "r.rows.json").write_text(json.dumps({"machine": "CPU X, 2 cores", "rows": [row]}))
-    assert reproduce.recorded_rows(config)[("pgd_at", 0)] == {**row, "machine": "CPU X, 2 cores"}
+    assert grid.recorded_rows(config)[("pgd_at", 0)] == {**row, "machine": "CPU X, 2 cores"}
     # A record from before rows had a file of their own kept them in NAME.json.
     os.remove(tmp_path / "r.rows.json")
     (tmp_path / "r.json").write_text(json.dumps({"rows": [row]}))
-    assert reproduce.recorded_rows(config) == {("pgd_at", 0): row}
+    assert grid.recorded_rows(config) == {("pgd_at", 0): row}
 
 
 def test_a_recorded_row_without_a_gained_stage_is_trained_again(tmp_path, monkeypatch):
@@ -387,22 +391,22 @@ def test_a_recorded_row_without_a_gained_stage_is_trained_again(tmp_path, monkey
     row = {
         "cell": "pgd_at",
         "seed": 0,
-        "status": dict.fromkeys(reproduce.STAGES, "done"),
-        "settings_key": artifacts.settings_key(reproduce.settings(before, before.cells[0], 0)),
+        "status": dict.fromkeys(grid.STAGES, "done"),
+        "settings_key": settings_key(grid.cell_settings(before, before.cells[0], 0)),
         "clean": 0.3,
     }
     # Recorded before rows kept per-point verdicts: the paired tests need it trained again.
     (tmp_path / "r.rows.json").write_text(json.dumps({"rows": [row]}))
-    assert reproduce.pending(before, log=lambda _: None) == [(before.cells[0], 0)]
+    assert grid.pending(before, log=lambda _: None) == [(before.cells[0], 0)]
     row["points"] = {"clean": statistics.pack([True, False])}
     (tmp_path / "r.rows.json").write_text(json.dumps({"rows": [row]}))
-    assert reproduce.pending(before, log=lambda _: None) == []
+    assert grid.pending(before, log=lambda _: None) == []
     after = _one_cell_grid(tmp_path, surrogate_flagfile="configs/standard_cifar10.flags", surrogate_seed=5)
-    reproduce.check_settings(after)  # the base stages' key is unchanged by the new stage
+    grid.check_settings(after)  # the base stages' key is unchanged by the new stage
     said = []
-    assert reproduce.pending(after, log=said.append) == [(after.cells[0], 0)]
+    assert grid.pending(after, log=said.append) == [(after.cells[0], 0)]
     assert "without a stage this grid has" in said[0] and "training it again" in said[0]
-    assert record_io.collect(after)[0]["clean"] == 0.3  # kept until the rerun has finished
+    assert rows_io.collect(after)[0]["clean"] == 0.3  # kept until the rerun has finished
     with pytest.raises(ConfigError, match="--surrogate_seed: 0 is one of --seeds"):
         _one_cell_grid(tmp_path, surrogate_flagfile="configs/standard_cifar10.flags", surrogate_seed=0).validate()
 
@@ -414,14 +418,14 @@ def test_run_directories_made_before_resolved_keys_are_read_by_their_flagfiles_t
     monkeypatch.chdir(REPO)
     config = _one_cell_grid(tmp_path, "trades")
     cell = config.cells[0]
-    current = reproduce.settings(config, cell, 0)
-    texts = {path: reproduce.flagfile_text(path) for path in (cell.method_flagfile, config.train_flagfile)}
+    current = grid.cell_settings(config, cell, 0)
+    texts = {path: grid.flagfile_text(path) for path in (cell.method_flagfile, config.train_flagfile)}
     texts[cell.method_flagfile] += ["--trades_beta=6.0", "--attack=pgd"]  # defaults, spelled out
     legacy = {"settings": {"commands": current["commands"], "flagfiles": texts}}
-    reproduce.check_same_settings(legacy, current, "run", config.data_dir)
+    grid.check_same_settings(legacy, current, "run", config.data_dir)
     texts[cell.method_flagfile] += ["--trades_beta=3.0"]
-    with pytest.raises(reproduce.ReproError, match=r"training config method\.params\.beta: 3\.0 now 6\.0"):
-        reproduce.check_same_settings(legacy, current, "run", config.data_dir)
+    with pytest.raises(grid.ReproError, match=r"training config method\.params\.beta: 3\.0 now 6\.0"):
+        grid.check_same_settings(legacy, current, "run", config.data_dir)
 
 
 def test_claims_are_paired_tests_and_their_verdicts_follow_their_intervals(tmp_path, monkeypatch):

@@ -1,4 +1,7 @@
-"""Attacks: threat models x optimizers x objectives. Attacks never change model state."""
+"""Attacks: threat models x optimizers x objectives. Attacks never change model state.
+
+Imports losses (objectives) and the bottom layer; its settings: attacks/settings.py.
+"""
 
 from robustcl.attacks.objectives import OBJECTIVES
 from robustcl.attacks.pgd import attack_from_config, fgsm, pgd

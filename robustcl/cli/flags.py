@@ -1,6 +1,6 @@
 """The only module that defines or reads absl flags.
 
-Every flag is generated from a field of the frozen config it fills (`robustcl.config.option`: its
+Every flag is generated from a field of the frozen config it fills (`robustcl.settings.option`: its
 name, help, type, bounds and registry of names), so a setting is added in one place. `define_*`
 define a script's flags; `*_from_flags` turn the parsed flags into its validated config, failing
 with a message that names the flag before any work is done. Method hyperparameters are flags
@@ -15,8 +15,19 @@ import typing
 
 from absl import flags
 
-from robustcl import config as cfg
 from robustcl import registry
+from robustcl.attacks.settings import AttackConfig
+from robustcl.data.settings import DataConfig
+from robustcl.evaluation.settings import EvaluationConfig
+from robustcl.methods.settings import MethodConfig
+from robustcl.models.settings import ModelConfig
+from robustcl.serving.settings import ExportConfig, ModelServerConfig, ServeTestConfig
+from robustcl.settings import ConfigError, check_name, choices_of, flag_name
+from robustcl.training.settings import ExperimentConfig, OptimizerConfig, ProjectorConfig, RunConfig
+from robustcl import data, hardware, methods
+from robustcl.data import DATASETS
+from robustcl.serving import servables
+import tensorflow as tf
 
 FLAGS = flags.FLAGS
 
@@ -42,8 +53,6 @@ def _define_fraction(name, default, help_text, flag_values):
 
 def _method_param_flags():
     """(flag name, method name, field) for every hyperparameter of every registered method."""
-    from robustcl import methods  # registers all methods
-
     for method_name in methods.METHODS.names():
         params_class = methods.get(method_name).Params
         for field in dataclasses.fields(params_class):
@@ -51,7 +60,7 @@ def _method_param_flags():
 
 
 def _choices_help(field):
-    registry = cfg.choices_of(field)
+    registry = choices_of(field)
     if registry is None:
         return ""
     entries = [(name, getattr(registry.get(name), "about", None)) for name in registry.names()]
@@ -64,9 +73,9 @@ _FIELD_DEFAULT = object()
 
 
 def define_field_flag(field, flag_values, name=None, help_suffix="", default=_FIELD_DEFAULT, help_text=None):
-    """Defines the flag of a config field (robustcl.config.option): its type from the field's
+    """Defines the flag of a config field (robustcl.settings.option): its type from the field's
     default, its help from the metadata (or `help_text`), the choices from the field's registry."""
-    name = name or cfg.flag_name(field)
+    name = name or flag_name(field)
     help_text = (help_text or field.metadata.get("help", field.name)) + help_suffix
     choices = _choices_help(field)
     if choices:
@@ -100,7 +109,7 @@ def _value_type(field):
 def _define_data_flags(defaults, flag_values):
     """Which data and where, shared with training: DataConfig's fields, with `defaults`' values
     (an evaluation's dataset defaults to the model's own)."""
-    fields = cfg.DataConfig.__dataclass_fields__
+    fields = DataConfig.__dataclass_fields__
     define_field_flag(
         fields["dataset"], flag_values, default=defaults.dataset or None, help_suffix=" Default: the model's own."
     )
@@ -134,7 +143,7 @@ def _field_value(field, value, flag):
 def config_from_field_flags(config_class, flag_values, **given):
     """A config dataclass from its fields' flags; `given` sets fields the flags do not."""
     values = {
-        field.name: _field_value(field, flag_values[cfg.flag_name(field)].value, cfg.flag_name(field))
+        field.name: _field_value(field, flag_values[flag_name(field)].value, flag_name(field))
         for field in _flag_fields(config_class, skip=given)
     }
     return config_class(**values, **given)
@@ -154,24 +163,24 @@ def import_extra_modules(argv, flag_values=FLAGS):
     try:
         registry.import_modules(names, EXTRA_MODULES)
     except registry.ModuleImportError as error:
-        raise cfg.ConfigError(str(error)) from None
+        raise ConfigError(str(error)) from None
     return names
 
 
 # Configs whose every field is a flag of the field's name (the others: see define_train_flags).
-_TRAIN_CONFIGS = (cfg.DataConfig, cfg.ModelConfig, cfg.OptimizerConfig, cfg.ProjectorConfig)
+_TRAIN_CONFIGS = (DataConfig, ModelConfig, OptimizerConfig, ProjectorConfig)
 
 
 def define_train_flags(flag_values=FLAGS):
-    """Every training flag: one per config field (robustcl.config.option), then one per method
+    """Every training flag: one per config field (robustcl.settings.option), then one per method
     hyperparameter (--<method>_<field>). Defined by hand here: only flags whose value is resolved
     before a config holds it (--precision, --jit_compile: "auto") and the validation attack's."""
     for config_class in _TRAIN_CONFIGS:
         define_config_flags(config_class, flag_values)
-    define_config_flags(cfg.MethodConfig, flag_values)
-    define_config_flags(cfg.AttackConfig, flag_values)
-    run_fields = cfg.RunConfig.__dataclass_fields__
-    define_config_flags(cfg.RunConfig, flag_values, skip=("precision", "jit_compile"))
+    define_config_flags(MethodConfig, flag_values)
+    define_config_flags(AttackConfig, flag_values)
+    run_fields = RunConfig.__dataclass_fields__
+    define_config_flags(RunConfig, flag_values, skip=("precision", "jit_compile"))
     flags.DEFINE_string(
         "precision",
         "auto",
@@ -179,7 +188,7 @@ def define_train_flags(flag_values=FLAGS):
         flag_values=flag_values,
     )
     flags.DEFINE_string("jit_compile", "auto", run_fields["jit_compile"].metadata["help"], flag_values=flag_values)
-    attack_fields = cfg.AttackConfig.__dataclass_fields__
+    attack_fields = AttackConfig.__dataclass_fields__
     for field_name, help_text in (
         ("step_size", "Validation PGD step size (model selection)."),
         ("steps", "Validation PGD steps (model selection)."),
@@ -187,18 +196,18 @@ def define_train_flags(flag_values=FLAGS):
         define_field_flag(
             attack_fields[field_name],
             flag_values,
-            name=cfg.AttackConfig.VALIDATION_FLAGS[field_name],
+            name=AttackConfig.VALIDATION_FLAGS[field_name],
             help_text=help_text,
         )
-    for flag_name, method_name, field in _method_param_flags():
-        define_field_flag(field, flag_values, name=flag_name, help_suffix=f" ({method_name})")
+    for param_flag, method_name, field in _method_param_flags():
+        define_field_flag(field, flag_values, name=param_flag, help_suffix=f" ({method_name})")
 
 
-def _int_list(flag_name, values):
+def _int_list(flag, values):
     try:
         return tuple(int(v) for v in values)
     except ValueError:
-        raise cfg.ConfigError(f"--{flag_name}: expected whole numbers, got {','.join(values)}") from None
+        raise ConfigError(f"--{flag}: expected whole numbers, got {','.join(values)}") from None
 
 
 def _resolve_jit_compile(value):
@@ -208,39 +217,33 @@ def _resolve_jit_compile(value):
     if value in ("false", "0", "no"):
         return False
     if value != "auto":
-        raise cfg.ConfigError(f"--jit_compile: expected true, false or auto, got {value!r}")
-    import tensorflow as tf
-
+        raise ConfigError(f"--jit_compile: expected true, false or auto, got {value!r}")
     return bool(tf.config.list_physical_devices("GPU"))
 
 
 def _resolve_precision(value):
     """--precision, with auto resolved by the hardware (robustcl.hardware)."""
     if value == "auto":
-        from robustcl import hardware
-
         return hardware.auto_precision(hardware.detect())
     return value
 
 
 def config_from_flags(flag_values=FLAGS):
     """Parsed flags -> validated ExperimentConfig. Raises ConfigError naming the offending flag."""
-    from robustcl import data, methods
-
     f = flag_values
-    data_config = config_from_field_flags(cfg.DataConfig, f)
+    data_config = config_from_field_flags(DataConfig, f)
     data_config.validate()  # the dataset's name, before its spec is read
     try:
         data.image_size_of(data.dataset_spec(f.dataset), f.image_size)
     except ValueError as error:
-        raise cfg.ConfigError(f"--image_size: {error}") from None
-    method = config_from_field_flags(cfg.MethodConfig, f, params=None)
+        raise ConfigError(f"--image_size: {error}") from None
+    method = config_from_field_flags(MethodConfig, f, params=None)
     method.validate()
     method_class = methods.get(method.name)
     params = method_class.Params(
         **{
-            field.name: f[flag_name].value
-            for flag_name, method_name, field in _method_param_flags()
+            field.name: f[param_flag].value
+            for param_flag, method_name, field in _method_param_flags()
             if method_name == method.name
         }
     )
@@ -250,12 +253,12 @@ def config_from_flags(flag_values=FLAGS):
         name: f[name].value if f[name].present or not getattr(method_class, name) else getattr(method_class, name)
         for name in ("embedding_dim", "embedding_head")
     }
-    train_attack = config_from_field_flags(cfg.AttackConfig, f)
-    val = cfg.AttackConfig.VALIDATION_FLAGS
-    config = cfg.ExperimentConfig(
+    train_attack = config_from_field_flags(AttackConfig, f)
+    val = AttackConfig.VALIDATION_FLAGS
+    config = ExperimentConfig(
         data=data_config,
-        model=config_from_field_flags(cfg.ModelConfig, f, **head),
-        method=cfg.MethodConfig(name=method.name, params=params),
+        model=config_from_field_flags(ModelConfig, f, **head),
+        method=MethodConfig(name=method.name, params=params),
         train_attack=train_attack,
         val_attack=dataclasses.replace(
             train_attack,
@@ -264,35 +267,33 @@ def config_from_flags(flag_values=FLAGS):
             steps=f[val["steps"]].value,
             random_start=True,
         ),
-        optimizer=config_from_field_flags(cfg.OptimizerConfig, f),
+        optimizer=config_from_field_flags(OptimizerConfig, f),
         run=config_from_field_flags(
-            cfg.RunConfig, f, precision=_resolve_precision(f.precision), jit_compile=_resolve_jit_compile(f.jit_compile)
+            RunConfig, f, precision=_resolve_precision(f.precision), jit_compile=_resolve_jit_compile(f.jit_compile)
         ),
-        projector=config_from_field_flags(cfg.ProjectorConfig, f),
+        projector=config_from_field_flags(ProjectorConfig, f),
     )
     return config.validate()
 
 
 def define_evaluate_flags(flag_values=FLAGS):
     """One flag per EvaluationConfig field, and the data flags training has."""
-    define_config_flags(cfg.EvaluationConfig, flag_values)
-    _define_data_flags(cfg.EvaluationConfig(), flag_values)
+    define_config_flags(EvaluationConfig, flag_values)
+    _define_data_flags(EvaluationConfig(), flag_values)
 
 
 def evaluation_config_from_flags(flag_values=FLAGS):
     f = flag_values
     if f.model_dir and not os.path.isdir(f.model_dir):
-        raise cfg.ConfigError(f"--model_dir: {f.model_dir} is not a directory")
+        raise ConfigError(f"--model_dir: {f.model_dir} is not a directory")
     if f.saved_model and not os.path.isfile(os.path.join(f.saved_model, "saved_model.pb")):
-        raise cfg.ConfigError(f"--saved_model: no saved_model.pb in {f.saved_model}")
+        raise ConfigError(f"--saved_model: no saved_model.pb in {f.saved_model}")
     if f.keras_model and not os.path.isfile(f.keras_model):
-        raise cfg.ConfigError(f"--keras_model: {f.keras_model} is not a file")
+        raise ConfigError(f"--keras_model: {f.keras_model} is not a file")
     if f.dataset is not None:
-        from robustcl.data import DATASETS
-
-        cfg.check_name(DATASETS, "dataset", f.dataset)
+        check_name(DATASETS, "dataset", f.dataset)
     return config_from_field_flags(
-        cfg.EvaluationConfig,
+        EvaluationConfig,
         f,
         dataset=f.dataset or "",
         image_size=f.image_size,
@@ -302,33 +303,32 @@ def evaluation_config_from_flags(flag_values=FLAGS):
 
 
 def define_export_flags(flag_values=FLAGS):
-    define_config_flags(cfg.ExportConfig, flag_values)
+    define_config_flags(ExportConfig, flag_values)
 
 
 def export_args_from_flags(flag_values=FLAGS):
     """Validated export arguments as a dict (flags are read nowhere else)."""
-    return dataclasses.asdict(config_from_field_flags(cfg.ExportConfig, flag_values).validate())
+    return dataclasses.asdict(config_from_field_flags(ExportConfig, flag_values).validate())
 
 
 def define_model_server_flags(flag_values=FLAGS):
-    define_config_flags(cfg.ModelServerConfig, flag_values)
+    define_config_flags(ModelServerConfig, flag_values)
 
 
 def model_server_args_from_flags(flag_values=FLAGS):
     """The server's settings, checked: the models as servables.ModelConfig entries."""
-    from robustcl.serving.servables import ModelConfig, parse_model_config_file
 
-    config = config_from_field_flags(cfg.ModelServerConfig, flag_values).validate()
+    config = config_from_field_flags(ModelServerConfig, flag_values).validate()
     if config.model_config_file:
         try:
-            models = parse_model_config_file(config.model_config_file)
+            models = servables.parse_model_config_file(config.model_config_file)
         except ValueError as error:
-            raise cfg.ConfigError(str(error)) from None
+            raise ConfigError(str(error)) from None
     else:
-        models = [ModelConfig(config.model_name, config.model_base_path)]
+        models = [servables.ModelConfig(config.model_name, config.model_base_path)]
     for model in models:
         if not os.path.isdir(model.base_path):
-            raise cfg.ConfigError(f"model {model.name}: base path {model.base_path} is not a directory")
+            raise ConfigError(f"model {model.name}: base path {model.base_path} is not a directory")
     return {
         "models": models,
         "grpc_port": config.port,
@@ -342,30 +342,8 @@ def model_server_args_from_flags(flag_values=FLAGS):
 
 
 def define_serve_test_flags(flag_values=FLAGS):
-    define_config_flags(cfg.ServeTestConfig, flag_values)
+    define_config_flags(ServeTestConfig, flag_values)
 
 
 def serve_test_args_from_flags(flag_values=FLAGS):
-    return dataclasses.asdict(config_from_field_flags(cfg.ServeTestConfig, flag_values).validate())
-
-
-def define_reproduce_flags(flag_values=FLAGS):
-    flags.DEFINE_multi_string(
-        "cell",
-        [],
-        "A cell of the grid: 'NAME METHOD_FLAGFILE [--flag=value ...]' (repeat the flag, one cell each).",
-        flag_values=flag_values,
-    )
-    define_config_flags(cfg.ReproduceConfig, flag_values)
-
-
-def _repro_cell(spec):
-    parts = spec.split()
-    if len(parts) < 2:
-        raise cfg.ConfigError(f"--cell: expected 'NAME METHOD_FLAGFILE [--flag=value ...]', got {spec!r}")
-    return cfg.ReproCell(parts[0], parts[1], tuple(parts[2:]))
-
-
-def reproduce_config_from_flags(flag_values=FLAGS):
-    cells = tuple(_repro_cell(spec) for spec in flag_values.cell)
-    return config_from_field_flags(cfg.ReproduceConfig, flag_values, cells=cells).validate()
+    return dataclasses.asdict(config_from_field_flags(ServeTestConfig, flag_values).validate())

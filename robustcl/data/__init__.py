@@ -1,5 +1,8 @@
 """Data: official layouts, image folders and tfds -> Examples (uint8 in memory, or image files) ->
-tf.data of [0, 1] floats."""
+tf.data of [0, 1] floats.
+
+Imports only the bottom layer (registry, settings, files).
+"""
 
 from robustcl.data.datasets import (
     DATASETS,

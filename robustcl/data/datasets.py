@@ -25,7 +25,9 @@ import numpy as np
 
 from robustcl.data import formats
 from robustcl.data.formats import DataFormatError, DataNotFoundError, Examples
+from robustcl.data.pipeline import read_images
 from robustcl.registry import Registry
+import keras
 
 
 @dataclasses.dataclass(frozen=True)
@@ -275,8 +277,6 @@ def _read(spec, data_dir, download, image_size):
             builders[-1].download_and_prepare()
             return formats.read_tfds(builders[-1], spec.tfds_test_split, image_size, spec.class_names)
         else:
-            import keras
-
             extracted = keras.utils.get_file(
                 spec.keras_download, origin=spec.download_url, extract=True, cache_dir=os.path.dirname(cache)
             )
@@ -315,8 +315,6 @@ def load_dataset(name, data_dir=None, download=True, image_size=0, stats_example
 def channel_statistics(examples, image_size, max_examples=2000, seed=0):
     """Per-channel mean and std of [0, 1] pixels over up to max_examples training images (a seeded
     sample; the figures move by about 1e-3 between samples of 2000)."""
-    from robustcl.data.pipeline import read_images
-
     n = len(examples)
     chosen = np.sort(np.random.default_rng(seed).permutation(n)[:max_examples])
     total = np.zeros(3)
@@ -368,8 +366,6 @@ def in_memory(examples, image_size):
     """The examples with their images decoded into memory (uint8)."""
     if examples.in_memory:
         return examples
-    from robustcl.data.pipeline import read_images
-
     batches = list(read_images(examples, image_size))
     images = np.concatenate(batches) if batches else np.zeros((0, image_size, image_size, 3), np.uint8)
     return Examples(examples.labels, images=images)

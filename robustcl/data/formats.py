@@ -16,6 +16,8 @@ import tarfile
 from typing import Optional, Tuple
 
 import numpy as np
+from robustcl.data.pipeline import fit_to_size
+import tensorflow as tf
 
 
 class DataNotFoundError(FileNotFoundError):
@@ -293,18 +295,13 @@ def tfds_builder(name, data_dir):
 
 
 def tfds_prepared(builder):
-    import tensorflow as tf
-
     return tf.io.gfile.exists(os.path.join(builder.data_dir, "dataset_info.json"))
 
 
 def read_tfds(builder, test_split, image_size, class_names=None):
     """A prepared tfds dataset in memory; images of another size are resized (shorter side) and
     center-cropped to image_size, as image files are (robustcl.data.pipeline.decode_to_size)."""
-    import tensorflow as tf
     import tensorflow_datasets as tfds
-
-    from robustcl.data.pipeline import fit_to_size
 
     splits = []
     for split in ("train", test_split):

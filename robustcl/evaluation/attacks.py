@@ -11,8 +11,9 @@ import dataclasses
 from typing import Callable, Tuple
 
 from robustcl.attacks.threat import THREATS
-from robustcl.config import ConfigError
+from robustcl.settings import ConfigError
 from robustcl.registry import Registry
+from robustcl.evaluation import autoattack
 
 EVALUATION_ATTACKS = Registry("attack")
 
@@ -37,8 +38,6 @@ def check(flag, names, norm=None, version="standard"):
     """ConfigError naming --flag when a name is unknown, the list is empty, an attack does not
     support the norm, or the names do not fit AutoAttack's --version (stage names are for
     --version=custom)."""
-    from robustcl.evaluation import autoattack
-
     unknown = [n for n in names if n not in EVALUATION_ATTACKS and n not in autoattack.STAGES]
     if unknown or not names:
         raise ConfigError(
@@ -140,6 +139,4 @@ def _cw(attacker, x, y, clean_correct, plan, seed, log):
     "Square; plus; rand), each stage on the points still robust",
 )
 def _autoattack(attacker, x, y, clean_correct, plan, seed, log):
-    from robustcl.evaluation import autoattack
-
     return autoattack.run(attacker, x, y, plan.norm, plan.eps, plan.cascade(), seed, log)

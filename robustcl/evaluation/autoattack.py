@@ -24,8 +24,9 @@ from robustcl.attacks import threat_model
 from robustcl.attacks.apgd import apgd, make_loss_and_grad
 from robustcl.attacks.fab import fab, make_difference_and_grad, make_differences_and_grads
 from robustcl.attacks.square import square
-from robustcl.config import ConfigError, check_name
+from robustcl.settings import ConfigError, check_name
 from robustcl.registry import Registry
+from robustcl.evaluation.suite import AttackResult
 
 STAGES = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
 N_TARGET_CLASSES = 9
@@ -134,8 +135,6 @@ def resolve(
 def run(attacker, x, y, norm, eps, cascade, seed=0, log=print):
     """Runs the cascade on (x, y). Returns one AttackResult per stage; each stage's `robust` is the
     cascade's robustness after it (so the last is AutoAttack's robust accuracy)."""
-    from robustcl.evaluation.suite import AttackResult
-
     threat = threat_model(norm, eps)
     clean_logits = attacker.logits(x)
     num_classes = clean_logits.shape[-1]

@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow as tf
 from scipy import stats
 
-from robustcl.artifacts import looks_like_probabilities
+from robustcl.evaluation.classifiers import looks_like_probabilities
 from robustcl.attacks.threat import perturbation_norms
 from robustcl.losses import cross_entropy_per_example
 

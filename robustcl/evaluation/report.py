@@ -4,6 +4,8 @@ import json
 import os
 
 import numpy as np
+from robustcl.files import atomic_write_text
+import tensorflow as tf
 
 
 def markdown(report):
@@ -98,15 +100,11 @@ def plot(report, output_dir):
 def write(report, output_dir, tensorboard_dir=None, step=0):
     """Writes report.md, the plots and, last and atomically, report.json: a report.json on disk
     means the whole evaluation finished (the reproduction grid resumes by it)."""
-    from robustcl.artifacts import atomic_write_text
-
     os.makedirs(output_dir, exist_ok=True)
     atomic_write_text(os.path.join(output_dir, "report.md"), markdown(report))
     paths = plot(report, output_dir)
     atomic_write_text(os.path.join(output_dir, "report.json"), json.dumps(report, indent=2))
     if tensorboard_dir:
-        import tensorflow as tf
-
         writer = tf.summary.create_file_writer(tensorboard_dir)
         with writer.as_default():
             tf.summary.scalar("evaluation/clean_accuracy", report["clean_accuracy"], step=step)

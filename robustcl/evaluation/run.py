@@ -16,43 +16,20 @@ import os
 
 import numpy as np
 
-from robustcl import artifacts, data, registry
-from robustcl.config import AttackConfig, ConfigError
-from robustcl.evaluation import Plan, attacks as eval_attacks, chunk_starts, evaluate_chunk, merge
+from robustcl import data
+from robustcl.evaluation import classifiers
+from robustcl.training import rundir
+from robustcl.files import atomic_write_text, fingerprint, read_json, settings_key
+from robustcl.attacks.settings import AttackConfig
+from robustcl.settings import ConfigError
+from robustcl.evaluation import attacks as eval_attacks
+from robustcl.evaluation.engine import Plan, chunk_starts, evaluate_chunk, merge
 from robustcl.evaluation import report as report_io
 from robustcl.evaluation.suite import Attacker
+from robustcl.embeddings.projector import write_projector_epoch
+import tensorflow as tf
 
 DEFAULT_NORM, DEFAULT_EPS = "linf", 8 / 255
-
-
-def load_classifier(config):
-    """EvaluationConfig -> artifacts.Classifier."""
-    registry.import_modules(config.extra_modules)
-    if config.model_dir:
-        return artifacts.load_run(config.model_dir, config.checkpoint)
-    if config.saved_model:
-        return artifacts.load_saved_model(
-            config.saved_model,
-            config.signature,
-            config.input_key,
-            config.output_key,
-            config.input_range,
-            config.outputs,
-        )
-    return artifacts.load_keras_model(config.keras_model, config.output_key, config.input_range, config.outputs)
-
-
-def load_surrogate(path, checkpoint="best"):
-    """--transfer_from: a run directory (its `checkpoint`), a SavedModel or a Keras model file."""
-    if os.path.isfile(os.path.join(path, artifacts.CONFIG)):
-        return artifacts.load_run(path, checkpoint)
-    if os.path.isfile(os.path.join(path, "saved_model.pb")):
-        return artifacts.load_saved_model(path)
-    if os.path.isfile(path):
-        return artifacts.load_keras_model(path)
-    raise artifacts.ModelLoadError(
-        f"--transfer_from: {path} is not a run directory, a SavedModel or a Keras model file"
-    )
 
 
 def _threat_model(config, classifier):
@@ -86,15 +63,15 @@ class ChunkStore:
     def __init__(self, output_dir, settings):
         self.directory = os.path.join(output_dir, "chunks")
         self.settings = json.loads(json.dumps(settings))  # as stored: tuples become lists
-        self.key = artifacts.settings_key(settings)
+        self.key = settings_key(settings)
 
     def check_settings(self):
         """Refuses a directory whose chunks were made with other settings, naming them."""
         path = os.path.join(self.directory, "settings.json")
-        stored = artifacts.read_json(path)
+        stored = read_json(path)
         if stored is None:
             os.makedirs(self.directory, exist_ok=True)
-            artifacts.atomic_write_text(path, json.dumps(self.settings, indent=2, sort_keys=True))
+            atomic_write_text(path, json.dumps(self.settings, indent=2, sort_keys=True))
             return
         differ = sorted(k for k in set(stored) | set(self.settings) if stored.get(k) != self.settings.get(k))
         if differ:
@@ -139,9 +116,9 @@ def _settings(config, classifier, plan, data_name, num_points, surrogate=None):
         k: getattr(config, k) for k in ("checkpoint", "signature", "input_key", "output_key", "input_range", "outputs")
     }
     return {
-        "model_fingerprint": artifacts.fingerprint(*classifier.files),
+        "model_fingerprint": fingerprint(*classifier.files),
         **calling,
-        "surrogate_fingerprint": artifacts.fingerprint(*surrogate.files) if surrogate else "",
+        "surrogate_fingerprint": fingerprint(*surrogate.files) if surrogate else "",
         "data": data_name,
         "num_points": int(num_points),
         **dataclasses.asdict(plan),
@@ -149,8 +126,6 @@ def _settings(config, classifier, plan, data_name, num_points, surrogate=None):
 
 
 def _devices(strategy):
-    import tensorflow as tf
-
     if strategy == "one_device":
         return [None]
     devices = [d.name for d in tf.config.list_logical_devices("GPU")]
@@ -160,8 +135,6 @@ def _devices(strategy):
 def _evaluate_chunks(network, x, y, starts, plan, store, devices, progress, surrogate=None):
     """Evaluates the chunks at `starts`, spread over `devices` (one thread and attacker each),
     writing each as it finishes."""
-    import tensorflow as tf
-
     log = print if progress else (lambda *a, **k: None)
 
     def worker(device, my_starts):
@@ -225,22 +198,26 @@ def evaluate_run(config, progress=True):
     """EvaluationConfig -> (report dict, output directory); the report is None when this process
     evaluated one shard (--shard_index) and left the merge to another."""
     eval_attacks.check("attacks", config.attacks)
-    classifier = load_classifier(config)
+    classifier = classifiers.load_classifier(config)
     dataset = _dataset(config, classifier)
     if classifier.info is not None and classifier.info.num_classes != dataset.info.num_classes:
-        raise artifacts.ModelLoadError(
+        raise classifiers.ModelLoadError(
             f"the model has {classifier.info.num_classes} classes; {dataset.info.name} has {dataset.info.num_classes}"
         )
     x, y = data.first_test_images(dataset, config.num_examples)
-    artifacts.check_against_data(classifier, dataset.info.image_shape, dataset.info.num_classes, x[:2], config.outputs)
+    classifiers.check_against_data(
+        classifier, dataset.info.image_shape, dataset.info.num_classes, x[:2], config.outputs
+    )
     norm, eps, eps_source = _threat_model(config, classifier)
     eval_attacks.check("attacks", config.attacks, norm, config.version)
-    output_dir = config.output_dir or artifacts.evaluation_dir(config.model_dir, config.checkpoint)
+    output_dir = config.output_dir or rundir.evaluation_dir(config.model_dir, config.checkpoint)
     n = len(x)
     class_names = classifier.class_names or dataset.class_names
-    surrogate = load_surrogate(config.transfer_from, config.transfer_checkpoint) if config.transfer_from else None
+    surrogate = (
+        classifiers.load_surrogate(config.transfer_from, config.transfer_checkpoint) if config.transfer_from else None
+    )
     if surrogate is not None:
-        artifacts.check_against_data(surrogate, dataset.info.image_shape, dataset.info.num_classes, x[:2])
+        classifiers.check_against_data(surrogate, dataset.info.image_shape, dataset.info.num_classes, x[:2])
     # Keywords: a Plan field added between others must not shift what these mean.
     plan = Plan(
         norm=norm,
@@ -301,17 +278,15 @@ def evaluate_run(config, progress=True):
         result["transfer_in_worst_case"] = config.transfer_in_worst_case
     result["model_notes"] = list(classifier.notes)
     result["config"] = dataclasses.asdict(config)
-    tensorboard_dir = os.path.join(config.model_dir, artifacts.EVALUATION_LOGS) if config.model_dir else None
+    tensorboard_dir = os.path.join(config.model_dir, rundir.EVALUATION_LOGS) if config.model_dir else None
     report_io.write(result, output_dir, tensorboard_dir=tensorboard_dir)
     if config.projector_examples and classifier.has_embedding:
-        from robustcl.embeddings.projector import write_projector_epoch
-
         k = min(config.projector_examples, n)
         attack = AttackConfig(
             name="pgd", norm=norm, eps=eps, step_size=2.5 * eps / config.pgd_steps, steps=config.pgd_steps
         )
         write_projector_epoch(
-            os.path.join(config.model_dir, artifacts.PROJECTOR),
+            os.path.join(config.model_dir, rundir.PROJECTOR),
             f"test_{config.checkpoint}",
             classifier.network,
             x[:k],

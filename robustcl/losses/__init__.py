@@ -1,5 +1,8 @@
 """Losses: per-example functions (values [B], for tf.distribute-correct reduction in train_step)
-and `keras.losses.Loss` subclasses over them. All compute in at least float32."""
+and `keras.losses.Loss` subclasses over them. All compute in at least float32.
+
+Imports only the bottom layer. `mining` weights pairs for hard-positive mining (ANCHOR).
+"""
 
 from robustcl.losses.contrastive import (
     MultiPositiveContrastiveLoss,

@@ -17,7 +17,10 @@ whose objective gathers unroll their loop instead; see AdversarialModel).
 
 import tensorflow as tf
 
-from robustcl.config import CONTRASTIVE_SCOPES
+from robustcl.registry import Registry
+
+# global: pair terms over the gathered global batch; replica: each replica's part only.
+CONTRASTIVE_SCOPES = Registry("scope", ("global", "replica"))
 
 
 def num_replicas():

@@ -1,6 +1,9 @@
 """Training methods, registered by name. Importing this package imports every module in it, so a
 method file placed here registers itself with no other edit; a user's own module registers its
-methods with `register` and is imported by scripts/train.py --extra_modules=MODULE."""
+methods with `register` and is imported by scripts/train.py --extra_modules=MODULE.
+
+Imports attacks, losses, models and the bottom layer; its settings: methods/settings.py.
+"""
 
 import importlib
 import pkgutil

@@ -13,7 +13,8 @@ from typing import Dict, NamedTuple, Optional
 import tensorflow as tf
 
 from robustcl.attacks.objectives import OBJECTIVES
-from robustcl.config import CONTRASTIVE_SCOPES, check_fields, check_name, option
+from robustcl.losses.global_batch import CONTRASTIVE_SCOPES
+from robustcl.settings import check_fields, check_name, option
 from robustcl.losses import global_batch
 from robustcl.registry import Registry
 

@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from robustcl.losses import cross_entropy_per_example, supcon_margin_per_example
 from robustcl.methods.base import LossTerm, Method, param, register
-from robustcl.mining import MINING_RULES, hard_positive_weights
+from robustcl.losses.mining import MINING_RULES, hard_positive_weights
 
 
 def _stacked_embeddings(*outputs):

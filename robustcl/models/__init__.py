@@ -1,9 +1,12 @@
-"""Networks: images in [0, 1] -> {"features", "embedding", "logits"}, normalization inside."""
+"""Networks: images in [0, 1] -> {"features", "embedding", "logits"}, normalization inside.
+
+Imports only the bottom layer.
+"""
 
 import keras
 from keras import layers
 
-from robustcl.config import EMBEDDING_HEADS
+from robustcl.models.settings import EMBEDDING_HEADS
 from robustcl.models.backbones import BACKBONES, LayerFactory
 
 

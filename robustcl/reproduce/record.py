@@ -9,6 +9,10 @@ RECORD_DIR/NAME.json       the record: `protocol`, `cells` and `claims` (each cl
 RECORD_DIR/NAME.md         the same in words, with the protocol and what its scale cannot tell
 RECORD_DIR/NAME.png        clean vs AutoAttack accuracy per cell
 RECORD_DIR/NAME_training.png  validation clean and PGD accuracy per epoch, per cell
+
+Why one file over 450 lines: the Markdown page is one document (about 160 lines of it), written
+from the same summary and claims the JSON record holds; rows (rows.py), figures (figures.py) and the
+paired tests (statistics.py) live apart.
 """
 
 import os
@@ -17,153 +21,17 @@ import time
 
 import numpy as np
 
-from robustcl import artifacts, reproduce
+from robustcl.reproduce import grid
+from robustcl.training import rundir
+from robustcl.files import atomic_write_text, read_json
 from robustcl.reproduce import statistics
+from robustcl import models
+from robustcl.reproduce.figures import plot, plot_training
+from robustcl.reproduce.rows import collect
 
 IMPLEMENTATION = "robustcl"
 
 
-def _row_accuracy(report, attack):
-    for row in report["attacks"]:
-        if row["attack"] == attack:
-            return row["robust_accuracy"]
-    return None
-
-
-def collect(config):
-    """One row per cell x seed with whatever has finished (None where not yet)."""
-    recorded = reproduce.recorded_rows(config)
-    names = reproduce.stages(config)
-    rows = []
-    for cell in config.cells:
-        for seed in config.seeds:
-            directory = reproduce.run_dir(config, cell, seed)
-            state = reproduce.load_state(directory)
-            current = reproduce.settings(config, cell, seed)
-            row = recorded.get((cell.name, seed))
-            # A recorded row stands until its run directory here has finished the same stages (a
-            # cell trained again for a stage the grid gained).
-            if row and not (
-                state
-                and reproduce.finished({"status": {s: v.get("status") for s, v in state.get("stages", {}).items()}})
-            ):
-                rows.append(row)
-                continue
-            try:
-                reproduce.check_same_settings(state, current, directory, config.data_dir)
-            except reproduce.ReproError:  # refused by run_cell; not today's figures
-                rows.append(
-                    {
-                        "cell": cell.name,
-                        "seed": seed,
-                        "settings_key": reproduce.stages_key(current, reproduce.STAGES),
-                        "status": dict.fromkeys(names, "made with other settings"),
-                        "train_seconds": None,
-                        "train_attempts": 0,
-                        "eval_seconds": 0.0,
-                        "best_epoch": None,
-                        "epochs": 0,
-                    }
-                )
-                continue
-            rows.append(_row(config, cell, seed, directory, state, current, names))
-    return rows
-
-
-def _row(config, cell, seed, directory, state, current, names):
-    best = artifacts.read_json(os.path.join(artifacts.evaluation_dir(directory, "best"), artifacts.REPORT))
-    last = artifacts.read_json(os.path.join(artifacts.evaluation_dir(directory, "last"), artifacts.REPORT))
-    transfer = artifacts.read_json(os.path.join(directory, reproduce.TRANSFER_OUTPUT, artifacts.REPORT))
-    pgd_all = artifacts.read_json(os.path.join(directory, reproduce.PGD_ALL_OUTPUT, artifacts.REPORT))
-    history = artifacts.read_json(os.path.join(directory, artifacts.HISTORY), {})
-    trained = artifacts.read_json(os.path.join(directory, artifacts.CONFIG), {})
-    done = state.get("stages", {})
-    row = {
-        "cell": cell.name,
-        "seed": seed,
-        "settings_key": reproduce.stages_key(current, reproduce.STAGES),
-        "status": {s: done.get(s, {}).get("status", "not run") for s in names},
-        "train_seconds": done.get("train", {}).get("seconds"),
-        "train_attempts": done.get("train", {}).get("attempts", 0),
-        "eval_seconds": sum(done.get(s, {}).get("seconds", 0.0) for s in names[1:]),
-        "best_epoch": (history.get("best") or {}).get("epoch"),
-        "epochs": len(history.get("epochs", [])),
-        "method": current["train_config"]["method"]["name"],
-        # Validation accuracies per epoch (the record's plot of training).
-        "history": [
-            {k: e.get(k) for k in ("epoch", "val_accuracy", "val_robust_accuracy")} for e in history.get("epochs", [])
-        ],
-    }
-    if trained:
-        row["precision"] = trained["run"]["precision"]
-    if names != reproduce.STAGES:
-        row["transfer_key"] = reproduce.stages_key(current, names)
-    machines = list(dict.fromkeys(done[s]["machine"] for s in names if done.get(s, {}).get("machine")))
-    if machines:
-        row["machine"] = " + ".join(machines)
-    if best:
-        # Evaluations from before the chunked evaluation drew their random starts per batch.
-        row["eval_draws"] = "per chunk" if "chunk_size" in best else "per batch"
-        row.update(
-            {
-                "clean": best["clean_accuracy"],
-                "fgsm": _row_accuracy(best, "fgsm"),
-                "pgd": _row_accuracy(best, "pgd"),
-                "cw": _row_accuracy(best, "cw"),
-                "autoattack": (best.get("autoattack") or {}).get("robust_accuracy", _row_accuracy(best, "square")),
-                "worst_case": best["worst_case_robust_accuracy"],
-                "num_points": best["num_points"],
-                "warnings": best["warnings"],
-            }
-        )
-    if transfer:
-        found = [a["robust_accuracy"] for a in transfer["attacks"] if a["attack"].startswith("transfer-")]
-        row.update(
-            {
-                "transfer_pgd": _row_accuracy(transfer, "transfer-pgd"),
-                "transfer_apgd_ce": _row_accuracy(transfer, "transfer-apgd-ce"),
-                "transfer": min(found) if found else None,
-            }
-        )
-    if pgd_all:
-        row.update(
-            {
-                "clean_all": pgd_all["clean_accuracy"],
-                "pgd_all": _row_accuracy(pgd_all, "pgd"),
-                "num_points_all": pgd_all["num_points"],
-            }
-        )
-    if last:
-        row.update({"last_clean": last["clean_accuracy"], "last_pgd": _row_accuracy(last, "pgd")})
-    reports = {reproduce.TRANSFER_STAGE: transfer, reproduce.PGD_ALL_STAGE: pgd_all}
-    if best and all(reports[stage] for stage in names if stage in reports):
-        row["points"] = _points(best, transfer, pgd_all)
-    return row
-
-
-def _points(best, transfer, pgd_all):
-    """The per-point verdicts the paired tests compare, packed: {metric: statistics.pack(...)}."""
-    per_point = best["per_point"]
-    robust = per_point["robust"]
-    points = {
-        "clean": per_point["clean_correct"],
-        "worst_case": per_point["worst_case_robust"],
-        **{name: robust[name] for name in ("fgsm", "pgd", "cw") if name in robust},
-    }
-    if best.get("autoattack"):
-        points["autoattack"] = robust[best["autoattack"]["stages"][-1]]  # the cascade's verdict
-    if transfer:
-        found = {name: v for name, v in transfer["per_point"]["robust"].items() if name.startswith("transfer-")}
-        if found:  # the transfer attack of the lower accuracy, as the `transfer` column
-            points["transfer"] = min(found.values(), key=np.mean)
-    if pgd_all:
-        points["clean_all"] = pgd_all["per_point"]["clean_correct"]
-        points["pgd_all"] = pgd_all["per_point"]["robust"]["pgd"]
-    return {metric: statistics.pack(v) for metric, v in points.items()}
-
-
-# Table columns; "transfer": the lower robust accuracy of the two transfer attacks crafted on the
-# surrogate; "pgd_all"/"clean_all": the PGD-only evaluation on more points (--eval_examples_pgd).
 METRICS = (
     "clean",
     "fgsm",
@@ -300,9 +168,7 @@ def claims(config, rows, adequate=True):
 
 
 def _protocol(config, rows, machines):
-    from robustcl import models  # builds the network once, to count its parameters
-
-    train = reproduce.settings(config, config.cells[0], config.seeds[0])["train_config"]
+    train = grid.cell_settings(config, config.cells[0], config.seeds[0])["train_config"]
     network = models.build(train["model"]["name"], 10, (0.5,) * 3, (0.25,) * 3)
     precisions = sorted({r["precision"] for r in rows if r.get("precision")})
     return {
@@ -345,7 +211,7 @@ def _fmt(value):
 
 def _surrogate_accuracy(config):
     """', validation accuracy X%' of the surrogate's last epoch, when its history is here."""
-    history = artifacts.read_json(os.path.join(reproduce.surrogate_dir(config), artifacts.HISTORY), {})
+    history = read_json(os.path.join(grid.surrogate_dir(config), rundir.HISTORY), {})
     epochs = history.get("epochs") or []
     if not epochs or "val_accuracy" not in epochs[-1]:
         return ""
@@ -379,7 +245,7 @@ def markdown(config, rows, summary, found_claims, adequate_text, machine, softwa
         f"This command last ran on: {machine}. Software: {software}.",
         "",
     ]
-    finished = [r for r in rows if reproduce.finished(r, reproduce.stages(config))]
+    finished = [r for r in rows if grid.finished(r, grid.stages(config))]
     # A grid spans sessions, and sessions get different CPUs: times compare only on one machine.
     machines = list(dict.fromkeys(r["machine"] for r in rows if r.get("machine")))
     labels = {m: chr(ord("A") + i) for i, m in enumerate(machines)}
@@ -418,7 +284,7 @@ def markdown(config, rows, summary, found_claims, adequate_text, machine, softwa
         "for every method), then the cell's own flags:",
         "",
     ]
-    for line in reproduce.flagfile_text(config.train_flagfile):
+    for line in grid.flagfile_text(config.train_flagfile):
         lines.append(f"      {line}")
     lines += ["", "  Cells:", ""]
     for cell in config.cells:
@@ -540,55 +406,6 @@ def scale_limits(config):
     ]
 
 
-def plot(summary, path, title=""):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cells = [c for c, s in summary.items() if "clean" in s]
-    figure, axes = plt.subplots(figsize=(max(6, 1.1 * len(cells)), 4))
-    index = np.arange(len(cells))
-    for offset, metric, label in ((-0.2, "clean", "clean"), (0.2, "autoattack", "AutoAttack")):
-        means = [100 * summary[c][metric][0] if metric in summary[c] else 0 for c in cells]
-        spreads = [100 * summary[c][metric][1] if metric in summary[c] else 0 for c in cells]
-        axes.bar(index + offset, means, 0.4, yerr=spreads, capsize=3, label=label)
-    axes.set_xticks(index, cells, rotation=30, ha="right")
-    axes.set_ylabel("accuracy % (mean, bars: seed range)")
-    axes.set_title(title, fontsize=9)
-    axes.legend()
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
-
-
-def plot_training(rows, path, title=""):
-    """Validation clean and PGD accuracy per epoch: a line per cell (mean over its seeds)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4), sharex=True)
-    for cell in dict.fromkeys(r["cell"] for r in rows):
-        histories = [r["history"] for r in rows if r["cell"] == cell and r.get("history")]
-        if not histories:
-            continue
-        epochs = min(len(h) for h in histories)
-        for ax, key in zip(axes, ("val_accuracy", "val_robust_accuracy")):
-            values = [[100 * (e.get(key) or 0) for e in h[:epochs]] for h in histories]
-            ax.plot(range(1, epochs + 1), np.mean(values, axis=0), marker="o", label=cell)
-    for ax, name in zip(axes, ("validation clean accuracy %", "validation PGD accuracy %")):
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(name)
-        ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=7)
-    figure.suptitle(title, fontsize=9)
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
-
-
 def paths(config):
     base = os.path.join(config.record_dir, config.record_name)
     return [base + suffix for suffix in (".rows.json", ".json", ".md", ".png", "_training.png")]
@@ -603,8 +420,8 @@ def write(config, machine, software, command):
     machines = list(dict.fromkeys(r["machine"] for r in rows if r.get("machine")))
     os.makedirs(config.record_dir, exist_ok=True)
     rows_path, record_path, markdown_path, plot_path, training_path = paths(config)
-    reproduce.write_json(rows_path, {"command": command, "machine": machine, "software": software, "rows": rows})
-    reproduce.write_json(
+    grid.write_json(rows_path, {"command": command, "machine": machine, "software": software, "rows": rows})
+    grid.write_json(
         record_path,
         {"protocol": _protocol(config, rows, machines), "cells": _public_cells(rows), "claims": found_claims},
     )
@@ -612,7 +429,7 @@ def write(config, machine, software, command):
     plot(summary, plot_path, title)
     plot_training(rows, training_path, f"{config.record_name}: validation split, mean over seeds")
     text = markdown(config, rows, summary, found_claims, adequate_text, machine, software, command)
-    artifacts.atomic_write_text(markdown_path, text)
+    atomic_write_text(markdown_path, text)
     return found_claims
 
 

@@ -7,7 +7,7 @@ EXPORT_DIR/<model_name>/<version>/ holds only the inference path (no attack, no 
 Inputs of the wrong rank or shape, with NaN/inf, or outside [0, 1] fail with an InvalidArgument
 error that says which; nothing is clipped. assets.extra/ (TF Serving's place for files that are not
 part of the graph) holds config.json, dataset.json, class_names.json and the evaluation report if
-there is one (robustcl.artifacts names them).
+there is one (robustcl.training.rundir names them).
 """
 
 import json
@@ -16,7 +16,8 @@ import shutil
 
 import tensorflow as tf
 
-from robustcl import artifacts
+from robustcl.evaluation import classifiers
+from robustcl.training import rundir
 
 
 def _check_images(images, image_shape, low, high):
@@ -120,7 +121,7 @@ def export(network, image_shape, export_dir, model_name, version=None, assets=No
     shutil.rmtree(tmp, ignore_errors=True)
     module = InferenceModule(network, image_shape)
     tf.saved_model.save(module, tmp, signatures=module.signatures())
-    extra = os.path.join(tmp, artifacts.EXPORT_ASSETS)
+    extra = os.path.join(tmp, rundir.EXPORT_ASSETS)
     os.makedirs(extra, exist_ok=True)
     for file_name, text in (assets or {}).items():
         with open(os.path.join(extra, file_name), "w") as f:
@@ -132,15 +133,15 @@ def export(network, image_shape, export_dir, model_name, version=None, assets=No
 def export_run(model_dir, export_dir, model_name=None, version=None, checkpoint="best"):
     """Exports a training run's checkpoint with its config, dataset facts, class names and
     evaluation report."""
-    classifier = artifacts.load_run(model_dir, checkpoint)
+    classifier = classifiers.load_run(model_dir, checkpoint)
     name = model_name or os.path.basename(os.path.normpath(model_dir))
     assets = {
-        artifacts.CONFIG: classifier.config.to_json(),
-        artifacts.DATASET: classifier.info.to_json(),
-        artifacts.CLASS_NAMES: json.dumps(list(classifier.class_names)),
+        rundir.CONFIG: classifier.config.to_json(),
+        rundir.DATASET: classifier.info.to_json(),
+        rundir.CLASS_NAMES: json.dumps(list(classifier.class_names)),
     }
-    report = os.path.join(artifacts.evaluation_dir(model_dir, checkpoint), artifacts.REPORT)
+    report = os.path.join(rundir.evaluation_dir(model_dir, checkpoint), rundir.REPORT)
     if os.path.isfile(report):
         with open(report) as f:
-            assets[artifacts.REPORT] = f.read()
+            assets[rundir.REPORT] = f.read()
     return export(classifier.network, classifier.info.image_shape, export_dir, name, version, assets)

@@ -15,6 +15,7 @@ from tensorflow_serving.apis import model_service_pb2_grpc, predict_pb2, predict
 
 from robustcl.serving import predict as core
 from robustcl.serving.servables import ServingError
+from concurrent import futures
 
 _FIELDS = {
     tf.float32: "float_val",
@@ -122,8 +123,6 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
 
 def serve(manager, host, port, before_predict=None, max_workers=8):
     """A started grpc.Server on host:port with both services."""
-    from concurrent import futures
-
     # TF Serving's default message limit is INT_MAX; grpc's Python default (4 MiB) would refuse
     # batches of images that the real server takes.
     options = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]

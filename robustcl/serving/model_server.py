@@ -1,8 +1,8 @@
 """A stand-in for TensorFlow Serving's `tensorflow_model_server`, for machines where it cannot run.
 
-    python -m robustcl.serving.model_server --port=8500 --rest_api_port=8501 \
+    python -m robustcl.cli.model_server --port=8500 --rest_api_port=8501 \
         --model_name=NAME --model_base_path=EXPORT_DIR/NAME
-    python -m robustcl.serving.model_server --port=8500 --rest_api_port=8501 \
+    python -m robustcl.cli.model_server --port=8500 --rest_api_port=8501 \
         --model_config_file=models.config [--file_system_poll_wait_seconds=1]
 
 Same flags and defaults as tensorflow_model_server (gRPC on --port, 8500; REST on --rest_api_port,
@@ -19,14 +19,13 @@ error, and an unexpected failure a 500 JSON error; the server keeps serving.
 import json
 import os
 import socket
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from absl import app
-
-from robustcl.cli import flags as cli_flags
+from robustcl import hardware
+from robustcl.serving import grpc_api, rest_api
+from robustcl.serving.servables import ModelManager
 
 MAX_BODY_BYTES = 1 << 30  # 1 GiB: a larger body is refused (413) before it is read
 READ_TIMEOUT_S = 30.0  # TF Serving's --rest_api_timeout_in_ms default
@@ -61,7 +60,6 @@ class _BadRequest(Exception):
 
 
 def make_handler(manager, before_predict=None):
-    from robustcl.serving import rest_api
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -178,21 +176,9 @@ def serve_rest(manager, host, port, before_predict=None):
     return server
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    from robustcl.config import ConfigError
-
-    try:
-        args = cli_flags.model_server_args_from_flags()
-    except ConfigError as error:
-        sys.exit(f"error: {error}")
-    from robustcl import hardware
-    from robustcl.serving import grpc_api
-    from robustcl.serving.servables import ModelManager
-
+def run(args):
+    """Serves the models of `args` (robustcl.cli.flags.model_server_args_from_flags) until interrupted."""
     print(hardware.startup_line(), flush=True)
-
     manager = ModelManager(args["models"], args["poll_wait_seconds"])
     manager.start()
     # Like tensorflow_model_server, open the ports once every model has a version available.
@@ -217,8 +203,3 @@ def main(argv):
         pass
     finally:
         manager.stop()
-
-
-if __name__ == "__main__":
-    cli_flags.define_model_server_flags()
-    app.run(main)

@@ -10,6 +10,10 @@ and util/json_tensor.cc do them (g3doc/api_rest.md describes them).
 Every answer is JSON; an error is {"error": "<message>"} with the HTTP status TF Serving maps its
 status code to. `handle(method, path, body)` is pure (no sockets), so every case can be tested
 table by table; model_server.py puts it behind HTTP.
+
+Why one file over 450 lines: it follows the reference's handler and JSON utilities case by case
+(one function per behaviour, in their order), so a reader checks it against those files side by
+side; split, that correspondence would be lost.
 """
 
 import base64

@@ -18,6 +18,7 @@ import os
 import threading
 import time
 from typing import Dict, Optional, Tuple
+import tensorflow as tf
 
 DEFAULT_SIGNATURE = "serving_default"
 
@@ -152,8 +153,6 @@ class ModelManager:
                     current[v] = Version("LOADING")
                 for v in unload:
                     current[v].state = "UNLOADING"
-            if load:
-                import tensorflow as tf  # here: flags are checked without importing TensorFlow
             for version in load:
                 path = os.path.join(config.base_path, str(version))
                 try:

@@ -6,8 +6,10 @@ import os
 
 import keras
 
-from robustcl import artifacts
-from robustcl.artifacts import atomic_save_weights, atomic_write_text
+from robustcl.training import rundir
+from robustcl.files import atomic_save_weights
+from robustcl.files import atomic_write_text
+from robustcl.embeddings.projector import write_projector_epoch
 
 
 class RunCheckpoints(keras.callbacks.Callback):
@@ -23,9 +25,9 @@ class RunCheckpoints(keras.callbacks.Callback):
         self.network = network
         self.model_dir = model_dir
         self.monitor = monitor
-        self.history_path = os.path.join(model_dir, artifacts.HISTORY)
-        self.best_path = artifacts.weights_path(model_dir, "best")
-        self.last_path = artifacts.weights_path(model_dir, "last")
+        self.history_path = os.path.join(model_dir, rundir.HISTORY)
+        self.best_path = rundir.weights_path(model_dir, "best")
+        self.last_path = rundir.weights_path(model_dir, "last")
         self.state = {"monitor": monitor, "best": None, "epochs": []}
 
     def on_train_begin(self, logs=None):
@@ -58,8 +60,6 @@ class EmbeddingProjector(keras.callbacks.Callback):
         self.attack_config, self.every_epochs, self.epochs, self.seed = (attack_config, every_epochs, epochs, seed)
 
     def on_epoch_end(self, epoch, logs=None):
-        from robustcl.embeddings.projector import write_projector_epoch
-
         done = epoch + 1
         if done % self.every_epochs and done != self.epochs:
             return

@@ -17,7 +17,7 @@ import shutil
 
 import tensorflow as tf
 
-from robustcl import artifacts
+from robustcl.training import rundir
 
 TF_CONFIG = "TF_CONFIG"
 _TASK_TYPES = ("chief", "worker")
@@ -113,7 +113,7 @@ def worker_backup(chief_backup, worker_dir):
     Every worker must resume from the same epoch, or they wait for each other's collectives forever;
     only the chief's backup is kept, so a worker starts from a copy of it. Copying before training is
     safe: the chief cannot finish (and back up) an epoch without this worker's steps."""
-    path = os.path.join(worker_dir, artifacts.BACKUP)
+    path = os.path.join(worker_dir, rundir.BACKUP)
     if os.path.isdir(chief_backup):
         shutil.copytree(chief_backup, path, dirs_exist_ok=True)
     return path

@@ -1,5 +1,5 @@
 """One training run: config -> data, network, method, AdversarialModel.fit, files in model_dir
-(the layout: robustcl.artifacts)."""
+(the layout: robustcl.training.rundir); and the trained network of a run, rebuilt from its files."""
 
 import os
 import shutil
@@ -7,17 +7,16 @@ import tempfile
 
 import keras
 
-from robustcl import artifacts, data, methods, models
-from robustcl.training import schedules
+from robustcl import data, methods, models
+from robustcl.training import rundir, schedules
 from robustcl.training.callbacks import EmbeddingProjector, RunCheckpoints
 from robustcl.training.distribute import is_chief, make_strategy, worker_backup
 from robustcl.training.model import AdversarialModel
 
 
-def build_model(config, num_classes, mean, std, image_shape, strategy):
-    """Network + method + AdversarialModel, compiled with SGD and the configured LR schedule."""
-    method_class = methods.get(config.method.name)
-    network = models.build(
+def build_network(config, num_classes, mean, std, image_shape, synchronized_bn=False):
+    """The network a run's config describes (weights freshly initialized)."""
+    return models.build(
         config.model.name,
         num_classes,
         mean,
@@ -25,8 +24,15 @@ def build_model(config, num_classes, mean, std, image_shape, strategy):
         image_shape,
         embedding_dim=config.model.embedding_dim,
         embedding_head=config.model.embedding_head,
-        synchronized_bn=(config.run.sync_batchnorm and strategy.num_replicas_in_sync > 1),
+        synchronized_bn=synchronized_bn,
     )
+
+
+def build_model(config, num_classes, mean, std, image_shape, strategy):
+    """Network + method + AdversarialModel, compiled with SGD and the configured LR schedule."""
+    method_class = methods.get(config.method.name)
+    synchronized = config.run.sync_batchnorm and strategy.num_replicas_in_sync > 1
+    network = build_network(config, num_classes, mean, std, image_shape, synchronized)
     return AdversarialModel(
         network,
         method_class(config.method.params, config.run.contrastive_scope),
@@ -36,6 +42,21 @@ def build_model(config, num_classes, mean, std, image_shape, strategy):
         seed=config.run.seed,
         jit_compile_attack=config.run.jit_compile,
     )
+
+
+def load_network(model_dir, checkpoint="best"):
+    """(network, config, DatasetInfo, class names, weights file) of a trained run, its weights from
+    best or last.weights.h5. The network is rebuilt in float32 on one device from the run's
+    config, whatever precision and strategy trained it (weights are stored in float32 either way)."""
+    config = rundir.read_config(model_dir)
+    weights = rundir.weights_path(model_dir, checkpoint)
+    if not os.path.isfile(weights):
+        raise FileNotFoundError(f"{weights} not found (has the run finished an epoch?)")
+    info, class_names = rundir.read_dataset(model_dir, config)
+    keras.mixed_precision.set_global_policy("float32")
+    network = build_network(config, info.num_classes, info.mean, info.std, info.image_shape)
+    network.load_weights(weights)
+    return network, config, info, class_names, weights
 
 
 def compile_model(model, config, steps_per_epoch):
@@ -74,13 +95,13 @@ def train(config, flags_text=None, verbose=1):
 
 def _train(config, strategy, output_dir, chief, flags_text, verbose):
     if chief:
-        artifacts.write_run_files(output_dir, config, flags_text)
+        rundir.write_run_files(output_dir, config, flags_text)
     keras.utils.set_random_seed(config.run.seed)
     keras.mixed_precision.set_global_policy(config.run.precision)
 
     splits = data.load(config.data)
     if chief:
-        artifacts.write_dataset_files(output_dir, splits.info, splits.class_names)
+        rundir.write_dataset_files(output_dir, splits.info, splits.class_names)
     steps = steps_per_epoch(config, len(splits.train))
     train_ds = data.train_dataset(
         splits.train,
@@ -115,7 +136,7 @@ def _train(config, strategy, output_dir, chief, flags_text, verbose):
             callbacks.append(
                 EmbeddingProjector(
                     model.network,
-                    os.path.join(output_dir, artifacts.PROJECTOR),
+                    os.path.join(output_dir, rundir.PROJECTOR),
                     splits.val.images[:n] / 255.0,
                     splits.val.labels[:n],
                     splits.val_indices[:n],
@@ -126,9 +147,9 @@ def _train(config, strategy, output_dir, chief, flags_text, verbose):
                     seed=config.run.seed,
                 )
             )
-        backup_dir = os.path.join(output_dir, artifacts.BACKUP)
+        backup_dir = os.path.join(output_dir, rundir.BACKUP)
     else:
-        backup_dir = worker_backup(os.path.join(config.run.model_dir, artifacts.BACKUP), output_dir)
+        backup_dir = worker_backup(os.path.join(config.run.model_dir, rundir.BACKUP), output_dir)
     callbacks.append(keras.callbacks.BackupAndRestore(backup_dir, double_checkpoint=True, delete_checkpoint=False))
     history = model.fit(
         train_ds,

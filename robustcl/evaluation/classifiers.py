@@ -1,155 +1,23 @@
-"""The files robustcl writes and reads: the run directory, the export, and the models users bring.
-Every file name of these layouts is written here once; training, evaluation, export, serving and
-the reproduction grid go through this module.
-
-A run directory (`--model_dir`):
-  config.json, flags.txt    the resolved ExperimentConfig and the flags that produced it
-  dataset.json              the dataset facts the network was built with (classes, image shape,
-                            normalization mean/std: computed ones included)
-  class_names.json          class names in label order
-  train/, validation/       TensorBoard event files;  projector/  the embedding projector run
-  best.weights.h5, last.weights.h5, history.json    checkpoints and per-epoch figures
-  backup/                   model + optimizer state for resuming
-  evaluation_<checkpoint>/  report.json, report.md, plots (scripts/evaluate.py)
-
-An export: EXPORT_DIR/<model_name>/<version>/ (saved_model.pb, variables/, and assets.extra/ with
-config.json, dataset.json, class_names.json and the evaluation's report.json when there is one).
-
-Files are replaced atomically (written beside, fsynced, renamed), so a crash leaves the old file or
-the new one, never half of one.
-"""
+"""Loading a classifier of any kind, as the attacks see it: a training run's checkpoint, a SavedModel
+(a robustcl export or any other), a Keras model file, or a Keras model or callable in memory;
+and the checks that its inputs and outputs fit the data (class scores as logits, never probabilities
+attacked as if they were logits)."""
 
 import dataclasses
-import json
 import os
 from typing import Optional, Tuple
 
-from robustcl import registry
-from robustcl.config import CHECKPOINTS
+import keras
+import numpy as np
+import tensorflow as tf
 
-CONFIG = "config.json"
-FLAGS = "flags.txt"
-DATASET = "dataset.json"
-CLASS_NAMES = "class_names.json"
-HISTORY = "history.json"
-BACKUP = "backup"
-PROJECTOR = "projector"  # the TensorBoard projector run
-EVALUATION_LOGS = "evaluation"  # TensorBoard scalars of scripts/evaluate.py
-REPORT = "report.json"
-EXPORT_ASSETS = "assets.extra"
-# Run files an export carries in assets.extra/ (TF Serving's place for files outside the graph).
-EXPORTED_RUN_FILES = (CONFIG, DATASET, CLASS_NAMES)
+from robustcl import registry
+from robustcl.training import rundir
+from robustcl.training.run import load_network
 
 
 class ModelLoadError(ValueError):
     """A model cannot be used as given; the message names the mismatch and the flag that fixes it."""
-
-
-def atomic_write_text(path, text):
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_save_weights(model, path):
-    # Keras wants the ".weights.h5" suffix, so the temporary file keeps it.
-    tmp = path[: -len(".weights.h5")] + ".tmp.weights.h5"
-    model.save_weights(tmp, overwrite=True)
-    os.replace(tmp, path)
-
-
-def fingerprint(*paths):
-    """A hash of the files at `paths` (files, or every file under directories): what an evaluation
-    records of the model it attacked, so results of another model are never mixed in."""
-    import hashlib
-
-    digest = hashlib.sha1()
-    for path in paths:
-        files = (
-            [path]
-            if os.path.isfile(path)
-            else sorted(os.path.join(root, name) for root, _, names in os.walk(path) for name in names)
-        )
-        for file_path in files:
-            digest.update(os.path.relpath(file_path, path).encode())
-            with open(file_path, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(block)
-    return digest.hexdigest()[:16]
-
-
-def settings_key(settings):
-    """A short hash of a settings dict (its canonical JSON): how evaluation chunks and the
-    reproduction record's rows say what they were made with."""
-    import hashlib
-
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def weights_path(model_dir, checkpoint):
-    CHECKPOINTS.check(checkpoint)
-    return os.path.join(model_dir, f"{checkpoint}.weights.h5")
-
-
-def evaluation_dir(model_dir, checkpoint):
-    return os.path.join(model_dir, f"evaluation_{checkpoint}")
-
-
-def read_json(path, default=None):
-    if not os.path.isfile(path):
-        return default
-    with open(path) as f:
-        return json.load(f)
-
-
-def write_run_files(model_dir, config, flags_text=None):
-    """The files a run writes before training: its resolved config and the flags behind it."""
-    os.makedirs(model_dir, exist_ok=True)
-    atomic_write_text(os.path.join(model_dir, CONFIG), config.to_json())
-    if flags_text is not None:
-        atomic_write_text(os.path.join(model_dir, FLAGS), flags_text)
-
-
-def write_dataset_files(directory, info, class_names):
-    atomic_write_text(os.path.join(directory, DATASET), info.to_json())
-    atomic_write_text(os.path.join(directory, CLASS_NAMES), json.dumps(list(class_names)))
-
-
-def read_config(directory):
-    """The ExperimentConfig in `directory` (a run directory or an export's assets.extra), with its
-    method's Params typed."""
-    from robustcl import methods
-    from robustcl.config import ExperimentConfig
-
-    path = os.path.join(directory, CONFIG)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} not found: is {directory} a robustcl run directory?")
-    with open(path) as f:
-        raw = json.load(f)
-
-    registry.import_modules(raw.get("run", {}).get("extra_modules", ()))  # a user's method or backbone
-    return ExperimentConfig.from_dict(raw, methods.get(raw["method"]["name"]).Params)
-
-
-def read_dataset(directory, config):
-    """(DatasetInfo, class names) a run's network was built with. Runs from before dataset.json
-    existed trained on a dataset of fixed statistics, which the dataset's spec gives."""
-    from robustcl import data
-
-    raw = read_json(os.path.join(directory, DATASET))
-    if raw is not None:
-        info = data.DatasetInfo.from_dict(raw)
-    else:
-        spec = data.dataset_spec(config.data.dataset)
-        size = data.image_size_of(spec, config.data.image_size)
-        info = data.DatasetInfo(spec.name, spec.num_classes, (size, size, 3), spec.mean, spec.std)
-    class_names = read_json(os.path.join(directory, CLASS_NAMES))
-    if class_names is None:
-        class_names = [str(i) for i in range(info.num_classes)]
-    return info, tuple(class_names)
 
 
 @dataclasses.dataclass
@@ -168,30 +36,8 @@ class Classifier:
 
 
 def load_run(model_dir, checkpoint="best"):
-    """A trained run's network, weights from best or last.weights.h5.
-
-    The network is rebuilt in float32 on one device from the run's config, whatever precision and
-    strategy trained it (weights are stored in float32 either way)."""
-    import keras
-
-    from robustcl import models
-
-    config = read_config(model_dir)
-    weights = weights_path(model_dir, checkpoint)
-    if not os.path.isfile(weights):
-        raise FileNotFoundError(f"{weights} not found (has the run finished an epoch?)")
-    info, class_names = read_dataset(model_dir, config)
-    keras.mixed_precision.set_global_policy("float32")
-    network = models.build(
-        config.model.name,
-        info.num_classes,
-        info.mean,
-        info.std,
-        info.image_shape,
-        embedding_dim=config.model.embedding_dim,
-        embedding_head=config.model.embedding_head,
-    )
-    network.load_weights(weights)
+    """A trained run's network (robustcl.training.run.load_network) as a Classifier."""
+    network, config, info, class_names, weights = load_network(model_dir, checkpoint)
     return Classifier(
         network,
         f"{model_dir} ({checkpoint})",
@@ -202,6 +48,34 @@ def load_run(model_dir, checkpoint="best"):
         has_embedding=True,
         files=(weights,),
     )
+
+
+def load_classifier(config):
+    """EvaluationConfig -> Classifier."""
+    registry.import_modules(config.extra_modules)
+    if config.model_dir:
+        return load_run(config.model_dir, config.checkpoint)
+    if config.saved_model:
+        return load_saved_model(
+            config.saved_model,
+            config.signature,
+            config.input_key,
+            config.output_key,
+            config.input_range,
+            config.outputs,
+        )
+    return load_keras_model(config.keras_model, config.output_key, config.input_range, config.outputs)
+
+
+def load_surrogate(path, checkpoint="best"):
+    """--transfer_from: a run directory (its `checkpoint`), a SavedModel or a Keras model file."""
+    if os.path.isfile(os.path.join(path, rundir.CONFIG)):
+        return load_run(path, checkpoint)
+    if os.path.isfile(os.path.join(path, "saved_model.pb")):
+        return load_saved_model(path)
+    if os.path.isfile(path):
+        return load_keras_model(path)
+    raise ModelLoadError(f"--transfer_from: {path} is not a run directory, a SavedModel or a Keras model file")
 
 
 class _SignatureNetwork:
@@ -215,8 +89,6 @@ class _SignatureNetwork:
         self.scale, self.log_probabilities = scale, log_probabilities
 
     def __call__(self, images, training=False):
-        import tensorflow as tf
-
         del training  # a SavedModel signature holds one (inference) path
         outputs = self.signature(**{self.input_key: tf.cast(images, tf.float32) * self.scale})
         return {"logits": _as_logits(outputs[self.output_key], self.log_probabilities)}
@@ -228,8 +100,6 @@ class _KerasNetwork:
         self.scale, self.log_probabilities = scale, log_probabilities
 
     def __call__(self, images, training=False):
-        import tensorflow as tf
-
         outputs = self.model(tf.cast(images, tf.float32) * self.scale, training=training)
         if isinstance(outputs, dict):
             if self.output_key is None:  # a model of unknown input shape: its outputs seen only now
@@ -239,8 +109,6 @@ class _KerasNetwork:
 
 
 def _as_logits(outputs, log_probabilities):
-    import tensorflow as tf
-
     outputs = tf.cast(outputs, tf.float32)
     if log_probabilities:
         # log p: softmax(log p) = p, so cross-entropy and margins on these are the model's own.
@@ -283,10 +151,8 @@ def _pick(keys, wanted, flag, what, prefer=None):
 def load_saved_model(path, signature="", input_key="", output_key="", input_range="0,1", outputs="logits"):
     """A robustcl export (through its differentiable `logits` signature, with the config it
     carries) or any other SavedModel (through `signature`, default serving_default)."""
-    import tensorflow as tf
-
-    extra = os.path.join(path, EXPORT_ASSETS)
-    ours = os.path.isfile(os.path.join(extra, CONFIG))
+    extra = os.path.join(path, rundir.EXPORT_ASSETS)
+    ours = os.path.isfile(os.path.join(extra, rundir.CONFIG))
     try:
         loaded = tf.saved_model.load(path)
     except Exception as error:  # TF raises several types for unreadable SavedModels
@@ -321,8 +187,8 @@ def load_saved_model(path, signature="", input_key="", output_key="", input_rang
         files=(path,),
     )
     if ours:
-        classifier.config = read_config(extra)
-        classifier.info, classifier.class_names = read_dataset(extra, classifier.config)
+        classifier.config = rundir.read_config(extra)
+        classifier.info, classifier.class_names = rundir.read_dataset(extra, classifier.config)
     return classifier
 
 
@@ -355,8 +221,6 @@ def _ends_in_softmax(model):
     """Whether the model's last layer turns scores into probabilities (a Softmax layer or a softmax
     activation), for models whose last layer is their one output (Sequential, one-output functional;
     a subclassed model has no symbolic outputs, and its layers' order says nothing about them)."""
-    import keras
-
     outputs = _symbolic(model, "outputs")
     if not outputs or len(outputs) != 1 or not model.layers:
         return False
@@ -369,9 +233,6 @@ def load_keras_model(path, output_key="", input_range="0,1", outputs="logits"):
     """A model saved with `model.save("m.keras")` (or .h5): any Keras classifier of images,
     Sequential, functional or subclassed (its class registered with
     keras.saving.register_keras_serializable in a module imported first: --extra_modules)."""
-    import keras
-    import numpy as np
-
     if not os.path.isfile(path):
         raise ModelLoadError(f"--keras_model: {path} is not a file")
     try:
@@ -411,8 +272,6 @@ def load_keras_model(path, output_key="", input_range="0,1", outputs="logits"):
 
 def looks_like_probabilities(outputs):
     """Rows all in [0, 1] summing to 1 (within 1e-3): softmax outputs, not logits."""
-    import numpy as np
-
     rows = np.asarray(outputs, np.float64)
     return bool(rows.min() >= 0 and rows.max() <= 1 and np.allclose(rows.sum(-1), 1.0, atol=1e-3))
 
@@ -420,8 +279,6 @@ def looks_like_probabilities(outputs):
 def check_against_data(classifier, image_shape, num_classes, x_probe, outputs="logits"):
     """Fails naming the mismatch when the model's input shape differs from the data's, or its
     outputs are not class scores of the dataset's classes."""
-    import numpy as np
-
     expected = tuple(image_shape)
     if classifier.image_shape and len(classifier.image_shape) == 3:
         declared = tuple(classifier.image_shape)
