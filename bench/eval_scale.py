@@ -44,7 +44,7 @@ def _setup(model_name, num_examples, seed=0):
 def _store(directory, plan, model_name):
     import dataclasses
 
-    from robustcl.evaluation.run import ChunkStore
+    from robustcl.evaluation.chunks import ChunkStore
 
     store = ChunkStore(directory, {"bench_model": model_name, **dataclasses.asdict(plan)})
     store.check_settings()
@@ -80,7 +80,8 @@ def main():
 
     from robustcl import hardware
     from robustcl.evaluation import Plan, chunk_starts, evaluate, merge
-    from robustcl.evaluation.run import _devices, _evaluate_chunks, _read_all
+    from robustcl.evaluation.chunks import read_all
+    from robustcl.evaluation.run import _devices, _evaluate_chunks
 
     machine = hardware.detect()
     print(
@@ -157,7 +158,7 @@ def main():
                 store.write = timed_write
             start = time.perf_counter()
             _evaluate_chunks(network, x, y, starts, plan, store, devices, progress=False)
-            report = merge(_read_all(store, starts, 1), y, names, plan)
+            report = merge(read_all(store, starts, 1), y, names, plan)
             figure(
                 f"{mode} ({len(devices)} device{'s' if len(devices) > 1 else ''})", time.perf_counter() - start, report
             )
@@ -173,7 +174,7 @@ def main():
             process.join()
             if process.exitcode:
                 raise SystemExit(f"a shard process failed (exit code {process.exitcode})")
-        report = merge(_read_all(_store(directory, plan, args.model), starts, 2), y, names, plan)
+        report = merge(read_all(_store(directory, plan, args.model), starts, 2), y, names, plan)
         figure("2 shard processes (incl. their start-up)", time.perf_counter() - start, report)
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -123,7 +123,12 @@ def measure(
             )
             attack = AttackConfig(steps=attack_steps)
             model = AdversarialModel(
-                network, method, attack, attack, weight_decay=5e-4, jit_compile_attack=(mode == "xla")
+                network,
+                method,
+                train_attack=attack,
+                val_attack=attack,
+                weight_decay=5e-4,
+                jit_compile_attack=(mode == "xla"),
             )
             model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), jit_compile=False)
         if dataset is None:

@@ -124,8 +124,8 @@ def _one_step(strategy, method_name, x, y, initial_weights, params=None, scope="
         model = AdversarialModel(
             network,
             method_class(params, contrastive_scope=scope),
-            AttackConfig(norm="l2", eps=EPS, step_size=EPS / 4, steps=3),
-            AttackConfig(steps=2),
+            train_attack=AttackConfig(norm="l2", eps=EPS, step_size=EPS / 4, steps=3),
+            val_attack=AttackConfig(steps=2),
             weight_decay=5e-4,
             seed=11,
         )

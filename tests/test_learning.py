@@ -27,8 +27,8 @@ def _train(name, splits, **params):
     model = AdversarialModel(
         network,
         method_class(method_class.Params(**params)),
-        TRAIN_ATTACK,
-        AttackConfig(steps=2),
+        train_attack=TRAIN_ATTACK,
+        val_attack=AttackConfig(steps=2),
         weight_decay=5e-4,
         seed=0,
     )

@@ -18,7 +18,14 @@ def _model(name, **params):
     network = models.build(
         "tiny", 10, (0.5,) * 3, (0.25,) * 3, embedding_dim=16, embedding_head=method_class.embedding_head or "mlp"
     )
-    model = AdversarialModel(network, method, AttackConfig(steps=2), AttackConfig(steps=2), weight_decay=5e-4, seed=3)
+    model = AdversarialModel(
+        network,
+        method,
+        train_attack=AttackConfig(steps=2),
+        val_attack=AttackConfig(steps=2),
+        weight_decay=5e-4,
+        seed=3,
+    )
     model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
     return model
 
@@ -171,7 +178,11 @@ def test_xla_compiled_attack_trains(name):
     method_class = methods.get(name)
     network = models.build("tiny", 10, (0.5,) * 3, (0.25,) * 3, embedding_dim=8)
     model = AdversarialModel(
-        network, method_class(), AttackConfig(steps=2), AttackConfig(steps=2), jit_compile_attack=True
+        network,
+        method_class(),
+        train_attack=AttackConfig(steps=2),
+        val_attack=AttackConfig(steps=2),
+        jit_compile_attack=True,
     )
     model.compile(optimizer=keras.optimizers.SGD(0.05))
     inputs = (x, x[:, :, ::-1]) if method_class.data_views == 2 else x

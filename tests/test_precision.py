@@ -128,7 +128,9 @@ def _decay_dominated_step(precision):
         keras.utils.set_random_seed(0)
         network = models.build("tiny", 10, (0.5,) * 3, (0.25,) * 3)
         before = [w.numpy().astype("float32") for w in network.trainable_weights]
-        model = AdversarialModel(network, methods.get("standard")(), AttackConfig(), AttackConfig(), weight_decay=5.0)
+        model = AdversarialModel(
+            network, methods.get("standard")(), train_attack=AttackConfig(), val_attack=AttackConfig(), weight_decay=5.0
+        )
         model.compile(optimizer=keras.optimizers.SGD(0.01))
         x, y = template_batch(n=16)
         model.train_on_batch(x, y)

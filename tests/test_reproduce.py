@@ -324,12 +324,14 @@ def test_settings_are_what_the_flagfiles_resolve_to(tmp_path, monkeypatch):
     assert grid.stages_key(grid.cell_settings(config, config.cells[0], 0), grid.STAGES) != key
 
 
-@pytest.mark.parametrize("grid", ["configs/repro_cifar10_cpu.flags", "configs/repro_cifar10_gpu.flags"])
-def test_every_cell_of_the_grids_is_a_valid_training_config(grid, monkeypatch, tmp_path):
+@pytest.mark.parametrize("grid_flagfile", ["configs/repro_cifar10_cpu.flags", "configs/repro_cifar10_gpu.flags"])
+def test_every_cell_of_the_grids_is_a_valid_training_config(grid_flagfile, monkeypatch, tmp_path):
     """Each cell's training command (method flagfile, then the protocol, then the cell's flags)
     gives a valid config with the protocol's network, schedule and threat model."""
     monkeypatch.chdir(REPO)
-    config = repro_flags.reproduce_config_from_flags(_flag_values([f"--flagfile={grid}", f"--data_dir={tmp_path}"]))
+    config = repro_flags.reproduce_config_from_flags(
+        _flag_values([f"--flagfile={grid_flagfile}", f"--data_dir={tmp_path}"])
+    )
     trained = []
     for cell in config.cells:
         argv = grid.commands(config, cell, 0)["train"][2:]

@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow as tf
 from scipy import stats
 
-from robustcl.evaluation.classifiers import looks_like_probabilities
+from robustcl.models.keras_models import looks_like_probabilities
 from robustcl.attacks.threat import perturbation_norms
 from robustcl.losses import cross_entropy_per_example
 

@@ -12,7 +12,10 @@ import numpy as np
 import tensorflow as tf
 
 from robustcl import registry
+from robustcl.models import keras_models
+from robustcl.models.keras_models import looks_like_probabilities
 from robustcl.training import rundir
+from robustcl.training.classifier import is_network
 from robustcl.training.run import load_network
 
 
@@ -192,43 +195,6 @@ def load_saved_model(path, signature="", input_key="", output_key="", input_rang
     return classifier
 
 
-def _symbolic(model, name):
-    """A Keras model's symbolic `inputs` or `outputs`; None where it has none (a subclassed model
-    raises AttributeError, an unbuilt Sequential ValueError)."""
-    try:
-        return getattr(model, name)
-    except (AttributeError, ValueError):
-        return None
-
-
-def _keras_image_shape(model):
-    """(H, W, C) a Keras model takes, from its inputs (functional, Sequential) or the shape it was
-    built with (subclassed); None where it does not say."""
-    inputs = _symbolic(model, "inputs")
-    if inputs:
-        if len(inputs) != 1:
-            raise ModelLoadError(
-                f"--keras_model: the model takes {len(inputs)} inputs; robustcl attacks models of one image input"
-            )
-        return tuple(inputs[0].shape[1:])
-    built = (model.get_build_config() or {}).get("input_shape") if model.built else None
-    if built and len(built) == 4 and not isinstance(built[0], (list, tuple)):
-        return (None, None, None) if any(d is None for d in built[1:]) else tuple(built[1:])
-    return None
-
-
-def _ends_in_softmax(model):
-    """Whether the model's last layer turns scores into probabilities (a Softmax layer or a softmax
-    activation), for models whose last layer is their one output (Sequential, one-output functional;
-    a subclassed model has no symbolic outputs, and its layers' order says nothing about them)."""
-    outputs = _symbolic(model, "outputs")
-    if not outputs or len(outputs) != 1 or not model.layers:
-        return False
-    last = model.layers[-1]
-    activation = getattr(getattr(last, "activation", None), "__name__", "")
-    return isinstance(last, keras.layers.Softmax) or activation in ("softmax", "log_softmax")
-
-
 def load_keras_model(path, output_key="", input_range="0,1", outputs="logits"):
     """A model saved with `model.save("m.keras")` (or .h5): any Keras classifier of images,
     Sequential, functional or subclassed (its class registered with
@@ -242,18 +208,27 @@ def load_keras_model(path, output_key="", input_range="0,1", outputs="logits"):
             f"--keras_model: cannot load {path}: {error} (a model of custom classes needs them "
             "registered with keras.saving.register_keras_serializable, in a module named with --extra_modules)"
         ) from error
-    image_shape = _keras_image_shape(model)
+    return keras_classifier(model, f"{path} (Keras model {model.name})", (path,), output_key, input_range, outputs)
+
+
+def keras_classifier(model, name, files=(), output_key="", input_range="0,1", outputs="logits"):
+    """A Keras model (in memory or loaded) as the attacks see it. A model whose last layer is a
+    softmax is attacked through the logarithm of its probabilities, with a note in the report."""
+    try:
+        image_shape = keras_models.image_shape(model)
+    except keras_models.InputShapeError as error:
+        raise ModelLoadError(f"--keras_model: {error}") from None
     key = None
     # The output's structure from one call (a loaded Sequential or subclassed model has no symbolic
     # output to read); a model of unknown input shape is probed on the data later.
     if image_shape and None not in image_shape:
         probe = model(np.zeros((1, *image_shape), np.float32), training=False)
         if isinstance(probe, dict):
-            key = _pick(probe, output_key, "output_key", f"{path}'s outputs", prefer="logits")
+            key = _pick(probe, output_key, "output_key", f"{name}'s outputs", prefer="logits")
         elif output_key:
-            raise ModelLoadError(f"--output_key: {path} has one unnamed output")
+            raise ModelLoadError(f"--output_key: {name} has one unnamed output")
     notes = list(_adaptation_notes(input_range, outputs))
-    if outputs == "logits" and key is None and _ends_in_softmax(model):
+    if outputs == "logits" and key is None and keras_models.ends_in_softmax(model):
         # Attacked as logits, probabilities saturate and hide the gradient: use their logarithm.
         outputs = "probabilities"
         notes.append(
@@ -261,19 +236,48 @@ def load_keras_model(path, output_key="", input_range="0,1", outputs="logits"):
             "and the attacks use their logarithm as logits, as --outputs=probabilities does"
         )
     network = _KerasNetwork(model, key, INPUT_RANGES[input_range], outputs == "probabilities")
-    return Classifier(
-        network,
-        f"{path} (Keras model {model.name})",
-        image_shape,
-        notes=tuple(notes),
-        files=(path,),
-    )
+    return Classifier(network, name, image_shape, notes=tuple(notes), files=tuple(files))
 
 
-def looks_like_probabilities(outputs):
-    """Rows all in [0, 1] summing to 1 (within 1e-3): softmax outputs, not logits."""
-    rows = np.asarray(outputs, np.float64)
-    return bool(rows.min() >= 0 and rows.max() <= 1 and np.allclose(rows.sum(-1), 1.0, atol=1e-3))
+class _CallableNetwork:
+    """A Python callable on images in [0, 1] (NHWC float32) returning logits, as a network."""
+
+    def __init__(self, function, scale, log_probabilities):
+        self.function, self.scale, self.log_probabilities = function, scale, log_probabilities
+
+    def __call__(self, images, training=False):
+        del training  # a plain function has one path
+        outputs = self.function(tf.cast(images, tf.float32) * self.scale)
+        if isinstance(outputs, dict):
+            outputs = outputs["logits"]
+        return {"logits": _as_logits(outputs, self.log_probabilities)}
+
+
+def from_model(model, input_range="0,1", outputs="logits", name=None):
+    """Any model a user brings, as a Classifier: a Keras model (a robustcl network as it is), a path
+    (a training run's directory, a SavedModel directory, a .keras/.h5 file) or a Python callable on
+    NHWC float32 images in [0, 1] returning logits."""
+    if input_range not in INPUT_RANGES:
+        raise ModelLoadError(f"--input_range: must be {' or '.join(INPUT_RANGES)}, got {input_range!r}")
+    if outputs not in OUTPUT_KINDS:
+        raise ModelLoadError(f"--outputs: must be {' or '.join(OUTPUT_KINDS)}, got {outputs!r}")
+    if isinstance(model, (str, os.PathLike)):
+        path = os.fspath(model)
+        if os.path.isfile(os.path.join(path, rundir.CONFIG)):
+            return load_run(path)
+        if os.path.isfile(os.path.join(path, "saved_model.pb")):
+            return load_saved_model(path, input_range=input_range, outputs=outputs)
+        if os.path.isfile(path):
+            return load_keras_model(path, input_range=input_range, outputs=outputs)
+        raise ModelLoadError(f"{path} is not a run directory, a SavedModel or a Keras model file")
+    if is_network(model):
+        return Classifier(model, name or model.name, keras_models.image_shape(model), has_embedding=True)
+    if isinstance(model, keras.Model):
+        return keras_classifier(model, name or f"Keras model {model.name}", (), "", input_range, outputs)
+    if callable(model):
+        network = _CallableNetwork(model, INPUT_RANGES[input_range], outputs == "probabilities")
+        return Classifier(network, name or getattr(model, "__name__", type(model).__name__))
+    raise ModelLoadError(f"expected a Keras model, a path or a callable on images, got {type(model).__name__}")
 
 
 def check_against_data(classifier, image_shape, num_classes, x_probe, outputs="logits"):

@@ -8,6 +8,37 @@ from robustcl.files import atomic_write_text
 import tensorflow as tf
 
 
+class Report(dict):
+    """An evaluation's report: the JSON-able dict scripts/evaluate.py writes (report.json), with the
+    figures read first as attributes."""
+
+    @property
+    def robust_accuracy(self):
+        """Per-example worst case over every attack: the robust accuracy to report."""
+        return self["worst_case_robust_accuracy"]
+
+    @property
+    def clean_accuracy(self):
+        return self["clean_accuracy"]
+
+    @property
+    def per_attack(self):
+        """{attack: its robust accuracy}, each attack on its own (AutoAttack's stages cumulative)."""
+        return {row["attack"]: row["robust_accuracy"] for row in self["attacks"]}
+
+    @property
+    def warnings(self):
+        """Symptoms of gradient masking found by the checks (empty: none found)."""
+        return list(self["warnings"])
+
+    def to_json(self, indent=2):
+        return json.dumps(self, indent=indent)
+
+    def save(self, output_dir, tensorboard_dir=None):
+        """report.json, report.md and the plots in output_dir (as scripts/evaluate.py writes them)."""
+        write(self, output_dir, tensorboard_dir)
+
+
 def markdown(report):
     lines = [
         f"# Robustness evaluation: {report['model']}",

@@ -2,24 +2,22 @@
 export or any other) or a Keras model file; in chunks that are persisted as they finish, split
 over shards (processes or machines) and over the devices of one machine.
 
-OUTPUT_DIR/chunks/ holds one file per finished chunk of points (`chunk_<first point>.npz`: every
-attack's per-point verdicts and perturbation statistics) and `settings.json`, what they were made
-with. A rerun skips finished chunks; a rerun with other settings is refused, naming them. The
-report is made from the chunks once all are there.
+Finished chunks persist in OUTPUT_DIR/chunks/ (robustcl.evaluation.chunks): a rerun skips them, a
+rerun with other settings is refused, and the report is made from the chunks once all are there.
 """
 
 import concurrent.futures
 import contextlib
 import dataclasses
-import json
 import os
 
 import numpy as np
 
 from robustcl import data
 from robustcl.evaluation import classifiers
+from robustcl.evaluation.chunks import ChunkStore, read_all
 from robustcl.training import rundir
-from robustcl.files import atomic_write_text, fingerprint, read_json, settings_key
+from robustcl.files import fingerprint
 from robustcl.attacks.settings import AttackConfig
 from robustcl.settings import ConfigError
 from robustcl.evaluation import attacks as eval_attacks
@@ -55,54 +53,6 @@ def _dataset(config, classifier):
     name = config.dataset or own.dataset
     image_size = config.image_size or (own.image_size if own else 0)
     return data.load_dataset(name, config.data_dir or (own.data_dir if own else None), config.download, image_size)
-
-
-class ChunkStore:
-    """OUTPUT_DIR/chunks/: finished chunks and the settings they were made with."""
-
-    def __init__(self, output_dir, settings):
-        self.directory = os.path.join(output_dir, "chunks")
-        self.settings = json.loads(json.dumps(settings))  # as stored: tuples become lists
-        self.key = settings_key(settings)
-
-    def check_settings(self):
-        """Refuses a directory whose chunks were made with other settings, naming them."""
-        path = os.path.join(self.directory, "settings.json")
-        stored = read_json(path)
-        if stored is None:
-            os.makedirs(self.directory, exist_ok=True)
-            atomic_write_text(path, json.dumps(self.settings, indent=2, sort_keys=True))
-            return
-        differ = sorted(k for k in set(stored) | set(self.settings) if stored.get(k) != self.settings.get(k))
-        if differ:
-            details = "; ".join(f"{k}: {stored.get(k)!r} there, {self.settings.get(k)!r} now" for k in differ)
-            raise ConfigError(
-                f"--output_dir: {self.directory} holds results made with other settings "
-                f"({details}); use another --output_dir or remove it"
-            )
-
-    def path(self, start):
-        return os.path.join(self.directory, f"chunk_{start:08d}.npz")
-
-    def has(self, start):
-        return os.path.isfile(self.path(start))
-
-    def write(self, chunk):
-        meta = dict(chunk["meta"], settings_key=self.key)
-        arrays = {k: v for k, v in chunk.items() if k != "meta"}
-        final = self.path(meta["start"])
-        tmp = final[: -len(".npz")] + ".tmp.npz"
-        with open(tmp, "wb") as f:
-            np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-
-    def read(self, start):
-        with np.load(self.path(start), allow_pickle=False) as f:
-            chunk = {k: f[k] for k in f.files if k != "meta"}
-            chunk["meta"] = json.loads(str(f["meta"]))
-        return chunk
 
 
 def _shard_starts(starts, num_shards, shard_index):
@@ -164,34 +114,6 @@ def _evaluate_chunks(network, x, y, starts, plan, store, devices, progress, surr
     with concurrent.futures.ThreadPoolExecutor(len(devices)) as pool:
         for future in [pool.submit(worker, *a) for a in assignments]:
             future.result()
-
-
-def _read_all(store, starts, num_shards):
-    """Every chunk, or an error naming the shards with chunks missing or made otherwise."""
-    missing, other = {}, {}
-    chunks = []
-    for k, start in enumerate(starts):
-        shard = k % num_shards
-        if not store.has(start):
-            missing.setdefault(shard, []).append(start)
-            continue
-        chunk = store.read(start)
-        if chunk["meta"].get("settings_key") != store.key:
-            other.setdefault(shard, []).append(start)
-            continue
-        chunks.append(chunk)
-    problems = [
-        f"shard {shard} of {num_shards}: {len(v)} chunk(s) missing (first point "
-        f"{v[0]}); run it with --shard_index={shard}"
-        for shard, v in sorted(missing.items())
-    ]
-    problems += [
-        f"shard {shard} of {num_shards}: {len(v)} chunk(s) made with other settings (first point {v[0]})"
-        for shard, v in sorted(other.items())
-    ]
-    if problems:
-        raise ConfigError(f"--num_shards: cannot merge {store.directory}: " + "; ".join(problems))
-    return chunks
 
 
 def evaluate_run(config, progress=True):
@@ -265,7 +187,7 @@ def evaluate_run(config, progress=True):
     if config.shard_index >= 0:
         return None, output_dir
     result = merge(
-        _read_all(store, starts, config.num_shards),
+        read_all(store, starts, config.num_shards),
         y,
         class_names,
         plan,

@@ -1,10 +1,12 @@
-"""Callbacks that keep a run's finished work: best/last checkpoints and a per-epoch history."""
+"""Callbacks: a run's finished work kept (best/last checkpoints, a per-epoch history) and the
+TensorBoard embedding projector."""
 
 import json
 import math
 import os
 
 import keras
+import numpy as np
 
 from robustcl.training import rundir
 from robustcl.files import atomic_save_weights
@@ -49,29 +51,46 @@ class RunCheckpoints(keras.callbacks.Callback):
         atomic_write_text(self.history_path, json.dumps(self.state, indent=2))
 
 
-class EmbeddingProjector(keras.callbacks.Callback):
-    """Every `every_epochs` epochs (and after the last), writes projector data, embedding-space
-    scalars and a 2-D projection PNG for fixed validation images into `<model_dir>/projector`."""
+class Projector(keras.callbacks.Callback):
+    """The TensorBoard embedding projector for a fixed set of images: every `every_epochs` epochs
+    (and after the last), their clean and adversarial embeddings with metadata and thumbnails, the
+    embedding-space scalars and a 2-D projection PNG, in `log_dir` (open it with
+    `tensorboard --logdir`, Projector tab).
 
-    def __init__(self, network, run_dir, x, y, indices, class_names, attack_config, every_epochs, epochs, seed=0):
+    Args:
+      log_dir: where the projector run goes.
+      x, y: images in [0, 1] [N, H, W, C] and their labels.
+      class_names: names in label order (default "0", "1", ...).
+      every_epochs: how often.
+      attack: the robustcl.attacks.AttackConfig of the adversarial view (default: the model's
+        validation attack).
+      indices: the images' ids in the metadata (default 0..N-1).
+    """
+
+    def __init__(self, log_dir, x, y, class_names=None, every_epochs=1, attack=None, indices=None, seed=0):
         super().__init__()
-        self.network, self.run_dir = network, run_dir
-        self.x, self.y, self.indices, self.class_names = x, y, indices, class_names
-        self.attack_config, self.every_epochs, self.epochs, self.seed = (attack_config, every_epochs, epochs, seed)
+        if every_epochs < 1:
+            raise ValueError(f"every_epochs: must be >= 1, got {every_epochs}")
+        self.log_dir, self.x, self.y = log_dir, np.asarray(x, np.float32), np.asarray(y)
+        if len(self.x) != len(self.y):
+            raise ValueError(f"x and y: {len(self.x)} images, {len(self.y)} labels")
+        self.class_names = class_names or [str(i) for i in range(int(self.y.max()) + 1)]
+        self.indices = np.arange(len(self.x)) if indices is None else np.asarray(indices)
+        self.every_epochs, self.attack, self.seed = every_epochs, attack, seed
 
     def on_epoch_end(self, epoch, logs=None):
         done = epoch + 1
-        if done % self.every_epochs and done != self.epochs:
+        if done % self.every_epochs and done != self.params.get("epochs"):
             return
         write_projector_epoch(
-            self.run_dir,
+            self.log_dir,
             f"epoch_{done:03d}",
-            self.network,
+            self.model.network,
             self.x,
             self.y,
             self.indices,
             self.class_names,
-            self.attack_config,
+            self.attack or self.model.val_attack,
             step=done,
             seed=self.seed,
         )

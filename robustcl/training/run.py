@@ -9,7 +9,7 @@ import keras
 
 from robustcl import data, methods, models
 from robustcl.training import rundir, schedules
-from robustcl.training.callbacks import EmbeddingProjector, RunCheckpoints
+from robustcl.training.callbacks import Projector, RunCheckpoints
 from robustcl.training.distribute import is_chief, make_strategy, worker_backup
 from robustcl.training.model import AdversarialModel
 
@@ -36,8 +36,8 @@ def build_model(config, num_classes, mean, std, image_shape, strategy):
     return AdversarialModel(
         network,
         method_class(config.method.params, config.run.contrastive_scope),
-        config.train_attack,
-        config.val_attack,
+        train_attack=config.train_attack,
+        val_attack=config.val_attack,
         weight_decay=config.optimizer.weight_decay,
         seed=config.run.seed,
         jit_compile_attack=config.run.jit_compile,
@@ -134,16 +134,14 @@ def _train(config, strategy, output_dir, chief, flags_text, verbose):
         if config.projector.every_epochs and len(splits.val):
             n = config.projector.examples
             callbacks.append(
-                EmbeddingProjector(
-                    model.network,
+                Projector(
                     os.path.join(output_dir, rundir.PROJECTOR),
                     splits.val.images[:n] / 255.0,
                     splits.val.labels[:n],
-                    splits.val_indices[:n],
                     splits.class_names,
-                    config.val_attack,
-                    config.projector.every_epochs,
-                    config.optimizer.epochs,
+                    every_epochs=config.projector.every_epochs,
+                    attack=config.val_attack,
+                    indices=splits.val_indices[:n],
                     seed=config.run.seed,
                 )
             )
