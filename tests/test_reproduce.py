@@ -471,3 +471,19 @@ def test_claims_are_paired_tests_and_their_verdicts_follow_their_intervals(tmp_p
         "withheld: protocol too small",
         "pending",
     }
+
+
+def test_a_stage_imports_the_robustcl_of_its_own_checkout(tmp_path, monkeypatch):
+    """The grid of a second checkout runs that checkout's library, not the one the environment has
+    installed (the scripts' own folder is what Python puts on the path)."""
+    checkout = tmp_path / "checkout"
+    shutil.copytree(os.path.join(REPO, "robustcl"), checkout / "robustcl")
+    (checkout / "scripts").mkdir()
+    where = "import importlib.util; print(importlib.util.find_spec('robustcl').origin)"
+    (checkout / "scripts" / "where.py").write_text(where)
+    monkeypatch.setattr(grid, "REPO", str(checkout))
+    env = grid.stage_environment(_one_cell_grid(tmp_path))
+    found = subprocess.run(
+        [sys.executable, "scripts/where.py"], cwd=checkout, env=env, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert found == str(checkout / "robustcl" / "__init__.py")

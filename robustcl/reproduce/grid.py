@@ -396,16 +396,26 @@ def train_surrogate(config, log=print, machine=None):
         raise ReproError(f"the surrogate's training failed: see {surrogate_dir(config)}/train.log")
 
 
+def stage_environment(config):
+    """The environment of a stage's script: this checkout's robustcl first on the path. A script
+    run as a file puts its own folder on the path, not the checkout, so without it the scripts of
+    one checkout would import whichever robustcl the environment has installed (seen: a grid run
+    from a second worktree ran the main checkout's library, and failed once that was restructured)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, env.get("PYTHONPATH", "")) if p)
+    if config.threads_per_cell:
+        env["TF_NUM_INTRAOP_THREADS"] = str(config.threads_per_cell)
+        env["TF_NUM_INTEROP_THREADS"] = "1"
+    return env
+
+
 def _run_stages(config, directory, label, argvs, current, identity, log, machine):
     os.makedirs(directory, exist_ok=True)
     state = load_state(directory)
     check_same_settings(state, current, directory, config.data_dir)
     # The settings checked are today's or a part of them (stages the grid has gained since).
     state = {**identity, "stages": {}, **state, "settings": current}
-    env = dict(os.environ)
-    if config.threads_per_cell:
-        env["TF_NUM_INTRAOP_THREADS"] = str(config.threads_per_cell)
-        env["TF_NUM_INTEROP_THREADS"] = "1"
+    env = stage_environment(config)
     for stage, argv in argvs.items():
         record = state["stages"].get(stage, {})
         if record.get("status") in FINISHED:
