@@ -14,6 +14,7 @@ from robustcl.attacks.square import square
 from robustcl.attacks.threat import threat_model
 from robustcl.settings import ConfigError
 from robustcl.evaluation import evaluate
+from robustcl.evaluation.classifiers import ModelLoadError
 from robustcl.evaluation.suite import Attacker
 from tests.conftest import cleverhans_pgd
 
@@ -164,7 +165,7 @@ class Defence(keras.layers.Layer):
     "defence, expected",
     [
         ("scaled_logits", "zero input gradients"),
-        ("softmax_output", "look like probabilities"),
+        ("softmax_output", "--outputs=probabilities"),  # refused before any attack runs
         ("input_noise", "logits change across repeated calls"),
         ("quantizer", "Square (black-box) breaks"),
         ("resize_and_pad", "EOT attacks"),  # its logits or its gradients change between calls
@@ -182,17 +183,12 @@ def test_every_masking_defence_is_still_flagged(undefended, defence, expected):
     if defence == "softmax_output":
         logits = keras.layers.Softmax()(logits)
     model = keras.Model(images, {"logits": logits})
-    report = evaluate(
-        model,
-        x[:48],
-        y[:48],
-        [str(i) for i in range(10)],
-        eps=8 / 255,
-        pgd_steps=5,
-        apgd_iterations=10,
-        square_queries=300,
-        progress=False,
-    )
+    settings = dict(eps=8 / 255, pgd_steps=5, apgd_iterations=10, square_queries=300, progress=False)
+    if defence == "softmax_output":
+        with pytest.raises(ModelLoadError, match=expected):
+            evaluate(model, x[:48], y[:48], [str(i) for i in range(10)], **settings)
+        return
+    report = evaluate(model, x[:48], y[:48], [str(i) for i in range(10)], **settings)
     assert any(expected in w for w in report["warnings"]), report["warnings"]
 
 
