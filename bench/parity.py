@@ -264,59 +264,82 @@ def _mean_percent(by_seed):
     return f"{100 * np.mean(list(by_seed.values())):.1f}" if by_seed else "-"
 
 
+def _train_seconds(run_dir, side):
+    log = read_json(os.path.join(run_dir, f"{side}_log.json"), {"epochs": []})
+    return round(sum(e["seconds"] for e in log["epochs"]), 1) or None
+
+
 def record(args, results, machine, software):
-    rows, lines = [], []
+    """RECORD.json ({protocol, cells, parity}) and RECORD.md from the finished evaluations."""
+    cells, parity, lines = [], [], []
     for method in METHODS:
         sides = results.get(method, {})
+        for side in ("robustcl", "reference"):
+            for seed, points in sorted(sides.get(side, {}).items()):
+                run_dir = os.path.join(args.runs_dir, method, f"seed{seed}")
+                cells.append(
+                    {
+                        "name": method,
+                        "method": method,
+                        "seed": seed,
+                        "implementation": side,
+                        "clean": float(points["clean"].mean()),
+                        "pgd20": float(points["pgd"].mean()),
+                        "autoattack": float(points["autoattack"].mean()),
+                        "eval_points_pgd": int(points["pgd"].size),
+                        "eval_points_aa": int(points["autoattack"].size),
+                        "train_seconds": _train_seconds(run_dir, side),
+                    }
+                )
         for metric, label in METRICS:
             ours = {s: v[metric] for s, v in sides.get("robustcl", {}).items()}
             theirs = {s: v[metric] for s, v in sides.get("reference", {}).items()}
             row = {"method": method, "metric": metric, "seeds": sorted(set(ours) & set(theirs))}
-            row["robustcl"] = {str(s): float(v.mean()) for s, v in sorted(ours.items())}
-            row["reference"] = {str(s): float(v.mean()) for s, v in sorted(theirs.items())}
             if row["seeds"]:
                 found = statistics.compare(ours, theirs, min_seeds=1)
                 row.update({k: found[k] for k in ("diff", "ci_low", "ci_high", "points")})
-                row["verdict"] = (
-                    verdict(found["ci_low"], found["ci_high"]) if len(row["seeds"]) >= len(args.seeds) else "pending"
-                )
+                complete = len(row["seeds"]) >= len(args.seeds)
+                row["verdict"] = verdict(found["ci_low"], found["ci_high"]) if complete else "pending"
             else:
-                row["verdict"] = "pending"
-            rows.append(row)
-            interval = f"{row['diff']:+.2f} [{row['ci_low']:+.2f}, {row['ci_high']:+.2f}]" if "diff" in row else "-"
-            ours_text, theirs_text = _mean_percent(row["robustcl"]), _mean_percent(row["reference"])
+                row.update({"diff": None, "ci_low": None, "ci_high": None, "verdict": "pending"})
+            parity.append(row)
+            interval = f"{row['diff']:+.2f} [{row['ci_low']:+.2f}, {row['ci_high']:+.2f}]" if row["seeds"] else "-"
             lines.append(
-                f"| {method} | {label} | {ours_text} | {theirs_text} | {interval} | {len(row['seeds'])} | "
-                f"{row['verdict']} |"
+                f"| {method} | {label} | {_mean_percent(ours)} | {_mean_percent(theirs)} | {interval} | "
+                f"{len(row['seeds'])} | {row['verdict']} |"
             )
+    network = keras_network((0.5,) * 3, (0.25,) * 3)
     protocol = {
-        "network": "conv 32-64-128 (3x3, BatchNorm, ReLU; max-pool after the first two), global average pooling, "
-        "linear; normalization inside",
-        "train_images": args.train_images,
+        "model": "parity_cnn: conv 32-64-128 (3x3, BatchNorm, ReLU; max-pool after the first two), global "
+        "average pooling, linear; normalization inside; torch's default initialization, the same weights on "
+        "both sides",
+        "params": sum(
+            int(w.numpy().size) for layer in network.layers if layer.name != "normalize" for w in layer.weights
+        ),
+        "train_examples": args.train_images,
         "epochs": args.epochs,
+        "precision": "float32",
+        "cpu": machine,
+        "software": software,
         "batch_size": args.batch_size,
-        "learning_rate": args.learning_rate,
-        "momentum": 0.9,
-        "weight_decay": args.weight_decay,
+        "optimizer": f"SGD lr {args.learning_rate}, momentum 0.9, weight decay {args.weight_decay} (added to the "
+        "gradient), the same batches in the same order on both sides",
         "attack": f"L-inf PGD-{args.attack_steps}, eps {args.eps:.5f}, step {args.step_size:.5f}, "
-        "start x + 0.001 N(0, 1)",
-        "morel": "advermorel defaults: k (0.1, 0.9), a (0, 0), gamma 2e-5, alpha 1e-5, embed_dim 128, 2 heads, "
-        "MART beta 6",
-        "eval_points": args.eval_points,
-        "evaluation": "robustcl.evaluate on the first test images (exact pixels): clean, PGD-20, AutoAttack standard",
+        "start x + 0.001 N(0, 1), BatchNorm in inference mode",
+        "morel": "advermorel's defaults: k (0.1, 0.9), a (0, 0), gamma 2e-5, alpha 1e-5, embed_dim 128, 2 heads, "
+        "accuracy term MART with beta 6",
+        "evaluation": f"robustcl.evaluate on the first {args.eval_points} test images (exact pixels): clean, "
+        "PGD-20, AutoAttack standard",
         "seeds": list(args.seeds),
         "parity_bound_points": PARITY_BOUND,
     }
     atomic_write_text(
-        args.record + ".json",
-        json.dumps({"protocol": protocol, "machine": machine, "software": software, "rows": rows}, indent=2),
+        args.record + ".json", json.dumps({"protocol": protocol, "cells": cells, "parity": parity}, indent=2)
     )
     text = [
         "# Parity: robustcl's MOREL and MART against the authors' package (advermorel 0.1.6)",
         "",
-        f"Machine: {machine}. Software: {software}.",
-        "",
-        "Written by `python bench/parity.py` (see its docstring for how both sides are set up alike).",
+        "Written by `python bench/parity.py` (its docstring says how both sides are set up alike).",
         "",
         "| protocol | |",
         "|---|---|",
@@ -324,8 +347,9 @@ def record(args, results, machine, software):
         "",
         "Accuracy in % (mean over seeds); difference robustcl minus reference in points with its 95%",
         "interval (per-point differences averaged over the seeds, BCa bootstrap over the points: it",
-        "measures the draw of test points, not other training seeds); `parity` only where the whole",
-        f"interval lies within +-{PARITY_BOUND} points; `pending` until every seed of both sides is evaluated.",
+        "measures the draw of test points, not other training seeds); **parity** only where the whole",
+        f"interval lies within +-{PARITY_BOUND} points, **differs** where it lies wholly outside,",
+        "**pending** until every seed of both sides is evaluated.",
         "",
         "| method | metric | robustcl | reference | difference [95% interval] | seeds | verdict |",
         "|---|---|---|---|---|---|---|",
@@ -353,13 +377,21 @@ def main():
     parser.add_argument("--attack_steps", type=int, default=10)
     parser.add_argument("--eval_points", type=int, default=1000)
     parser.add_argument("--record_only", action="store_true", help="write the record from finished evaluations")
+    parser.add_argument(
+        "--sides",
+        default="reference,robustcl",
+        help="which implementations to train and evaluate (robustcl alone needs no reference environment)",
+    )
     args = parser.parse_args()
     args.seeds = tuple(int(s) for s in args.seeds.split(","))
     methods = tuple(args.methods.split(","))
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         sys.exit(f"error: --methods: unknown {', '.join(unknown)}; known: {', '.join(METHODS)}")
-    if not args.record_only and not (args.reference_python and os.path.isfile(args.reference_python)):
+    sides = tuple(args.sides.split(","))
+    if set(sides) - {"reference", "robustcl"} or not sides:
+        sys.exit(f"error: --sides: reference and/or robustcl, got {args.sides!r}")
+    if "reference" in sides and not args.record_only and not os.path.isfile(args.reference_python):
         sys.exit("error: --reference_python: the Python of an environment with torch==2.13.0+cpu and advermorel==0.1.6")
     machine = f"{hardware.detect().describe()}, {os.cpu_count()} cores"
     software = f"Python {platform.python_version()}, TensorFlow {tf.__version__}, Keras {keras.__version__}"
@@ -374,6 +406,8 @@ def main():
         for method in methods:
             run_dir = os.path.join(args.runs_dir, method, f"seed{seed}")
             for side, train in (("reference", train_reference), ("robustcl", train_robustcl)):
+                if side not in sides:
+                    continue
                 done = os.path.isfile(os.path.join(run_dir, f"{side}_evaluation.json"))
                 if args.record_only and not done:
                     continue

@@ -17,20 +17,15 @@ from absl import app
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from robustcl.reproduce import flags as repro_flags  # noqa: E402  (after the path of a source checkout)
+from robustcl.cli import flags as cli_flags  # noqa: E402  (after the path of a source checkout)
+from robustcl.reproduce import flags as repro_flags  # noqa: E402
+from robustcl.settings import ConfigError  # noqa: E402
 
 repro_flags.define_reproduce_flags()
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    from robustcl.settings import ConfigError
-
-    try:
-        config = repro_flags.reproduce_config_from_flags()
-    except ConfigError as error:
-        sys.exit(f"error: {error}")
+    config = cli_flags.config_or_exit(argv, repro_flags.reproduce_config_from_flags)
     import keras
     import tensorflow as tf
 

@@ -28,15 +28,9 @@ cli_flags.define_evaluate_flags()
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    from robustcl.settings import ConfigError
     from robustcl.data import DataFormatError, DataNotFoundError
 
-    try:
-        config = cli_flags.evaluation_config_from_flags()
-    except ConfigError as error:
-        sys.exit(f"error: {error}")
+    config = cli_flags.config_or_exit(argv, cli_flags.evaluation_config_from_flags)
     from robustcl.evaluation.classifiers import ModelLoadError
     from robustcl.evaluation import EvaluationError
     from robustcl.evaluation.run import evaluate_run

@@ -17,14 +17,7 @@ cli_flags.define_export_flags()
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    from robustcl.settings import ConfigError
-
-    try:
-        args = cli_flags.export_args_from_flags()
-    except ConfigError as error:
-        sys.exit(f"error: {error}")
+    args = cli_flags.config_or_exit(argv, cli_flags.export_args_from_flags)
     from robustcl import hardware
     from robustcl.serving.export import export_run
 

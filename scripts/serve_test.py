@@ -24,14 +24,7 @@ cli_flags.define_serve_test_flags()
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    from robustcl.settings import ConfigError
-
-    try:
-        args = cli_flags.serve_test_args_from_flags()
-    except ConfigError as error:
-        sys.exit(f"error: {error}")
+    args = cli_flags.config_or_exit(argv, cli_flags.serve_test_args_from_flags)
     from robustcl import data, hardware
     from robustcl.training import rundir
     from robustcl.serving import robustness

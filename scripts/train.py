@@ -21,15 +21,9 @@ cli_flags.define_train_flags()
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    from robustcl.settings import ConfigError
     from robustcl.data import DataFormatError, DataNotFoundError
 
-    try:
-        config = cli_flags.config_from_flags()
-    except ConfigError as error:
-        sys.exit(f"error: {error}")
+    config = cli_flags.config_or_exit(argv, cli_flags.config_from_flags)
     from robustcl import hardware
     from robustcl.training import run
     from robustcl.training.distribute import ClusterConfigError

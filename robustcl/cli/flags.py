@@ -11,9 +11,10 @@ another with a `--flagfile=...` line (absl resolves nested flagfiles); later lin
 import dataclasses
 import fractions
 import os
+import sys
 import typing
 
-from absl import flags
+from absl import app, flags
 
 from robustcl import registry
 from robustcl.attacks.settings import AttackConfig
@@ -147,6 +148,17 @@ def config_from_field_flags(config_class, flag_values, **given):
         for field in _flag_fields(config_class, skip=given)
     }
     return config_class(**values, **given)
+
+
+def config_or_exit(argv, from_flags):
+    """What `from_flags` makes of the parsed flags: every script's first step in `main(argv)`. A
+    stray argument is a usage error; a bad value ends the program with the message naming its flag."""
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    try:
+        return from_flags()
+    except ConfigError as error:
+        sys.exit(f"error: {error}")
 
 
 EXTRA_MODULES = "extra_modules"
