@@ -1,6 +1,7 @@
 """The Python API a Keras user writes: robustcl.AdversarialModel around any Keras classifier, trained
 with model.fit; robustcl.evaluate on a Keras model, a saved model or a callable."""
 
+import json
 import os
 import re
 import subprocess
@@ -321,3 +322,80 @@ def test_the_script_and_the_api_train_the_same_weights(tmp_path):
     scripted.load_weights(str(tmp_path / "run" / "last.weights.h5"))
     moved = max(float(np.abs(w - v).max()) for w, v in zip(network.get_weights(), scripted.get_weights()))
     assert moved < 1e-6, f"the script's weights differ from the API's by up to {moved}"
+
+
+class _StopAfter(keras.callbacks.Callback):
+    """Interrupts training at the end of an epoch, as a killed process would."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+def test_fit_resumes_with_backup_and_restore_under_mixed_precision(tmp_path):
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        classifier = classifier_of("functional")
+        assert classifier.layers[1].compute_dtype == "bfloat16"
+        model = robustcl.AdversarialModel(classifier, method="trades", attack_steps=2)
+        model.compile(optimizer=keras.optimizers.SGD(0.05))
+        x, y = _data(32)
+        backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
+        with pytest.raises(KeyboardInterrupt):
+            model.fit(x, y, batch_size=16, epochs=3, verbose=0, callbacks=[backup, _StopAfter(0)])
+        history = model.fit(x, y, batch_size=16, epochs=3, verbose=0, callbacks=[backup])
+        assert history.epoch == [1, 2]  # the finished first epoch is not trained again
+        assert all(np.isfinite(history.history["loss"]))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+REPLICAS = """
+import json, sys
+import tests.conftest  # splits the CPU into 2 logical devices before TensorFlow starts
+import keras, numpy as np, tensorflow as tf
+import robustcl
+from tests.test_api import _data
+
+def classifier():
+    keras.utils.set_random_seed(0)
+    images = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same")(images)
+    x = keras.layers.ReLU()(keras.layers.BatchNormalization(synchronized=True)(x))
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    return keras.Model(images, keras.layers.Dense(4)(x))
+
+cpus = tf.config.list_logical_devices("CPU")
+x, y = _data(32)
+found = {}
+for name, strategy in (("one", tf.distribute.OneDeviceStrategy(cpus[0].name)),
+                       ("two", tf.distribute.MirroredStrategy([c.name for c in cpus[:2]]))):
+    with strategy.scope():
+        model = robustcl.AdversarialModel(
+            classifier(), method="morel", embedding_layer="pool", norm="l2", eps=0.25, step_size=0.0625,
+            attack_steps=2, method_params={"alpha": 1.0}, seed=3)
+        keras.utils.set_random_seed(1)
+        model.compile(optimizer=keras.optimizers.SGD(0.05))
+    logs = model.fit(x, y, batch_size=32, epochs=1, verbose=0, shuffle=False).history
+    found[name] = ({k: v[0] for k, v in logs.items()}, [w.numpy().tolist() for w in model.classifier.weights])
+print(json.dumps(found))
+"""
+
+
+@pytest.mark.slow
+def test_a_keras_classifier_trains_alike_on_two_replicas():
+    """MOREL on a user's classifier (synchronized BatchNorm) on 2 replicas against one device, in a
+    fresh process: the same logged terms and weights (seen: weights within 1.5e-6; with the
+    classifier's BatchNorm per replica instead, 2.2e-5 apart, which this tolerance refuses)."""
+    result = subprocess.run([sys.executable, "-c", REPLICAS], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    (one_logs, one_weights), (two_logs, two_weights) = found["one"], found["two"]
+    for name, value in one_logs.items():
+        assert two_logs[name] == pytest.approx(value, rel=2e-4, abs=1e-7), name
+    for a, b in zip(one_weights, two_weights):
+        np.testing.assert_allclose(np.array(b), np.array(a), atol=5e-6)
