@@ -70,15 +70,17 @@ def load_classifier(config):
     return load_keras_model(config.keras_model, config.output_key, config.input_range, config.outputs)
 
 
-def load_surrogate(path, checkpoint="best"):
-    """--transfer_from: a run directory (its `checkpoint`), a SavedModel or a Keras model file."""
+def load_path(path, checkpoint="best", input_range="0,1", outputs="logits", flag=None):
+    """A model named by its path: a run directory (its `checkpoint`), a SavedModel or a Keras model
+    file (--transfer_from; robustcl.evaluate's path). `flag` names the setting in the error."""
     if os.path.isfile(os.path.join(path, rundir.CONFIG)):
         return load_run(path, checkpoint)
     if os.path.isfile(os.path.join(path, "saved_model.pb")):
-        return load_saved_model(path)
+        return load_saved_model(path, input_range=input_range, outputs=outputs)
     if os.path.isfile(path):
-        return load_keras_model(path)
-    raise ModelLoadError(f"--transfer_from: {path} is not a run directory, a SavedModel or a Keras model file")
+        return load_keras_model(path, input_range=input_range, outputs=outputs)
+    prefix = f"--{flag}: " if flag else ""
+    raise ModelLoadError(f"{prefix}{path} is not a run directory, a SavedModel or a Keras model file")
 
 
 class _SignatureNetwork:
@@ -262,14 +264,7 @@ def from_model(model, input_range="0,1", outputs="logits", name=None):
     if outputs not in OUTPUT_KINDS:
         raise ModelLoadError(f"--outputs: must be {' or '.join(OUTPUT_KINDS)}, got {outputs!r}")
     if isinstance(model, (str, os.PathLike)):
-        path = os.fspath(model)
-        if os.path.isfile(os.path.join(path, rundir.CONFIG)):
-            return load_run(path)
-        if os.path.isfile(os.path.join(path, "saved_model.pb")):
-            return load_saved_model(path, input_range=input_range, outputs=outputs)
-        if os.path.isfile(path):
-            return load_keras_model(path, input_range=input_range, outputs=outputs)
-        raise ModelLoadError(f"{path} is not a run directory, a SavedModel or a Keras model file")
+        return load_path(os.fspath(model), input_range=input_range, outputs=outputs)
     if is_network(model):
         return Classifier(model, name or model.name, keras_models.image_shape(model), has_embedding=True)
     if isinstance(model, keras.Model):

@@ -136,7 +136,9 @@ def evaluate_run(config, progress=True):
     n = len(x)
     class_names = classifier.class_names or dataset.class_names
     surrogate = (
-        classifiers.load_surrogate(config.transfer_from, config.transfer_checkpoint) if config.transfer_from else None
+        classifiers.load_path(config.transfer_from, config.transfer_checkpoint, flag="transfer_from")
+        if config.transfer_from
+        else None
     )
     if surrogate is not None:
         classifiers.check_against_data(surrogate, dataset.info.image_shape, dataset.info.num_classes, x[:2])
