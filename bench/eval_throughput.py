@@ -3,12 +3,18 @@
 
     python bench/eval_throughput.py [--models tiny,resnet18] [--num_examples 64] [--norm linf|l2]
         [--eps EPS] [--output FILE]
+    python bench/eval_throughput.py --model=RUN|SAVED_MODEL|FILE.keras [--dataset cifar10]
+        --data_dir=DIR --num_examples 200 --batch_size 200
 
-The networks are freshly initialized and every point is labelled with the network's own prediction,
-so every point starts correctly classified and each attack does its full work on all of them.
-On such an undefended network APGD-CE fools nearly every point, so APGD-T and Square then run on
-few: on a robust model APGD-T's 9 targets and up to 5000 Square queries run on every point still
-robust, so this figure is a lower bound on the cascade's cost per image.
+With --models, the networks are freshly initialized and every point is labelled with the network's
+own prediction, so every point starts correctly classified and each attack does its full work on
+all of them. On such an undefended network APGD-CE fools nearly every point, so APGD-T and Square
+then run on few: on a robust model APGD-T's 9 targets and up to 5000 Square queries run on every
+point still robust, so this figure is a lower bound on the cascade's cost per image. With --model,
+a trained model is attacked on the first test images with their labels, as an evaluation does.
+
+For each cascade stage it prints and records its seconds and, of those, the seconds spent running
+the model (robustcl.evaluation.suite.ModelClock) and the attack's own work (the rest).
 """
 
 import argparse
@@ -23,14 +29,39 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from robustcl import hardware, models
+from robustcl import data, hardware, models
+from robustcl.settings import ConfigError
+from robustcl.evaluation import classifiers
 from robustcl.evaluation import autoattack
+from robustcl.evaluation import run as evaluation_run
 from robustcl.evaluation.suite import Attacker
+
+
+def _models_and_points(parser, args):
+    """(name, network, images, labels or None: the network's own predictions) to time."""
+    if args.model:
+        model = classifiers.load_path(args.model, args.checkpoint, flag="model")
+        try:
+            dataset = evaluation_run.test_dataset(model, args.dataset, args.data_dir)
+        except ConfigError as error:
+            parser.error(str(error))
+        x, y = data.first_test_images(dataset, args.num_examples)
+        yield args.model, model.network, x, y
+        return
+    rng = np.random.default_rng(0)
+    for model_name in args.models.split(","):
+        keras.utils.set_random_seed(0)
+        network = models.build(model_name, 10, (0.49, 0.48, 0.45), (0.25, 0.24, 0.26))
+        yield model_name, network, rng.uniform(size=(args.num_examples, 32, 32, 3)).astype(np.float32), None
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="tiny,resnet18")
+    parser.add_argument("--models", default="tiny,resnet18", help="fresh networks (robustcl.models)")
+    parser.add_argument("--model", default="", help="a trained model instead: run directory, SavedModel, .keras")
+    parser.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    parser.add_argument("--dataset", default=None, help="with --model: default the run's own")
+    parser.add_argument("--data_dir", default=None)
     parser.add_argument("--num_examples", type=int, default=64)
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--norm", default="linf", choices=["linf", "l2"])
@@ -39,15 +70,12 @@ def main():
     args = parser.parse_args()
     eps = args.eps if args.eps is not None else {"linf": 8 / 255, "l2": 0.5}[args.norm]
     machine = hardware.detect()
-    print(f"cpu: {machine.describe()}", flush=True)
+    print(f"cpu: {machine.describe()}, {os.cpu_count()} cores", flush=True)
     results = []
-    rng = np.random.default_rng(0)
-    for model_name in args.models.split(","):
-        keras.utils.set_random_seed(0)
-        network = models.build(model_name, 10, (0.49, 0.48, 0.45), (0.25, 0.24, 0.26))
+    for model_name, network, x, y in _models_and_points(parser, args):
         attacker = Attacker(network, args.batch_size, progress=False)
-        x = rng.uniform(size=(args.num_examples, 32, 32, 3)).astype(np.float32)
-        y = attacker.predict(x).astype(np.int32)
+        if y is None:
+            y = attacker.predict(x).astype(np.int32)
         attacker.gradient_attack(
             "warmup", x[: args.batch_size], y[: args.batch_size], args.norm, eps, 2, eps / 4, 1, "ce", 0
         )
@@ -87,8 +115,22 @@ def main():
             "autoattack-cascade",
             time.perf_counter() - start,
             stages[-1].robust.mean(),
-            stages={s.name: {"seconds": round(s.seconds, 2), "robust_after": float(s.robust.mean())} for s in stages},
+            stages={
+                s.name: {
+                    "seconds": round(s.seconds, 2),
+                    "model_seconds": round(s.model_seconds, 2),
+                    "attack_seconds": round(s.seconds - s.model_seconds, 2),
+                    "robust_after": float(s.robust.mean()),
+                }
+                for s in stages
+            },
         )
+        for s in stages:
+            print(
+                f"{model_name} cascade {args.norm} {s.name}: {s.seconds:.1f} s, of which model {s.model_seconds:.1f} s "
+                f"and the attack's own work {s.seconds - s.model_seconds:.1f} s",
+                flush=True,
+            )
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     with open(args.output, "w") as f:
         json.dump(

@@ -9,6 +9,7 @@ from robustcl.settings import ConfigError
 from robustcl.evaluation.settings import EvaluationConfig
 from robustcl.evaluation import attacks as eval_attacks
 from robustcl.evaluation import autoattack, evaluate
+from robustcl.evaluation import report as report_module
 
 EPS = 1 / 255  # the tiny model fitted to its batch: 2/255 breaks every point whatever the attack
 CLASSES = [str(i) for i in range(10)]
@@ -114,3 +115,27 @@ def test_negative_counts_are_refused_naming_the_flag():
     with pytest.raises(ConfigError, match="eot_iterations"):
         EvaluationConfig(keras_model="m.keras", output_dir="out", eot_iterations=-1).validate()
     assert EvaluationConfig(keras_model="m.keras", output_dir="out").validate().version == "standard"
+
+
+def test_every_stage_reports_the_points_it_attacked_and_its_model_and_own_seconds(undefended):
+    """The report's time table: per stage, the points still robust when it started, its seconds,
+    and of those the model's (forward and backward passes) and the attack's own."""
+    network, x, y = undefended
+    x, y = x[:32], y[:32]
+    report = evaluate(network, x, y, CLASSES, version="standard", **SMALL)
+    rows = _rows(report)
+    before = sum(report["per_point"]["clean_correct"])
+    for stage in ("apgd-ce", "apgd-t", "fab-t", "square"):
+        row = rows[stage]
+        assert row["points_attacked"] == before, stage
+        assert 0.0 <= row["model_seconds"] <= row["seconds"] + 1e-3, (stage, row)
+        assert row["attack_seconds"] == pytest.approx(row["seconds"] - row["model_seconds"], abs=2e-3)
+        if before:  # every stage with points to attack runs the model
+            assert row["model_seconds"] > 0.0, (stage, row)
+        before = sum(report["per_point"]["robust"][stage])
+    # A traced loop (PGD's) is all model time; APGD's whole run is traced too.
+    assert rows["apgd-ce"]["model_seconds"] > 0.8 * rows["apgd-ce"]["seconds"], rows["apgd-ce"]
+    table = report_module.markdown(report).split("Where the time went")[1]
+    assert "| attack | points attacked | seconds | model | attack's own | model share |" in table
+    for stage in ("apgd-ce", "apgd-t", "fab-t", "square"):
+        assert f"| {stage} | {rows[stage]['points_attacked']} |" in table

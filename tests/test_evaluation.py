@@ -9,12 +9,14 @@ import pytest
 import tensorflow as tf
 
 from robustcl.attacks.apgd import apgd
+from robustcl.attacks import fab as fab_module
 from robustcl.attacks.fab import fab, project_onto_hyperplane
 from robustcl.attacks.square import square
 from robustcl.attacks.threat import threat_model
 from robustcl.settings import ConfigError
 from robustcl.evaluation import evaluate
 from robustcl.evaluation.classifiers import ModelLoadError
+from robustcl.evaluation.engine import TIMING_FIELDS
 from robustcl.evaluation.suite import Attacker
 from tests.conftest import cleverhans_pgd
 
@@ -200,7 +202,8 @@ def test_report_is_reproducible_with_a_seed(undefended):
     for report in (first, second):
         report.pop("seconds")
         for row in report["attacks"]:
-            row.pop("seconds")
+            for timing in TIMING_FIELDS:
+                row.pop(timing, None)
     assert first == second
     assert first["worst_case_robust_accuracy"] <= min(a["robust_accuracy"] for a in first["attacks"])
 
@@ -222,6 +225,17 @@ def test_projection_onto_hyperplane_by_hand():
     np.testing.assert_allclose(d, [[0.5, -0.5]], atol=1e-12)
     with pytest.raises(ValueError, match="norm"):
         project_onto_hyperplane([[0.5]], [[1.0]], [1.0], "l1")
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_projecting_a_large_batch_over_several_cores_changes_no_row(norm, monkeypatch):
+    rng = np.random.default_rng(1)
+    p, w = rng.uniform(size=(40, 3072)), rng.normal(size=(40, 3072))
+    b = np.sum(w * p, 1) + rng.normal(scale=0.3, size=40)
+    monkeypatch.setattr(fab_module, "_CORES", 3)  # split, unevenly, whatever this machine has
+    split = project_onto_hyperplane(p, w, b, norm)
+    row_by_row = [project_onto_hyperplane(p[i : i + 1], w[i : i + 1], b[i : i + 1], norm) for i in range(40)]
+    np.testing.assert_array_equal(split, np.concatenate(row_by_row))
 
 
 def _reference_l2_projection(p, w, b):

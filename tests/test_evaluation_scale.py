@@ -15,6 +15,7 @@ from robustcl import data
 from robustcl.settings import ConfigError
 from robustcl.evaluation.settings import EvaluationConfig
 from robustcl.evaluation import checks
+from robustcl.evaluation.engine import TIMING_FIELDS
 from robustcl.evaluation.run import evaluate_run
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -59,7 +60,7 @@ def _config(model, data_dir, output_dir, **overrides):
 
 def _comparable(report):
     """The report without timings and paths: what must not depend on how the work was split."""
-    rows = [{k: v for k, v in row.items() if k != "seconds"} for row in report["attacks"]]
+    rows = [{k: v for k, v in row.items() if k not in TIMING_FIELDS} for row in report["attacks"]]
     return {
         "attacks": rows,
         "per_point": report["per_point"],

@@ -14,7 +14,9 @@ Follows the reference implementation (fra31/auto-attack, autopgd_base.py):
     start; restarts run on the examples not yet misclassified.
   - EOT (for randomized models, AutoAttack's version "rand"): each gradient is the mean over
     `eot_iterations` forward/backward passes, the logits and loss those of the last pass.
-The model is only queried through `logits_fn` (inference mode, logits out).
+The model is only queried through `logits_fn` (inference mode, logits out). A run (every
+iteration, checkpoint and EOT pass) is one traced function, `make_apgd_run`: no Python between
+iterations, one trace per setting reused across batches, restarts and targets.
 """
 
 import numpy as np
@@ -27,15 +29,10 @@ from robustcl.registry import Registry
 LOSSES = Registry("APGD loss", ("ce", "dlr", "dlr-targeted"))
 
 
-def _expand(v, x):
-    return tf.reshape(v, [-1] + [1] * (len(x.shape) - 1))
-
-
-def make_loss_and_grad(logits_fn, loss):
-    """tf.function (x, y, target) -> (logits, per-example loss, d sum(loss) / dx)."""
+def _loss_and_grad(logits_fn, loss):
+    """(x, y, target) -> (logits, per-example loss, d sum(loss) / dx), to be traced."""
     LOSSES.check(loss)
 
-    @tf.function(reduce_retracing=True)
     def loss_and_grad(x, y, target):
         with tf.GradientTape() as tape:
             tape.watch(x)
@@ -47,92 +44,113 @@ def make_loss_and_grad(logits_fn, loss):
             else:
                 values = dlr_targeted_per_example(logits, y, target)
             total = tf.reduce_sum(values)
-        return logits, values, tape.gradient(total, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        grad = tape.gradient(total, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        # A SavedModel signature's outputs and gradient come back with less static shape than x
+        # has: the run's loop needs each to keep the shape it started with.
+        batch = x.shape[:1]
+        return (
+            tf.ensure_shape(logits, batch + [None]),
+            tf.ensure_shape(values, batch),
+            tf.ensure_shape(grad, x.shape),
+        )
 
     return loss_and_grad
 
 
-def expectation_over_transformation(loss_and_grad, eot_iterations):
-    """loss_and_grad with its gradient averaged over `eot_iterations` calls (each call draws the
-    model's randomness anew); logits and loss are the last call's, as in the reference."""
-    if eot_iterations == 1:
-        return loss_and_grad
-
-    def averaged(x, y, target):
-        total = None
-        for _ in range(eot_iterations):
-            logits, values, grad = loss_and_grad(x, y, target)
-            total = grad if total is None else total + grad
-        return logits, values, total / float(eot_iterations)
-
-    return averaged
-
-
-def apgd_single_run(loss_and_grad, x, y, threat, n_iter=100, rho=0.75, target=None, seed=(0, 0)):
-    """One APGD run in `threat` (a threat model). Returns (x_best_adv, still_correct [B] bool, best
-    loss [B])."""
-    x = tf.convert_to_tensor(x, tf.float32)
-    y = tf.convert_to_tensor(y, tf.int32)
-    target = y if target is None else tf.convert_to_tensor(target, tf.int32)
-    batch = int(x.shape[0])
-    eps = threat.eps
-    x_adv = tf.clip_by_value(x + eps * threat.unit(threat.noise(tf.shape(x), seed)), 0.0, 1.0)
-    x_best, x_best_adv = x_adv, x_adv
-
+def checkpoint_intervals(n_iter):
+    """[n_iter] ints: at iteration i, the length of the interval a checkpoint closes there (0: no
+    checkpoint). The first after max(0.22 n, 1) iterations, each next shorter by max(0.03 n, 1)
+    down to max(0.06 n, 1)."""
     check_first = max(int(0.22 * n_iter), 1)
     check_min = max(int(0.06 * n_iter), 1)
     check_decrease = max(int(0.03 * n_iter), 1)
+    out = np.zeros(n_iter, np.int32)
+    interval, at = check_first, check_first - 1
+    while at < n_iter:
+        out[at] = interval
+        interval = max(interval - check_decrease, check_min)
+        at += interval
+    return out
 
-    logits, loss_values, grad = loss_and_grad(x_adv, y, target)
-    grad_best = grad
-    correct = np.array(tf.argmax(logits, -1, output_type=tf.int32) == y)
-    loss_best = loss_values.numpy()
-    loss_steps = np.zeros((n_iter, batch), np.float32)
-    step = np.full(batch, 2.0 * eps, np.float32)
-    x_adv_old = x_adv
-    interval, since_check = check_first, 0
-    loss_best_last_check = loss_best.copy()
-    reduced_last_check = np.ones(batch, bool)
 
-    for i in range(n_iter):
-        momentum = 0.75 if i > 0 else 1.0
-        step_t = _expand(tf.constant(step), x)
-        previous_move = x_adv - x_adv_old
-        x_adv_old = x_adv
-        z = threat.project(x, x_adv + step_t * threat.ascent_direction(grad))
-        x_adv = threat.project(x, x_adv + (z - x_adv) * momentum + previous_move * (1 - momentum))
+def make_apgd_run(logits_fn, loss, threat, n_iter=100, rho=0.75, eot_iterations=1):
+    """One APGD run in `threat` as one traced function (the whole loop in the graph: a Python loop
+    would dispatch some twenty operations per iteration). Call it with (x, y, target, seed [2]
+    int64); it returns (x_best_adv, still_correct [B] bool, best loss [B]).
 
+    With `eot_iterations` > 1 (EOT, AutoAttack's version "rand"), each gradient is the mean over
+    that many forward/backward passes, the logits and loss those of the last pass."""
+    single = _loss_and_grad(logits_fn, loss)
+    intervals = tf.constant(checkpoint_intervals(n_iter))
+
+    def loss_and_grad(x, y, target):
+        logits, values, total = single(x, y, target)
+        for _ in range(eot_iterations - 1):  # each pass draws the model's randomness anew
+            logits, values, grad = single(x, y, target)
+            total += grad
+        return logits, values, total / float(eot_iterations)
+
+    @tf.function(reduce_retracing=True)
+    def run(x, y, target, seed):
+        eps = threat.eps
+        batch = tf.shape(x)[0]
+        expand = lambda v: tf.reshape(v, [-1] + [1] * (len(x.shape) - 1))  # noqa: E731
+        x_adv = tf.clip_by_value(x + eps * threat.unit(threat.noise(tf.shape(x), seed)), 0.0, 1.0)
         logits, loss_values, grad = loss_and_grad(x_adv, y, target)
-        predicted_correct = np.asarray(tf.argmax(logits, -1, output_type=tf.int32) == y)
-        fooled_now = ~predicted_correct
-        correct &= predicted_correct
-        x_best_adv = tf.where(_expand(tf.constant(fooled_now), x), x_adv, x_best_adv)
+        correct = tf.argmax(logits, -1, output_type=tf.int32) == y
+        state = dict(
+            x_adv=x_adv,
+            x_adv_old=x_adv,
+            x_best=x_adv,
+            x_best_adv=x_adv,
+            grad=grad,
+            grad_best=grad,
+            correct=correct,
+            loss_best=loss_values,
+            loss_steps=tf.zeros([n_iter, batch], tf.float32),
+            step=tf.fill([batch], tf.constant(2.0 * eps, tf.float32)),
+            loss_best_last_check=loss_values,
+            reduced_last_check=tf.ones([batch], tf.bool),
+        )
+        for i in tf.range(n_iter):
+            s = dict(state)
+            momentum = tf.where(i > 0, 0.75, 1.0)
+            previous_move = s["x_adv"] - s["x_adv_old"]
+            s["x_adv_old"] = s["x_adv"]
+            z = threat.project(x, s["x_adv"] + expand(s["step"]) * threat.ascent_direction(s["grad"]))
+            x_adv = threat.project(x, s["x_adv"] + (z - s["x_adv"]) * momentum + previous_move * (1 - momentum))
 
-        values = loss_values.numpy()
-        loss_steps[i] = values
-        improved = values > loss_best
-        x_best = tf.where(_expand(tf.constant(improved), x), x_adv, x_best)
-        grad_best = tf.where(_expand(tf.constant(improved), x), grad, grad_best)
-        loss_best = np.where(improved, values, loss_best)
+            logits, values, grad = loss_and_grad(x_adv, y, target)
+            predicted_correct = tf.argmax(logits, -1, output_type=tf.int32) == y
+            s["correct"] = s["correct"] & predicted_correct
+            s["x_best_adv"] = tf.where(expand(~predicted_correct), x_adv, s["x_best_adv"])
+            s["loss_steps"] = tf.tensor_scatter_nd_update(s["loss_steps"], [[i]], values[None])
+            improved = values > s["loss_best"]
+            s["x_best"] = tf.where(expand(improved), x_adv, s["x_best"])
+            s["grad_best"] = tf.where(expand(improved), grad, s["grad_best"])
+            s["loss_best"] = tf.where(improved, values, s["loss_best"])
 
-        since_check += 1
-        if since_check == interval:
-            # Rises of the loss over the last `interval` steps; at the first checkpoint the
-            # reference compares step 0 with index -1 (a not yet written zero row): kept as is.
-            increases = sum(loss_steps[i - c] > loss_steps[i - c - 1] for c in range(interval))
-            oscillating = increases <= interval * rho
-            no_improvement = ~reduced_last_check & (loss_best_last_check >= loss_best)
-            reduce = oscillating | no_improvement
-            reduced_last_check = reduce.copy()
-            loss_best_last_check = loss_best.copy()
-            if reduce.any():
-                step = np.where(reduce, step / 2.0, step).astype(np.float32)
-                mask = _expand(tf.constant(reduce), x)
-                x_adv = tf.where(mask, x_best, x_adv)
-                grad = tf.where(mask, grad_best, grad)
-            since_check = 0
-            interval = max(interval - check_decrease, check_min)
-    return x_best_adv, correct, loss_best
+            # A checkpoint closes an interval of k iterations here (k = 0: none).
+            k = intervals[i]
+            # Rises of the loss over the last k steps; at the first checkpoint the reference
+            # compares step 0 with index -1 (a not yet written zero row, the last): kept as is.
+            rows = i - tf.range(k)
+            later = tf.gather(s["loss_steps"], rows)
+            earlier = tf.gather(s["loss_steps"], tf.math.floormod(rows - 1, n_iter))
+            increases = tf.reduce_sum(tf.cast(later > earlier, tf.float32), axis=0)
+            oscillating = increases <= tf.cast(k, tf.float32) * rho
+            no_improvement = ~s["reduced_last_check"] & (s["loss_best_last_check"] >= s["loss_best"])
+            at_check = k > 0
+            reduce = at_check & (oscillating | no_improvement)
+            s["reduced_last_check"] = tf.where(at_check, reduce, s["reduced_last_check"])
+            s["loss_best_last_check"] = tf.where(at_check, s["loss_best"], s["loss_best_last_check"])
+            s["step"] = tf.where(reduce, s["step"] / 2.0, s["step"])
+            s["x_adv"] = tf.where(expand(reduce), s["x_best"], x_adv)
+            s["grad"] = tf.where(expand(reduce), s["grad_best"], grad)
+            state = s
+        return state["x_best_adv"], state["correct"], state["loss_best"]
+
+    return run
 
 
 def apgd(
@@ -145,30 +163,32 @@ def apgd(
     loss="ce",
     targets=None,
     seed=0,
-    loss_and_grad=None,
+    run=None,
     eot_iterations=1,
 ):
     """APGD in `threat` with restarts on the examples still classified correctly (restart r draws
-    its start from seed (seed, r)).
+    its start from seed (seed, r)). `run`: a make_apgd_run of the same settings to reuse across
+    calls (traced once); `logits_fn` serves the first clean forward pass, and makes `run` if none.
 
     Returns (x_adv, correct [B] bool): x_adv misclassified where `correct` is False.
     """
-    loss_and_grad = expectation_over_transformation(
-        loss_and_grad or make_loss_and_grad(logits_fn, loss), eot_iterations
-    )
+    run = run or make_apgd_run(logits_fn, loss, threat, n_iter, eot_iterations=eot_iterations)
     x = tf.convert_to_tensor(x, tf.float32)
     y = np.asarray(y, np.int32)
-    logits = logits_fn(x)
-    correct = np.asarray(tf.argmax(logits, -1, output_type=tf.int32)).astype(np.int32) == y
+    correct = np.asarray(tf.argmax(logits_fn(x), -1, output_type=tf.int32)) == y
     x_adv = tf.identity(x)
     for restart in range(n_restarts):
         idx = np.flatnonzero(correct)
         if not len(idx):
             break
-        run_targets = None if targets is None else np.asarray(targets)[idx]
-        adv, still, _ = apgd_single_run(
-            loss_and_grad, tf.gather(x, idx), y[idx], threat, n_iter, target=run_targets, seed=(seed, restart)
+        run_targets = y[idx] if targets is None else np.asarray(targets, np.int32)[idx]
+        adv, still, _ = run(
+            tf.gather(x, idx),
+            tf.constant(y[idx]),
+            tf.constant(run_targets),
+            tf.constant([seed, restart], tf.int64),
         )
+        still = still.numpy()
         fooled = idx[~still]
         if len(fooled):
             x_adv = tf.tensor_scatter_nd_update(x_adv, fooled[:, None], tf.gather(adv, np.flatnonzero(~still)))

@@ -21,7 +21,7 @@ from typing import Tuple
 import numpy as np
 
 from robustcl.attacks import threat_model
-from robustcl.attacks.apgd import apgd, make_loss_and_grad
+from robustcl.attacks.apgd import apgd, make_apgd_run
 from robustcl.attacks.fab import fab, make_difference_and_grad, make_differences_and_grads
 from robustcl.attacks.square import square
 from robustcl.settings import ConfigError, check_name
@@ -132,6 +132,15 @@ def resolve(
     )
 
 
+def compiled_apgd(attacker, loss, threat, n_iter, eot_iterations=1):
+    """The attacker's one traced APGD run for these settings (robustcl.attacks.apgd.make_apgd_run),
+    shared by every batch, chunk and stage that uses them."""
+    return attacker.compiled(
+        ("apgd", loss, threat.norm, float(threat.eps), int(n_iter), int(eot_iterations)),
+        lambda: make_apgd_run(attacker.logits_fn, loss, threat, n_iter, eot_iterations=eot_iterations),
+    )
+
+
 def run(attacker, x, y, norm, eps, cascade, seed=0, log=print):
     """Runs the cascade on (x, y). Returns one AttackResult per stage; each stage's `robust` is the
     cascade's robustness after it (so the last is AutoAttack's robust accuracy)."""
@@ -147,24 +156,13 @@ def run(attacker, x, y, norm, eps, cascade, seed=0, log=print):
     c = cascade
 
     def apgd_untargeted(loss, stage_seed):
-        grad = attacker.compiled(("apgd", loss), lambda: make_loss_and_grad(attacker.logits_fn, loss))
+        run = compiled_apgd(attacker, loss, threat, c.iterations, c.eot_iterations)
         return lambda p: apgd(
-            attacker.logits_fn,
-            x[p],
-            y[p],
-            threat,
-            c.iterations,
-            c.apgd_restarts,
-            loss,
-            seed=stage_seed,
-            loss_and_grad=grad,
-            eot_iterations=c.eot_iterations,
+            attacker.logits, x[p], y[p], threat, c.iterations, c.apgd_restarts, loss, seed=stage_seed, run=run
         )
 
     def apgd_targeted(p):
-        grad = attacker.compiled(
-            ("apgd", "dlr-targeted"), lambda: make_loss_and_grad(attacker.logits_fn, "dlr-targeted")
-        )
+        run = compiled_apgd(attacker, "dlr-targeted", threat, c.iterations)
         still = np.ones(len(p), bool)
         adv = x[p].copy()
         for rank, targets in enumerate(targets_by_rank, start=2):
@@ -172,7 +170,7 @@ def run(attacker, x, y, norm, eps, cascade, seed=0, log=print):
             if not len(idx):
                 break
             out, correct = apgd(
-                attacker.logits_fn,
+                attacker.logits,
                 x[p[idx]],
                 y[p[idx]],
                 threat,
@@ -181,7 +179,7 @@ def run(attacker, x, y, norm, eps, cascade, seed=0, log=print):
                 "dlr-targeted",
                 targets=targets[p[idx]],
                 seed=seed + rank,
-                loss_and_grad=grad,
+                run=run,
             )
             out = np.asarray(out)
             adv[idx[~correct]] = out[~correct]
@@ -243,7 +241,7 @@ def run(attacker, x, y, norm, eps, cascade, seed=0, log=print):
     results = []
     for name in c.stages:
         fn, steps, restarts = runners[name]
-        start = time.perf_counter()
+        start, model_start = time.perf_counter(), attacker.clock.seconds
         idx = np.flatnonzero(robust)
         log(f"{name}: {len(idx)} points still robust")
         stage_queries = np.zeros(0, np.int64) if name == "square" else None
@@ -268,6 +266,7 @@ def run(attacker, x, y, norm, eps, cascade, seed=0, log=print):
                 x_adv.copy(),
                 time.perf_counter() - start,
                 stage_queries,
+                attacker.clock.seconds - model_start,
             )
         )
     return results

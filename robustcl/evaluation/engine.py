@@ -117,12 +117,13 @@ def transfer_results(attacker, surrogate, x, y, clean_correct, plan, seed):
     parts = []
     for i in range(0, len(x), plan.batch_size):
         adv, _ = apgd(
-            surrogate.logits_fn,
+            surrogate.logits,
             x[i : i + plan.batch_size],
             y[i : i + plan.batch_size],
             threat_model(plan.norm, plan.eps),
             plan.apgd_iterations,
             seed=seed,
+            run=autoattack.compiled_apgd(surrogate, "ce", threat_model(plan.norm, plan.eps), plan.apgd_iterations),
         )
         parts.append(np.asarray(adv))
     results.append(
@@ -195,6 +196,7 @@ def evaluate_chunk(attacker, x, y, start, plan, log=print, preflight=False, surr
                 "steps": result.steps,
                 "restarts": result.restarts,
                 "seconds": result.seconds,
+                "model_seconds": result.model_seconds,
                 "has_queries": result.queries is not None,
             }
         )
@@ -254,6 +256,9 @@ def merge(chunks, y, class_names, plan, model_name="model", data_name=""):
     for index, spec in enumerate(first["attacks"]):
         name = spec["attack"]
         seconds = sum(c["meta"]["attacks"][index]["seconds"] for c in chunks)
+        # Chunks stored before the clock existed (a resumed evaluation) leave it unmeasured.
+        model_parts = [c["meta"]["attacks"][index].get("model_seconds") for c in chunks]
+        model_seconds = None if None in model_parts else sum(model_parts)
         queries = joined(f"{name}/queries") if spec["has_queries"] else None
         results.append(
             MergedResult(
@@ -267,6 +272,7 @@ def merge(chunks, y, class_names, plan, model_name="model", data_name=""):
                 seconds,
                 queries,
                 {k: joined(f"{name}/{k}") for k in ("distance", "nan", "adv_min", "adv_max")},
+                model_seconds,
             )
         )
     by_name = {r.name: r for r in results}
@@ -300,6 +306,15 @@ def merge(chunks, y, class_names, plan, model_name="model", data_name=""):
                     "robust_accuracy": float(worst[mask].mean()),
                 }
             )
+    rows = [r.summary(clean_correct) for r in results]
+    if "autoattack" in plan.runs():
+        # Each stage attacks the points still robust after the previous one (the first: every
+        # point classified correctly): what its time was spent on.
+        before = clean_correct
+        for row in rows:
+            if row["attack"] in plan.cascade().stages:
+                row["points_attacked"] = int(before.sum())
+                before = by_name[row["attack"]].robust
     return {
         "model": model_name,
         "data": data_name,
@@ -311,7 +326,7 @@ def merge(chunks, y, class_names, plan, model_name="model", data_name=""):
         "chunk_size": int(plan.chunk_size),
         "clean_accuracy": float(clean_correct.mean()),
         "worst_case_robust_accuracy": float(worst.mean()),
-        "attacks": [r.summary(clean_correct) for r in results],
+        "attacks": rows,
         "eps_sweep": sweep_points,
         "sweep_attack": sweep_name,
         "per_class": per_class,
@@ -347,6 +362,10 @@ def _autoattack_summary(plan, by_name):
     }
 
 
+# A report row's wall-clock fields: they differ run to run where every other field is reproducible.
+TIMING_FIELDS = ("seconds", "model_seconds", "attack_seconds")
+
+
 @dataclasses.dataclass
 class MergedResult(AttackRun):
     """One attack over every point: the verdicts and statistics of its chunks put together."""
@@ -355,6 +374,7 @@ class MergedResult(AttackRun):
     seconds: float
     queries: Optional[np.ndarray]
     stats: dict
+    model_seconds: Optional[float] = None
 
     def summary(self, clean_correct):
         out = {
@@ -367,6 +387,14 @@ class MergedResult(AttackRun):
             "restarts": self.restarts,
             "seed": self.seed,
             "seconds": round(self.seconds, 3),
+            **(
+                {}
+                if self.model_seconds is None
+                else {
+                    "model_seconds": round(self.model_seconds, 3),
+                    "attack_seconds": round(max(self.seconds - self.model_seconds, 0.0), 3),
+                }
+            ),
             "max_perturbation": float(np.nanmax(self.stats["distance"])) if len(self.robust) else 0.0,
             "nan_count": int(self.stats["nan"].sum()),
             "adv_min": float(np.nanmin(self.stats["adv_min"])),
@@ -386,7 +414,9 @@ def chunk_starts(num_points, chunk_size):
 def _sweep_point(attacker, attack, x, y, clean_correct, norm, eps, steps, apgd_iterations, seed):
     """Robust mask of one sweep point; its adversarial inputs pass the same hard checks."""
     if attack == "apgd-ce":
-        x_adv, correct = apgd(attacker.logits_fn, x, y, threat_model(norm, eps), apgd_iterations, seed=seed)
+        threat = threat_model(norm, eps)
+        run = autoattack.compiled_apgd(attacker, "ce", threat, apgd_iterations)
+        x_adv, correct = apgd(attacker.logits, x, y, threat, apgd_iterations, seed=seed, run=run)
         result = AttackResult(
             f"sweep apgd-ce eps {eps:.4g}", norm, eps, apgd_iterations, 1, seed, correct, np.asarray(x_adv), 0.0
         )

@@ -77,6 +77,23 @@ def markdown(report):
             f"| {a['steps']} | {a['restarts']} | {a['seconds']:.1f} | {a['max_perturbation']:.5g} "
             f"| {a['nan_count']} | {a['adv_min']:.3g} | {a['adv_max']:.3g} |"
         )
+    timed = [a for a in report["attacks"] if "model_seconds" in a]
+    if timed:
+        lines += [
+            "",
+            "Where the time went: the model's forward and backward passes against the attack's own "
+            "work between them (its Python and NumPy; a loop traced whole, as PGD's and APGD's, "
+            "counts as model time):",
+            "",
+            "| attack | points attacked | seconds | model | attack's own | model share |",
+            "|---|---|---|---|---|---|",
+        ]
+        for a in timed:
+            share = a["model_seconds"] / a["seconds"] if a["seconds"] > 0 else 0.0
+            lines.append(
+                f"| {a['attack']} | {a.get('points_attacked', a['num_points'])} | {a['seconds']:.1f} "
+                f"| {a['model_seconds']:.1f} | {a['attack_seconds']:.1f} | {share:.0%} |"
+            )
     if report.get("eps_sweep"):
         lines += ["", f"Accuracy vs eps ({report['sweep_attack']}):", "", "| eps | robust accuracy |", "|---|---|"]
         lines += [f"| {p['eps']:.5g} | {p['robust_accuracy']:.4f} |" for p in report["eps_sweep"]]

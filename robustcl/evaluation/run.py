@@ -41,18 +41,19 @@ def _threat_model(config, classifier):
     return norm, DEFAULT_EPS, "default (no --eps, no training config)"
 
 
-def _dataset(config, classifier):
-    """The dataset to evaluate on: the model's own, or --dataset when it carries no config."""
+def test_dataset(classifier, dataset=None, data_dir=None, download=True, image_size=0):
+    """The dataset a classifier is evaluated on: its own (its robustcl config names it), or
+    `dataset` when it carries no config (then required); the flags' names are in the errors."""
     own = classifier.config.data if classifier.config else None
-    if own is None and not config.dataset:
+    if own is None and not dataset:
         raise ConfigError(
             f"--dataset: required for a model without a robustcl config (known: {', '.join(data.DATASETS.names())})"
         )
-    if own is not None and config.dataset and config.dataset != own.dataset:
-        raise ConfigError(f"--dataset={config.dataset}: the model was trained on {own.dataset}")
-    name = config.dataset or own.dataset
-    image_size = config.image_size or (own.image_size if own else 0)
-    return data.load_dataset(name, config.data_dir or (own.data_dir if own else None), config.download, image_size)
+    if own is not None and dataset and dataset != own.dataset:
+        raise ConfigError(f"--dataset={dataset}: the model was trained on {own.dataset}")
+    name = dataset or own.dataset
+    image_size = image_size or (own.image_size if own else 0)
+    return data.load_dataset(name, data_dir or (own.data_dir if own else None), download, image_size)
 
 
 def _shard_starts(starts, num_shards, shard_index):
@@ -121,7 +122,7 @@ def evaluate_run(config, progress=True):
     evaluated one shard (--shard_index) and left the merge to another."""
     eval_attacks.check("attacks", config.attacks)
     classifier = classifiers.load_classifier(config)
-    dataset = _dataset(config, classifier)
+    dataset = test_dataset(classifier, config.dataset, config.data_dir, config.download, config.image_size)
     if classifier.info is not None and classifier.info.num_classes != dataset.info.num_classes:
         raise classifiers.ModelLoadError(
             f"the model has {classifier.info.num_classes} classes; {dataset.info.name} has {dataset.info.num_classes}"

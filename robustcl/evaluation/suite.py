@@ -34,6 +34,32 @@ class AttackResult(AttackRun):
     x_adv: np.ndarray
     seconds: float
     queries: Optional[np.ndarray] = None
+    # Of `seconds`, the time spent in the model's traced functions (ModelClock); None: not measured.
+    model_seconds: Optional[float] = None
+
+
+class ModelClock:
+    """Seconds spent running the model: every call of a traced function the Attacker hands out
+    (forward passes, and forward-backward passes with the attack's loss) is timed where the attack
+    calls it from Python, so a stage's remaining time is the attack's own work (its Python and
+    NumPy between model calls). On CPU a tf.function call returns when its graph has run, so the
+    timer brackets the computation itself. A loop traced whole (PGD's, an APGD run) counts as
+    model time, including its few in-graph vector operations per step."""
+
+    def __init__(self):
+        self.seconds = 0.0
+        self.calls = 0
+
+    def timed(self, fn):
+        def call(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - start
+                self.calls += 1
+
+        return call
 
 
 class Attacker:
@@ -43,15 +69,21 @@ class Attacker:
         self.network = network
         self.batch_size = batch_size
         self.progress = progress
-        self.logits_fn = lambda z: network(z, training=False)["logits"]
-        self._logits = tf.function(self.logits_fn, reduce_retracing=True)
+        self.logits_fn = self._network_logits
+        self.clock = ModelClock()
+        self._logits = self.clock.timed(tf.function(self.logits_fn, reduce_retracing=True))
         self._compiled = {}
 
+    def _network_logits(self, images):
+        """The network's logits in inference mode (a method, not a lambda: autograph reads its
+        source when a traced attack loop calls it)."""
+        return self.network(images, training=False)["logits"]
+
     def compiled(self, key, make):
-        """The traced function `make()` returns, made once per key and kept: every batch, chunk
-        and call of an attack setting reuses one trace."""
+        """The traced function `make()` returns, made once per key and kept (every batch, chunk
+        and call of an attack setting reuses one trace), timed by the Attacker's clock."""
         if key not in self._compiled:
-            self._compiled[key] = make()
+            self._compiled[key] = self.clock.timed(make())
         return self._compiled[key]
 
     def _compiled_attack(self, norm, eps, steps, step_size, objective, random_start):
@@ -93,7 +125,7 @@ class Attacker:
         """PGD-family attack (FGSM is steps=1, step eps, no random start), worst case over restarts.
         `clean_correct` ([N] bool), when the caller has it, saves a forward pass over x."""
         run = self._compiled_attack(norm, eps, steps, step_size, objective, random_start)
-        start = time.perf_counter()
+        start, model_start = time.perf_counter(), self.clock.seconds
         x_adv = x.copy()
         fooled = np.zeros(len(x), bool)
 
@@ -112,4 +144,15 @@ class Attacker:
         if clean_correct is None:
             clean_correct = self.predict(x) == y
         robust = clean_correct & (self.predict(x_adv) == y)
-        return AttackResult(name, norm, eps, steps, restarts, seed, robust, x_adv, time.perf_counter() - start)
+        return AttackResult(
+            name,
+            norm,
+            eps,
+            steps,
+            restarts,
+            seed,
+            robust,
+            x_adv,
+            time.perf_counter() - start,
+            model_seconds=self.clock.seconds - model_start,
+        )
