@@ -50,10 +50,11 @@ def main(argv):
     def record():
         record_io.write(config, machine, software, command)
 
-    def record_and_commit(cell=None, seed=None):
+    def record_and_commit(cell=None, seed=None, finished=True):
         record()
         if config.commit_record:
-            done = f"{cell} seed {seed} finished" if cell else "record rewritten"
+            outcome = "finished" if finished else "failed (its stages' logs are in its run directory)"
+            done = f"{cell} seed {seed} {outcome}" if cell else "record rewritten"
             print("commit:", record_io.commit(config, f"Reproduction record {config.record_name}: {done}"), flush=True)
 
     try:

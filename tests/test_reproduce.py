@@ -413,6 +413,21 @@ def test_a_recorded_row_without_a_gained_stage_is_trained_again(tmp_path, monkey
         _one_cell_grid(tmp_path, surrogate_flagfile="configs/standard_cifar10.flags", surrogate_seed=0).validate()
 
 
+def test_a_cell_whose_stage_failed_is_reported_failed_not_finished(tmp_path, monkeypatch):
+    """The grid commits its record after every cell; the caller must learn whether the cell
+    finished or failed (a failed cell's commit once read "finished")."""
+    monkeypatch.chdir(REPO)
+    config = _one_cell_grid(tmp_path)
+    outcomes = {"done": dict.fromkeys(grid.stages(config), "done"), "failed": {"train": "failed (exit 1)"}}
+    for outcome, statuses in outcomes.items():
+        state = {"stages": {stage: {"status": status} for stage, status in statuses.items()}}
+        monkeypatch.setattr(grid, "run_cell", lambda *args, state=state: state)
+        told = []
+        failed = grid.run_grid(config, log=lambda _: None, on_cell_done=lambda *a: told.append(a))
+        assert told == [("pgd_at", 0, outcome == "done")]
+        assert failed == ([] if outcome == "done" else [("pgd_at", 0)])
+
+
 def test_run_directories_made_before_resolved_keys_are_read_by_their_flagfiles_text(tmp_path, monkeypatch):
     """A run directory whose state kept its flagfiles' text (before runs were keyed by the config
     they resolve to) is today's run when that text resolves to today's config, whatever the lines

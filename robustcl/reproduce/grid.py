@@ -470,7 +470,8 @@ def pending(config, log=print):
 
 def run_grid(config, log=print, on_cell_done=None, machine=None):
     """Runs every unfinished cell x seed (config.parallel at once), seed-major so that each seed's
-    whole row of methods finishes before the next seed starts. Returns the failed (cell, seed)s."""
+    whole row of methods finishes before the next seed starts; after each, on_cell_done(name,
+    seed, finished: every stage done). Returns the failed (cell, seed)s."""
     jobs = pending(config, log)
     lock = threading.Lock()
     failed = []
@@ -491,7 +492,7 @@ def run_grid(config, log=print, on_cell_done=None, machine=None):
             if not ok:
                 failed.append((cell.name, seed))
             if on_cell_done:
-                on_cell_done(cell.name, seed)
+                on_cell_done(cell.name, seed, ok)
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=config.parallel) as pool:
         for future in [pool.submit(job, cell, seed) for cell, seed in jobs]:
