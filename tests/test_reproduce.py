@@ -414,8 +414,9 @@ def test_a_recorded_row_without_a_gained_stage_is_trained_again(tmp_path, monkey
 
 
 def test_a_cell_whose_stage_failed_is_reported_failed_not_finished(tmp_path, monkeypatch):
-    """The grid commits its record after every cell; the caller must learn whether the cell
-    finished or failed (a failed cell's commit once read "finished")."""
+    """The grid commits its record after every cell it ran; the caller must learn whether the cell
+    finished or failed (a failed cell's commit once read "finished"), and hears nothing of a cell
+    that had finished before (its commit once carried other cells' progress under its name)."""
     monkeypatch.chdir(REPO)
     config = _one_cell_grid(tmp_path)
     outcomes = {"done": dict.fromkeys(grid.stages(config), "done"), "failed": {"train": "failed (exit 1)"}}
@@ -426,6 +427,15 @@ def test_a_cell_whose_stage_failed_is_reported_failed_not_finished(tmp_path, mon
         failed = grid.run_grid(config, log=lambda _: None, on_cell_done=lambda *a: told.append(a))
         assert told == [("pgd_at", 0, outcome == "done")]
         assert failed == ([] if outcome == "done" else [("pgd_at", 0)])
+    # Finished on disk before this run: run_cell still sees it (settings are checked), nobody is told.
+    directory = grid.run_dir(config, config.cells[0], 0)
+    os.makedirs(directory)
+    finished = {"stages": {stage: {"status": "done"} for stage in grid.stages(config)}}
+    grid.write_json(os.path.join(directory, grid.STATE_FILE), finished)
+    monkeypatch.setattr(grid, "run_cell", lambda *args: finished)
+    told = []
+    assert grid.run_grid(config, log=lambda _: None, on_cell_done=lambda *a: told.append(a)) == []
+    assert told == []
 
 
 def test_run_directories_made_before_resolved_keys_are_read_by_their_flagfiles_text(tmp_path, monkeypatch):

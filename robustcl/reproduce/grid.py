@@ -470,8 +470,8 @@ def pending(config, log=print):
 
 def run_grid(config, log=print, on_cell_done=None, machine=None):
     """Runs every unfinished cell x seed (config.parallel at once), seed-major so that each seed's
-    whole row of methods finishes before the next seed starts; after each, on_cell_done(name,
-    seed, finished: every stage done). Returns the failed (cell, seed)s."""
+    whole row of methods finishes before the next seed starts; after each that ran a stage,
+    on_cell_done(name, seed, finished: every stage done). Returns the failed (cell, seed)s."""
     jobs = pending(config, log)
     lock = threading.Lock()
     failed = []
@@ -481,7 +481,13 @@ def run_grid(config, log=print, on_cell_done=None, machine=None):
     ):
         train_surrogate(config, log, machine)
 
+    def all_finished(cell, seed):
+        done = load_state(run_dir(config, cell, seed)).get("stages", {})
+        return all(done.get(s, {}).get("status") in FINISHED for s in stages(config))
+
     def job(cell, seed):
+        # A cell finished before this run (its settings are still checked) has nothing new to tell.
+        ran = not all_finished(cell, seed)
         try:
             state = run_cell(config, cell, seed, log, machine)
             ok = all(state["stages"].get(s, {}).get("status") in FINISHED for s in stages(config))
@@ -491,7 +497,7 @@ def run_grid(config, log=print, on_cell_done=None, machine=None):
         with lock:
             if not ok:
                 failed.append((cell.name, seed))
-            if on_cell_done:
+            if on_cell_done and ran:
                 on_cell_done(cell.name, seed, ok)
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=config.parallel) as pool:
