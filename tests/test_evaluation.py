@@ -11,7 +11,7 @@ import tensorflow as tf
 from robustcl.attacks.apgd import apgd
 from robustcl.attacks import fab as fab_module
 from robustcl.attacks.fab import fab, project_onto_hyperplane
-from robustcl.attacks.square import square
+from robustcl.attacks.square import margins_of, square
 from robustcl.attacks.threat import threat_model
 from robustcl.settings import ConfigError
 from robustcl.evaluation import evaluate
@@ -44,7 +44,7 @@ def _all_attacks(network, x, y, eps, norm="linf"):
         "apgd-t": np.asarray(apgd(_logits_fn(network), x, y, threat, 10, loss="dlr-targeted", targets=(y + 1) % 10)[0]),
         "apgd-ce-eot": np.asarray(apgd(_logits_fn(network), x, y, threat, 5, eot_iterations=3)[0]),
     }
-    out["square"] = square(attacker.logits, x, y, threat, n_queries=50)[0]
+    out["square"] = square(attacker.margins, x, y, threat, n_queries=50)[0]
     order = np.argsort(attacker.logits(x), -1)
     out["fab-t"] = fab(attacker.logits_fn, attacker.predict, x, y, threat, 10, targets_by_rank=[order[:, -2]])[0]
     # Two restarts: the second starts from a random point.
@@ -342,12 +342,16 @@ def test_square_l2_proposals_keep_norm_eps_and_touch_only_two_windows():
 def test_square_breaks_the_undefended_model_from_scores_alone(undefended, norm, eps):
     network, x, y = undefended
     attacker = Attacker(network, progress=False)
-    x_adv, still, queries = square(attacker.logits, x[:64], y[:64], threat_model(norm, eps), n_queries=300)
+    x_adv, still, queries = square(attacker.margins, x[:64], y[:64], threat_model(norm, eps), n_queries=300)
     assert still.mean() < 0.2, still.mean()
     assert np.all(attacker.predict(x_adv[~still]) != y[:64][~still])
     assert queries.max() <= 301 and queries.min() >= 1
+    # Any scorer of logits (a model server) attacks as the margin fused into the forward pass does.
+    by_logits = square(margins_of(attacker.logits), x[:64], y[:64], threat_model(norm, eps), n_queries=300)
+    np.testing.assert_array_equal(by_logits[0], x_adv)
+    np.testing.assert_array_equal(by_logits[2], queries)
     with pytest.raises(ValueError, match="norms"):
-        square(attacker.logits, x[:2], y[:2], types.SimpleNamespace(norm="l1", eps=eps))
+        square(attacker.margins, x[:2], y[:2], types.SimpleNamespace(norm="l1", eps=eps))
 
 
 def test_a_new_attack_is_one_registration(undefended):

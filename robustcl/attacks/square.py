@@ -1,11 +1,14 @@
 """Square Attack, L-inf and L2 (Andriushchenko et al., ECCV 2020): score-based, gradient-free.
 
 Follows the reference implementation used by AutoAttack (fra31/auto-attack, square.py) with the
-margin loss. Only scores are used: `logits_fn` maps a NumPy batch [N, H, W, C] to NumPy logits, so
-it may be a local model, a SavedModel or a model server, and a model that masks gradients is
-attacked as any other. Every query proposes one candidate per image still correctly classified; a
-candidate is kept when it lowers the margin or misclassifies. A query draws one square position,
-size and pattern for all those images, and signs per image and channel, as the reference does.
+margin loss. Only scores are used: `margin_fn` maps a NumPy batch [N, H, W, C] and its labels to
+the NumPy margins z_y - max_{j != y} z_j of the model's logits (objectives.margin_per_example), so
+it may be a local model's traced forward pass with the margin in the same graph (Attacker.margins:
+one call per query), or `margins_of(logits_fn)` over any scorer of logits, a SavedModel or a model
+server; a model that masks gradients is attacked as any other. Every query proposes one candidate
+per image still correctly classified; a candidate is kept when it lowers the margin or
+misclassifies. A query draws one square position, size and pattern for all those images, and
+signs per image and channel, as the reference does.
 
 - L-inf: start from vertical stripes (every column and channel at +-eps); a proposal sets a random
   square to x +- eps per channel.
@@ -28,6 +31,15 @@ from robustcl.attacks.objectives import margin_per_example
 from robustcl.attacks.threat import THREATS
 
 NORMS = tuple(THREATS)
+
+
+def margins_of(logits_fn):
+    """A margin_fn for `square` from any NumPy scorer of logits (a model server, say)."""
+
+    def margin_fn(images, labels):
+        return np.asarray(margin_per_example(np.asarray(logits_fn(images), np.float32), labels))
+
+    return margin_fn
 
 
 def p_selection(p_init, iteration, n_queries, rescale_schedule=False):
@@ -166,10 +178,11 @@ class _L2Proposals:
         return self._scaled(x, delta)
 
 
-def square(logits_fn, x, y, threat, n_queries=5000, p_init=0.8, seed=0, rescale_schedule=False):
+def square(margin_fn, x, y, threat, n_queries=5000, p_init=0.8, seed=0, rescale_schedule=False):
     """Square in `threat` (a threat model of robustcl.attacks.threat; its proposals are the
-    norm's own). Returns (x_adv, correct [B] bool, queries [B]): queries counts model evaluations
-    per image, the first (the start) included."""
+    norm's own), scoring with `margin_fn(images, labels)` (see the module docstring). Returns
+    (x_adv, correct [B] bool, queries [B]): queries counts model evaluations per image, the first
+    (the start) included."""
     norm, eps = threat.norm, threat.eps
     if norm not in NORMS:
         raise ValueError(f"Square supports norms {NORMS}, got {norm!r}")
@@ -179,7 +192,7 @@ def square(logits_fn, x, y, threat, n_queries=5000, p_init=0.8, seed=0, rescale_
     proposals = (_LinfProposals if norm == "linf" else _L2Proposals)(rng, x.shape, eps)
 
     def margin(images, labels):
-        return np.array(margin_per_example(np.asarray(logits_fn(images), np.float32), labels))
+        return np.array(margin_fn(images, labels), np.float32)
 
     x_best = proposals.start(x)
     margin_min = margin(x_best, y)

@@ -223,7 +223,7 @@ def run(attacker, x, y, norm, eps, cascade, seed=0, log=print):
             if not len(idx):
                 break
             out, correct, used = square(
-                attacker.logits, x[p[idx]], y[p[idx]], threat, c.square_queries, 0.8, seed + restart * 1_000_003
+                attacker.margins, x[p[idx]], y[p[idx]], threat, c.square_queries, 0.8, seed + restart * 1_000_003
             )
             adv[idx[~correct]] = out[~correct]
             still[idx] = correct

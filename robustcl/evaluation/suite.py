@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from robustcl.attacks import OBJECTIVES, pgd, threat_model
+from robustcl.attacks.objectives import margin_per_example
 
 
 @dataclasses.dataclass
@@ -72,12 +73,18 @@ class Attacker:
         self.logits_fn = self._network_logits
         self.clock = ModelClock()
         self._logits = self.clock.timed(tf.function(self.logits_fn, reduce_retracing=True))
+        self._margins = self.clock.timed(tf.function(self._network_margins, reduce_retracing=True))
         self._compiled = {}
 
     def _network_logits(self, images):
         """The network's logits in inference mode (a method, not a lambda: autograph reads its
         source when a traced attack loop calls it)."""
         return self.network(images, training=False)["logits"]
+
+    def _network_margins(self, images, labels):
+        """z_y - max_{j != y} z_j of the network's logits, in the forward pass's graph (Square
+        queries once per step: a second dispatch for the margin cost it 0.4 ms a query)."""
+        return margin_per_example(self.logits_fn(images), labels)
 
     def compiled(self, key, make):
         """The traced function `make()` returns, made once per key and kept (every batch, chunk
@@ -111,6 +118,15 @@ class Attacker:
 
     def predict(self, x):
         return np.argmax(self.logits(x), -1)
+
+    def margins(self, x, y):
+        """The network's margins on x with labels y (Square's score), NumPy in and out."""
+        return np.concatenate(
+            [
+                self._margins(tf.constant(x[i : i + self.batch_size]), tf.constant(y[i : i + self.batch_size])).numpy()
+                for i in range(0, len(x), self.batch_size)
+            ]
+        )
 
     def _batches(self, n, title):
         bar = keras.utils.Progbar(n, unit_name="image", verbose=1 if self.progress else 0)

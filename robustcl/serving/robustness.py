@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from robustcl.attacks import OBJECTIVES, LinfBall, pgd
-from robustcl.attacks.square import square
+from robustcl.attacks.square import margins_of, square
 
 
 class ResultStore:
@@ -84,7 +84,14 @@ def run(target, local, x, y, output_dir, eps=8 / 255, pgd_steps=20, square_queri
                 # A budget below AutoAttack's 5000: the p schedule is rescaled to it (the
                 # reference class's default), so square sizes shrink within the budget.
                 _, still, queries = square(
-                    target.predict, xs, ys, LinfBall(eps), square_queries, 0.8, seed + start, rescale_schedule=True
+                    margins_of(target.predict),
+                    xs,
+                    ys,
+                    LinfBall(eps),
+                    square_queries,
+                    0.8,
+                    seed + start,
+                    rescale_schedule=True,
                 )
                 record["robust"] = still.tolist()
                 record["queries"] = queries.tolist()
