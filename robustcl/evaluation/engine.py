@@ -114,16 +114,18 @@ def transfer_results(attacker, surrogate, x, y, clean_correct, plan, seed):
     )
     results.append((f"{TRANSFER_PREFIX}pgd", plan.pgd_steps, plan.pgd_restarts, crafted.x_adv, crafted.seconds))
     start_time = time.perf_counter()
+    threat = threat_model(plan.norm, plan.eps)
+    run = autoattack.compiled_apgd(surrogate, "ce", threat, plan.apgd_iterations)
     parts = []
     for i in range(0, len(x), plan.batch_size):
         adv, _ = apgd(
             surrogate.logits,
             x[i : i + plan.batch_size],
             y[i : i + plan.batch_size],
-            threat_model(plan.norm, plan.eps),
+            threat,
             plan.apgd_iterations,
             seed=seed,
-            run=autoattack.compiled_apgd(surrogate, "ce", threat_model(plan.norm, plan.eps), plan.apgd_iterations),
+            run=run,
         )
         parts.append(np.asarray(adv))
     results.append(

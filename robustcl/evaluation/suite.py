@@ -111,22 +111,21 @@ class Attacker:
             ("pgd", norm, float(eps), int(steps), float(step_size), objective, bool(random_start)), make
         )
 
+    def _in_batches(self, fn, *arrays):
+        """fn over the arrays' rows, batch_size at a time: NumPy in and out."""
+        size = self.batch_size
+        batches = range(0, len(arrays[0]), size)
+        return np.concatenate([fn(*(tf.constant(a[i : i + size]) for a in arrays)).numpy() for i in batches])
+
     def logits(self, x):
-        return np.concatenate(
-            [self._logits(tf.constant(x[i : i + self.batch_size])).numpy() for i in range(0, len(x), self.batch_size)]
-        )
+        return self._in_batches(self._logits, x)
 
     def predict(self, x):
         return np.argmax(self.logits(x), -1)
 
     def margins(self, x, y):
         """The network's margins on x with labels y (Square's score), NumPy in and out."""
-        return np.concatenate(
-            [
-                self._margins(tf.constant(x[i : i + self.batch_size]), tf.constant(y[i : i + self.batch_size])).numpy()
-                for i in range(0, len(x), self.batch_size)
-            ]
-        )
+        return self._in_batches(self._margins, x, y)
 
     def _batches(self, n, title):
         bar = keras.utils.Progbar(n, unit_name="image", verbose=1 if self.progress else 0)

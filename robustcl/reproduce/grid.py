@@ -481,16 +481,14 @@ def run_grid(config, log=print, on_cell_done=None, machine=None):
     ):
         train_surrogate(config, log, machine)
 
-    def all_finished(cell, seed):
-        done = load_state(run_dir(config, cell, seed)).get("stages", {})
-        return all(done.get(s, {}).get("status") in FINISHED for s in stages(config))
+    def finished(state):
+        return all(state.get("stages", {}).get(s, {}).get("status") in FINISHED for s in stages(config))
 
     def job(cell, seed):
         # A cell finished before this run (its settings are still checked) has nothing new to tell.
-        ran = not all_finished(cell, seed)
+        ran = not finished(load_state(run_dir(config, cell, seed)))
         try:
-            state = run_cell(config, cell, seed, log, machine)
-            ok = all(state["stages"].get(s, {}).get("status") in FINISHED for s in stages(config))
+            ok = finished(run_cell(config, cell, seed, log, machine))
         except ReproError as error:
             log(f"[{cell.name} seed {seed}] {error}")
             ok = False
