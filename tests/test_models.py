@@ -103,3 +103,104 @@ def test_seeded_weights_are_the_same_in_every_process():
         for _ in range(2)
     ]
     assert outputs[0] == outputs[1]
+
+
+def _batchnorm_pair(channels, seed=0):
+    """Keras's BatchNormalization and the fused one, built with the same non-trivial weights."""
+    rng = np.random.default_rng(seed)
+    stock = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5)
+    fused = models.BatchNormalization(momentum=0.9, epsilon=1e-5)
+    weights = [
+        rng.uniform(0.5, 1.5, channels),  # gamma
+        rng.normal(size=channels),  # beta
+        rng.normal(size=channels),  # moving mean
+        rng.uniform(0.5, 2.0, channels),  # moving variance
+    ]
+    for layer in (stock, fused):
+        layer.build((None, 4, 4, channels))
+        layer.set_weights([w.astype("float32") for w in weights])
+    return stock, fused
+
+
+def _forward_and_gradients(layer, x, training):
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x, training=training)
+        # A loss that weighs each output differently, so the gradients through the batch moments
+        # are not the trivial ones of a plain sum.
+        loss = tf.reduce_sum(tf.cast(y, tf.float32) * tf.linspace(-1.0, 2.0, y.shape[-1]) * tf.cast(y, tf.float32))
+    grads = tape.gradient(loss, [x, layer.gamma, layer.beta])
+    return [y] + grads
+
+
+@pytest.mark.parametrize(
+    "policy, shape",
+    [
+        ("float32", (8, 5, 5, 6)),
+        ("float32", (1, 1, 1, 3)),  # one value per channel: batch variance 0
+        ("float32", (2, 1, 1, 3)),  # two values: the biased and unbiased variance differ by 2x
+        ("mixed_bfloat16", (8, 5, 5, 6)),
+    ],
+)
+@pytest.mark.parametrize("training", [True, False])
+def test_fused_batchnorm_computes_what_keras_batchnorm_computes(policy, shape, training):
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        stock, fused = _batchnorm_pair(shape[-1])
+        x = tf.constant(np.random.default_rng(1).normal(2.0, 3.0, shape).astype("float32"))
+        if policy == "mixed_bfloat16":
+            x = tf.cast(x, tf.bfloat16)  # as the previous layer hands it on
+        tolerance = dict(rtol=2e-2, atol=2e-2) if policy == "mixed_bfloat16" else dict(rtol=1e-4, atol=1e-4)
+        expected = _forward_and_gradients(stock, x, training)
+        got = _forward_and_gradients(fused, x, training)
+        assert got[0].dtype == expected[0].dtype
+        for name, e, g in zip(["outputs", "input gradient", "gamma gradient", "beta gradient"], expected, got):
+            np.testing.assert_allclose(
+                np.asarray(tf.cast(g, tf.float32)), np.asarray(tf.cast(e, tf.float32)), err_msg=name, **tolerance
+            )
+        # The moving statistics move (training) or stay (inference) alike, at float32 precision.
+        np.testing.assert_allclose(fused.moving_mean.numpy(), stock.moving_mean.numpy(), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(fused.moving_variance.numpy(), stock.moving_variance.numpy(), rtol=1e-4, atol=1e-5)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def test_fused_batchnorm_leaves_what_it_cannot_fuse_to_keras():
+    # Synchronized moments, a non-channels-last axis and float64: Keras's own computation, unchanged.
+    x = tf.random.stateless_normal([4, 3, 3, 2], seed=[0, 1])
+    for layer, inputs in [
+        (models.BatchNormalization(synchronized=True), x),
+        (models.BatchNormalization(axis=1), x),
+        (models.BatchNormalization(dtype="float64"), tf.cast(x, tf.float64)),
+    ]:
+        assert not layer._fused(inputs, None)
+        y = layer(inputs, training=True)
+        mean = tf.reduce_mean(tf.cast(y, tf.float32), axis=[a for a in range(4) if a != layer.axis % 4])
+        np.testing.assert_allclose(mean.numpy(), 0.0, atol=1e-5)
+
+
+def test_backbones_use_the_fused_batchnorm_except_under_synchronized_moments():
+    def batchnorms(network):
+        return {type(layer) for layer in network.layers if isinstance(layer, keras.layers.BatchNormalization)}
+
+    assert batchnorms(models.build("tiny", 10, (0.5,) * 3, (0.25,) * 3)) == {models.BatchNormalization}
+    for kwargs in [dict(synchronized_bn=True), dict(fused_batchnorm=False)]:
+        assert batchnorms(models.build("tiny", 10, (0.5,) * 3, (0.25,) * 3, **kwargs)) == {
+            keras.layers.BatchNormalization
+        }
+
+
+def test_weights_of_a_keras_batchnorm_network_load_into_the_fused_one_and_back(tmp_path):
+    # Runs trained before the fused layer resume, evaluate and export unchanged; .keras files round-trip.
+    keras.utils.set_random_seed(0)
+    stock = models.build("tiny", 10, (0.5,) * 3, (0.25,) * 3, fused_batchnorm=False)
+    x = tf.random.stateless_uniform([4, 32, 32, 3], seed=[2, 3])
+    stock(x, training=True)  # moves the BatchNorm statistics off their initial values
+    stock.save_weights(tmp_path / "stock.weights.h5")
+    fused = models.build("tiny", 10, (0.5,) * 3, (0.25,) * 3)
+    fused.load_weights(tmp_path / "stock.weights.h5")
+    np.testing.assert_allclose(fused(x)["logits"], stock(x)["logits"], rtol=1e-4, atol=1e-5)
+    fused.save(tmp_path / "fused.keras")
+    loaded = keras.saving.load_model(tmp_path / "fused.keras")
+    assert any(isinstance(layer, models.BatchNormalization) for layer in loaded.layers)
+    np.testing.assert_allclose(loaded(x)["logits"], stock(x)["logits"], rtol=1e-4, atol=1e-5)

@@ -7,11 +7,19 @@ import keras
 from keras import layers
 
 from robustcl.models.settings import EMBEDDING_HEADS
-from robustcl.models.backbones import BACKBONES, LayerFactory
+from robustcl.models.backbones import BACKBONES, BatchNormalization, LayerFactory
 
 
 def build(
-    name, num_classes, mean, std, image_shape=(32, 32, 3), embedding_dim=0, embedding_head="mlp", synchronized_bn=False
+    name,
+    num_classes,
+    mean,
+    std,
+    image_shape=(32, 32, 3),
+    embedding_dim=0,
+    embedding_head="mlp",
+    synchronized_bn=False,
+    fused_batchnorm=True,
 ):
     """Builds a registered backbone with normalization, an optional projection head and a classifier.
 
@@ -25,6 +33,8 @@ def build(
       embedding_head: "mlp" (Dense-ReLU-Dense, the SimCLR/SupCon head) or "linear" (one Dense, as
         MOREL's feat_layer).
       synchronized_bn: BatchNorm statistics over the global batch under tf.distribute.
+      fused_batchnorm: BatchNorm by TensorFlow's fused kernel (backbones.BatchNormalization);
+        False builds Keras's own layer (same variables and results, slower on CPUs).
     Returns:
       A keras.Model whose outputs are a dict of float32 tensors: features [B, F], embedding [B, E],
       logits [B, num_classes]. The classifier reads the features, not the embedding.
@@ -33,7 +43,7 @@ def build(
     images = keras.Input(image_shape, name="images", dtype="float32")
     variance = [s * s for s in std]
     x = layers.Normalization(mean=list(mean), variance=variance, name="normalize")(images)
-    features = backbone(x, LayerFactory(synchronized_bn))
+    features = backbone(x, LayerFactory(synchronized_bn, fused_batchnorm))
     EMBEDDING_HEADS.check(embedding_head)
     if embedding_dim:
         hidden = features
@@ -75,4 +85,12 @@ def register(name):
     return BACKBONES.register(name)
 
 
-__all__ = ["BACKBONES", "EMBEDDING_HEADS", "LayerFactory", "build", "forward_flops", "register"]
+__all__ = [
+    "BACKBONES",
+    "EMBEDDING_HEADS",
+    "BatchNormalization",
+    "LayerFactory",
+    "build",
+    "forward_flops",
+    "register",
+]
