@@ -13,7 +13,10 @@ channels on a 32x32 batch, in float32 and bfloat16. Each configuration then buil
 runs `--warmup` steps (tracing; reported as first_step_s) and then `--steps` timed steps of the
 real AdversarialModel.train_step, all in one `fit` (each step timed by a callback; the median is
 reported) on a fixed batch of random images (throughput does not depend on pixel
-values). Its GFLOP/s is images/s x FLOPs per image of one step (Method.forward_passes_per_step x
+values). Per network and precision it first times the yardstick, a plain Keras PGD loop in one
+tf.function on the same network (--no-plain_baseline skips it), and prints each method's FLOP rate
+relative to it: "at least as fast per forward-backward pass" is a ratio >= 1.
+A step's GFLOP/s is images/s x FLOPs per image of one step (Method.forward_passes_per_step x
 robustcl.models.forward_flops); the fraction is of the convolution peak in the same precision.
 "xla" compiles the attack with XLA (--jit_compile=true).
 With --replicas 2 the CPU is split into 2 logical devices and the step runs under MirroredStrategy,
@@ -72,6 +75,34 @@ class StepTimer(keras.callbacks.Callback):
         self.times.append(time.perf_counter() - self.start)
 
 
+def _figures(
+    method, model, mode, precision, replicas, scope, image_size, batch_size, attack_steps, steps, step, first, flops
+):
+    """One configuration's JSON record: its settings, the median step and FLOP rate."""
+    return {
+        "method": method,
+        "model": model,
+        "mode": mode,
+        "precision": precision,
+        "replicas": replicas,
+        "contrastive_scope": scope,
+        "image_size": image_size,
+        "batch_size": batch_size,
+        "attack_steps": attack_steps,
+        "steps_timed": steps,
+        "step_s": step,
+        "images_per_s": batch_size / step,
+        "first_step_s": first,
+        "gflop_per_image_step": flops / 1e9,
+        "gflop_per_s": batch_size * flops / step / 1e9,
+    }
+
+
+def _network(model_name, image_size, **options):
+    """A 10-class network for CIFAR-like images of `image_size` (throughput ignores the statistics)."""
+    return models.build(model_name, 10, (0.49, 0.48, 0.45), (0.25, 0.24, 0.26), (image_size, image_size, 3), **options)
+
+
 def measure_peaks(repeats=10, dtypes=("float32", "bfloat16")):
     """GFLOP/s of a large matmul and a ResNet-like convolution in each dtype."""
     peaks = {}
@@ -111,12 +142,9 @@ def measure(
         method_class = methods.get(method_name)
         with strategy.scope():
             method = method_class(contrastive_scope=scope)
-            network = models.build(
+            network = _network(
                 model_name,
-                10,
-                (0.49, 0.48, 0.45),
-                (0.25, 0.24, 0.26),
-                (image_size, image_size, 3),
+                image_size,
                 embedding_dim=method.embedding_dim,
                 embedding_head=method.embedding_head or "mlp",
                 synchronized_bn=strategy.num_replicas_in_sync > 1,
@@ -147,23 +175,83 @@ def measure(
         flops = models.forward_flops(network) * method.forward_passes_per_step(attack_steps)
     finally:
         keras.mixed_precision.set_global_policy("float32")
-    return {
-        "method": method_name,
-        "model": model_name,
-        "mode": mode,
-        "precision": precision,
-        "replicas": strategy.num_replicas_in_sync,
-        "contrastive_scope": scope,
-        "image_size": image_size,
-        "batch_size": batch_size,
-        "attack_steps": attack_steps,
-        "steps_timed": steps,
-        "step_s": step,
-        "images_per_s": batch_size / step,
-        "first_step_s": first,
-        "gflop_per_image_step": flops / 1e9,
-        "gflop_per_s": batch_size * flops / step / 1e9,
-    }
+    return _figures(
+        method_name,
+        model_name,
+        mode,
+        precision,
+        strategy.num_replicas_in_sync,
+        scope,
+        image_size,
+        batch_size,
+        attack_steps,
+        steps,
+        step,
+        first,
+        flops,
+    )
+
+
+def measure_plain_pgd_loop(model_name, precision, batch_size, attack_steps, steps, warmup, image_size=32):
+    """The yardstick a method's step is held to: adversarial training as a user writes it in plain
+    Keras, one tf.function per step (PGD L-inf 8/255 with step 2/255 from a uniform random start,
+    the network in inference mode for the attack, then cross-entropy on the adversarial batch and an
+    SGD step), on the network robustcl builds but with Keras's own layers throughout. Timed like
+    `measure` (median of `steps`)."""
+    keras.mixed_precision.set_global_policy(precision)
+    keras.utils.set_random_seed(0)
+    try:
+        network = _network(model_name, image_size, fused_batchnorm=False)  # plain Keras: its own BatchNorm
+        optimizer = keras.optimizers.SGD(0.01, momentum=0.9)
+        optimizer.build(network.trainable_variables)
+        eps, step_size = 8 / 255, 2 / 255
+        cross_entropy = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+        @tf.function
+        def train_step(x, y):
+            x_adv = tf.clip_by_value(x + tf.random.uniform(tf.shape(x), -eps, eps), 0.0, 1.0)
+            for _ in range(attack_steps):
+                with tf.GradientTape() as tape:
+                    tape.watch(x_adv)
+                    loss = cross_entropy(y, network(x_adv, training=False)["logits"])
+                x_adv = x_adv + step_size * tf.sign(tape.gradient(loss, x_adv))
+                x_adv = tf.clip_by_value(tf.clip_by_value(x_adv, x - eps, x + eps), 0.0, 1.0)
+            with tf.GradientTape() as tape:
+                loss = cross_entropy(y, network(x_adv, training=True)["logits"])
+                scaled = optimizer.scale_loss(loss)
+            optimizer.apply(tape.gradient(scaled, network.trainable_variables), network.trainable_variables)
+            return loss
+
+        rng = np.random.default_rng(0)
+        x = tf.constant(rng.uniform(size=(batch_size, image_size, image_size, 3)).astype("float32"))
+        y = tf.constant(rng.integers(0, 10, size=batch_size).astype("int32"))
+        times = []
+        for _ in range(warmup + steps):
+            start = time.perf_counter()
+            loss = float(train_step(x, y))
+            times.append(time.perf_counter() - start)
+        assert np.isfinite(loss), loss
+        step = float(np.median(times[warmup:]))
+        # A forward and an input-gradient backward per attack step, a forward and a full backward
+        # for the update, counted as Method.forward_passes_per_step counts them.
+        flops = models.forward_flops(network) * (2 * attack_steps + 3)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    return _figures(
+        "plain_keras_pgd",
+        model_name,
+        "graph",
+        precision,
+        1,
+        None,
+        image_size,
+        batch_size,
+        attack_steps,
+        steps,
+        step,
+        float(sum(times[:warmup])),
+        flops,
+    )
 
 
 def main():
@@ -178,6 +266,13 @@ def main():
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--replicas", type=int, default=1)
     parser.add_argument("--scopes", default="global", help="--contrastive_scope values to time")
+    parser.add_argument(
+        "--plain_baseline",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time a plain Keras PGD loop on each network and precision (the yardstick), and "
+        "print each method's GFLOP/s relative to it",
+    )
     parser.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "results", "train_throughput.json"))
     args = parser.parse_args()
     _split_cpu(args.replicas)
@@ -198,10 +293,33 @@ def main():
         strategy = tf.distribute.get_strategy()
     method_names = args.methods.split(",") if args.methods else methods.METHODS.names()
     results = []
+
+    def report(r, baseline):
+        peak = peaks["conv_bfloat16" if "bfloat16" in r["precision"] else "conv_float32"]
+        r["fraction_of_conv_peak"] = r["gflop_per_s"] / peak
+        line = (
+            f"{r['method']} {r['model']} {r['mode']} {r['precision']} replicas={r['replicas']} "
+            f"scope={r['contrastive_scope']} batch={r['batch_size']}: {r['images_per_s']:.2f} images/s "
+            f"(step {r['step_s']:.3f} s, first {r['first_step_s']:.1f} s), {r['gflop_per_s']:.1f} GFLOP/s = "
+            f"{100 * r['fraction_of_conv_peak']:.1f}% of the {r['precision']} conv peak"
+        )
+        if baseline is not None and r is not baseline:
+            # Per forward-backward pass: methods differ in passes per image, so compare FLOP rates.
+            r["vs_plain_keras_pgd"] = r["gflop_per_s"] / baseline["gflop_per_s"]
+            line += f", {r['vs_plain_keras_pgd']:.2f}x the plain Keras PGD loop per pass"
+        results.append(r)
+        print(line, flush=True)
+
     for model_name in args.models.split(","):
-        for method_name in method_names:
-            for mode in args.modes.split(","):
-                for precision in precisions:
+        for precision in precisions:
+            baseline = None
+            if args.plain_baseline and args.replicas == 1:
+                baseline = measure_plain_pgd_loop(
+                    model_name, precision, args.batch_size, args.attack_steps, args.steps, args.warmup
+                )
+                report(baseline, baseline)
+            for method_name in method_names:
+                for mode in args.modes.split(","):
                     for scope in args.scopes.split(","):
                         r = measure(
                             method_name,
@@ -215,18 +333,7 @@ def main():
                             strategy,
                             scope,
                         )
-                        peak = peaks["conv_bfloat16" if "bfloat16" in precision else "conv_float32"]
-                        r["fraction_of_conv_peak"] = r["gflop_per_s"] / peak
-                        results.append(r)
-                        print(
-                            f"{r['method']} {r['model']} {r['mode']} {r['precision']} "
-                            f"replicas={r['replicas']} scope={scope} batch={args.batch_size}: "
-                            f"{r['images_per_s']:.2f} images/s (step {r['step_s']:.3f} s, "
-                            f"first {r['first_step_s']:.1f} s), {r['gflop_per_s']:.1f} GFLOP/s = "
-                            f"{100 * r['fraction_of_conv_peak']:.1f}% of the {precision} conv "
-                            "peak",
-                            flush=True,
-                        )
+                        report(r, baseline)
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     with open(args.output, "w") as f:
         json.dump(

@@ -58,6 +58,11 @@ def dlr_targeted_per_example(logits, labels, targets):
     return -(true - target) / (ordered[:, 0] - 0.5 * (ordered[:, 2] + ordered[:, 3]) + 1e-12)
 
 
+# The objectives that compare with the clean outputs: a training step computes the clean inference
+# pass before its attack only for these (or for a method's own objective, see Method).
+OBJECTIVES_READING_CLEAN = frozenset({"kl"})
+
+
 @OBJECTIVES.register("cw")
 def carlini_wagner(adversarial, labels, clean=None):
     """CW margin loss max_{j != y} z_j - z_y (PGD on it is the CW-Linf attack)."""

@@ -12,7 +12,7 @@ from typing import Dict, NamedTuple, Optional
 
 import tensorflow as tf
 
-from robustcl.attacks.objectives import OBJECTIVES
+from robustcl.attacks.objectives import OBJECTIVES, OBJECTIVES_READING_CLEAN
 from robustcl.losses.global_batch import CONTRASTIVE_SCOPES
 from robustcl.settings import check_fields, check_name, option
 from robustcl.losses import global_batch
@@ -85,14 +85,28 @@ class Method:
         """Keras layers the method owns; AdversarialModel tracks, trains and saves their weights."""
         return []
 
+    @property
+    def objective_reads_clean(self):
+        """Whether the attack objective reads the clean batch's inference-mode outputs (TRADES' KL
+        does, cross-entropy does not). A method with its own `objective` is taken to read them."""
+        own_objective = type(self).objective is not Method.objective
+        return own_objective or self.attack_objective in OBJECTIVES_READING_CLEAN
+
+    @property
+    def needs_reference_pass(self):
+        """Whether a training step runs the clean batch through the network in inference mode before
+        its attack: for the objective, or for the clean accuracy of a method without a clean pass."""
+        return self.attack_objective is not None and (self.objective_reads_clean or not self.uses_clean)
+
     def forward_passes_per_step(self, attack_steps):
-        """Forward-pass equivalents per image of one training step: one inference pass before the
-        attack, a forward and an input-gradient backward per attack step (2 passes' worth) and, per
-        view trained on, a forward and a backward to activations and weights (3). The FLOPs of a step
-        are this times the network's forward FLOPs (robustcl.models.forward_flops)."""
+        """Forward-pass equivalents per image of one training step: the inference pass before the
+        attack where there is one (needs_reference_pass), a forward and an input-gradient backward
+        per attack step (2 passes' worth) and, per view trained on, a forward and a backward to
+        activations and weights (3). The FLOPs of a step are this times the network's forward FLOPs
+        (robustcl.models.forward_flops)."""
         attacks = self.attack_objective is not None
         trained = int(self.uses_clean) + int(self.uses_adversarial and attacks) + int(self.data_views == 2)
-        return (1 + 2 * attack_steps if attacks else 0) + 3 * trained
+        return int(self.needs_reference_pass) + (2 * attack_steps if attacks else 0) + 3 * trained
 
     def global_batch(self, tensors):
         """(tensors of the global batch, anchors): what every loss over pairs of examples compares,

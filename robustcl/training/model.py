@@ -267,7 +267,8 @@ class AdversarialModel(keras.Model):
         reported = []
         x_adv = reference = None
         if self._train_attack is not None:
-            reference = self.network(x, training=False)
+            if self.method.needs_reference_pass:
+                reference = self.network(x, training=False)
             seed = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(self.optimizer.iterations, tf.int64)])
             x_adv = self._attack(
                 self._train_attack, self._objective, x, labels, reference, seed, exchanges=self._objective_exchanges
