@@ -498,6 +498,17 @@ def test_claims_are_paired_tests_and_their_verdicts_follow_their_intervals(tmp_p
     }
 
 
+def test_a_failed_row_is_not_counted_as_a_seed_in_the_summary():
+    # A failed row keeps the seconds its training ran before it stopped, and nothing else.
+    rows = [
+        {"cell": "pgd_at", "seed": 0, "clean": 0.56, "pgd": 0.34, "train_seconds": 2400.0},
+        {"cell": "pgd_at", "seed": 1, "train_seconds": 8.0},
+    ]
+    stats = record_io.summarize(rows)["pgd_at"]
+    assert {metric: n for metric, (_, _, n) in stats.items()} == {"clean": 1, "pgd": 1, "train_seconds": 1}
+    assert stats["train_seconds"][0] == 2400.0
+
+
 def test_a_stage_imports_the_robustcl_of_its_own_checkout(tmp_path, monkeypatch):
     """The grid of a second checkout runs that checkout's library, not the one the environment has
     installed (the scripts' own folder is what Python puts on the path)."""

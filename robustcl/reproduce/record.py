@@ -64,10 +64,12 @@ def summarize(rows):
     """{cell: {metric: (mean, spread, n)}} over the seeds that have the metric; spread is half the
     range (with 2 seeds, each seed lies at mean +- spread). For the tables; verdicts are paired."""
     out = {}
+    # A failed or unfinished row still records how long its training ran; it is not a seed's result.
+    evaluated = [r for r in rows if any(r.get(m) is not None for m in METRICS)]
     for cell in dict.fromkeys(r["cell"] for r in rows):
         stats = {}
         for metric in METRICS + ("train_seconds",):
-            values = [r[metric] for r in rows if r["cell"] == cell and r.get(metric) is not None]
+            values = [r[metric] for r in evaluated if r["cell"] == cell and r.get(metric) is not None]
             if values:
                 stats[metric] = (float(np.mean(values)), float((max(values) - min(values)) / 2), len(values))
         out[cell] = stats
