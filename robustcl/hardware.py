@@ -84,6 +84,20 @@ class Hardware:
     def cpu_bfloat16(self):
         return any(flag in self.cpu_flags for flag in BF16_CPU_FLAGS)
 
+    @property
+    def fused_batchnorm(self):
+        """Whether BatchNorm by TensorFlow's fused kernel is the faster choice here (robustcl.models).
+        Measured on the PGD-5 step of PreAct ResNet-18 w16 (docs/results/performance.md): with
+        oneDNN on AVX-512 1.25x (mixed_bfloat16) and 1.07x (float32) Keras's layer; with oneDNN
+        capped at AVX2, as on an AVX2-only CPU, 0.92x. Unmeasured (Eigen kernels): Keras's layer.
+        GPUs: cuDNN's fused kernel, what Keras 2 chose there."""
+        if self.gpu_compute_capability is not None:
+            return True
+        capped_below_avx512 = self.onednn_isa_cap.upper().startswith(("SSE", "AVX2")) or (
+            self.onednn_isa_cap.upper() == "AVX"
+        )
+        return bool(self.onednn) and "avx512f" in self.cpu_flags and not capped_below_avx512
+
     def describe(self):
         gpu = (
             "no GPU"

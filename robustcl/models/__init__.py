@@ -6,6 +6,7 @@ Imports only the bottom layer.
 import keras
 from keras import layers
 
+from robustcl import hardware
 from robustcl.models.settings import EMBEDDING_HEADS
 from robustcl.models.backbones import BACKBONES, BatchNormalization, LayerFactory
 
@@ -19,7 +20,7 @@ def build(
     embedding_dim=0,
     embedding_head="mlp",
     synchronized_bn=False,
-    fused_batchnorm=True,
+    fused_batchnorm=None,
 ):
     """Builds a registered backbone with normalization, an optional projection head and a classifier.
 
@@ -33,8 +34,9 @@ def build(
       embedding_head: "mlp" (Dense-ReLU-Dense, the SimCLR/SupCon head) or "linear" (one Dense, as
         MOREL's feat_layer).
       synchronized_bn: BatchNorm statistics over the global batch under tf.distribute.
-      fused_batchnorm: BatchNorm by TensorFlow's fused kernel (backbones.BatchNormalization);
-        False builds Keras's own layer (same variables and results, slower on CPUs).
+      fused_batchnorm: BatchNorm by TensorFlow's fused kernel (backbones.BatchNormalization, same
+        variables and results as Keras's layer) or not; None: where it measured faster on this
+        hardware (hardware.Hardware.fused_batchnorm).
     Returns:
       A keras.Model whose outputs are a dict of float32 tensors: features [B, F], embedding [B, E],
       logits [B, num_classes]. The classifier reads the features, not the embedding.
@@ -43,6 +45,8 @@ def build(
     images = keras.Input(image_shape, name="images", dtype="float32")
     variance = [s * s for s in std]
     x = layers.Normalization(mean=list(mean), variance=variance, name="normalize")(images)
+    if fused_batchnorm is None:
+        fused_batchnorm = hardware.detect().fused_batchnorm
     features = backbone(x, LayerFactory(synchronized_bn, fused_batchnorm))
     EMBEDDING_HEADS.check(embedding_head)
     if embedding_dim:

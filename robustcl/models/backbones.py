@@ -31,14 +31,15 @@ class BatchNormalization(layers.BatchNormalization):
     """keras.layers.BatchNormalization computed by TensorFlow's fused kernel (FusedBatchNormV3).
 
     Keras 3 normalizes with separate ops: a cast of the input to float32, two reductions for the
-    moments, the affine transform, a cast back, and as many again in the backward pass. On a CPU
-    those passes over the activations cost more than the convolutions of a narrow network: the fused
-    kernel (oneDNN's where it is on) made the PreAct ResNet-18 w16 PGD-5 training step 1.34x faster
-    in mixed_bfloat16 and 1.08x in float32 (docs/results/performance.md). Same variables, same
-    semantics (moving variance from the biased batch variance, as Keras keeps it), so checkpoints of
-    either layer load into the other; the class keeps Keras's name because Keras keys a layer's
-    weights in .weights.h5 and .keras files by its class name. What the fused kernel does not cover
-    (synchronized moments, renorm, a mask, float64, inputs not 4-D channels-last) takes Keras's path.
+    moments, the affine transform, a cast back, and as many again in the backward pass. The fused
+    kernel (oneDNN's on AVX-512) made the PreAct ResNet-18 w16 PGD-5 training step 1.25x faster in
+    mixed_bfloat16 and 1.07x in float32, but 0.92x with oneDNN capped at AVX2, so models.build uses
+    it where it measured faster (hardware.Hardware.fused_batchnorm; docs/results/performance.md).
+    Same variables, same semantics (moving variance from the biased batch variance, as Keras keeps
+    it), so checkpoints of either layer load into the other; the class keeps Keras's name because
+    Keras keys a layer's weights in .weights.h5 and .keras files by its class name. What the fused
+    kernel does not cover (synchronized moments, renorm, a mask, float64, inputs not 4-D
+    channels-last) takes Keras's path.
     """
 
     def _fused(self, inputs, mask):
@@ -82,9 +83,9 @@ class BatchNormalization(layers.BatchNormalization):
 class LayerFactory:
     """Builds conv and BatchNorm layers with the shared settings (synchronized BN under replicas).
 
-    fused_batchnorm: this module's BatchNormalization (the default; synchronized BN keeps Keras's,
-    whose moments the fused kernel cannot gather); False: Keras's own BatchNormalization, the plain
-    network bench/train_throughput.py holds robustcl's step to."""
+    fused_batchnorm: this module's BatchNormalization (synchronized BN keeps Keras's, whose moments
+    the fused kernel cannot gather); False: Keras's own BatchNormalization (as in the plain network
+    bench/train_throughput.py holds robustcl's step to). models.build chooses by the hardware."""
 
     def __init__(self, synchronized_bn=False, fused_batchnorm=True):
         self.synchronized_bn = synchronized_bn
