@@ -13,9 +13,12 @@ channels on a 32x32 batch, in float32 and bfloat16. Each configuration then buil
 runs `--warmup` steps (tracing; reported as first_step_s) and then `--steps` timed steps of the
 real AdversarialModel.train_step, all in one `fit` (each step timed by a callback; the median is
 reported) on a fixed batch of random images (throughput does not depend on pixel
-values). Per network and precision it first times the yardstick, a plain Keras PGD loop in one
-tf.function on the same network (--no-plain_baseline skips it), and prints each method's FLOP rate
-relative to it: "at least as fast per forward-backward pass" is a ratio >= 1.
+values). The yardstick, a plain Keras PGD loop in one tf.function on the same network, is timed
+on its own per network and precision, and one step of it runs between every two steps of each
+method (--no-plain_baseline skips both): the median of the step-by-step ratios of FLOP rates is the
+method's figure against it, "at least as fast per forward-backward pass" a ratio >= 1. Timed apart,
+the same configuration moved by 10-15% between runs on shared cores; paired, two identical loops
+gave 0.985.
 A step's GFLOP/s is images/s x FLOPs per image of one step (Method.forward_passes_per_step x
 robustcl.models.forward_flops); the fraction is of the convolution peak in the same precision.
 "xla" compiles the attack with XLA (--jit_compile=true).
@@ -62,17 +65,34 @@ def _fastest(fn, repeats):
 
 
 class StepTimer(keras.callbacks.Callback):
-    """Times each training step inside one fit (fit's own set-up excluded)."""
+    """Times each training step inside one fit (fit's own set-up excluded) and, between steps, one
+    step of `yardstick` (a callable) where given: the two then run under the same load of these
+    shared cores, whose speed drifts by 10-15% between runs, and are compared step by step."""
 
-    def __init__(self):
+    def __init__(self, yardstick=None):
         super().__init__()
+        self.yardstick = yardstick
         self.times = []
+        self.yardstick_times = []
 
     def on_train_batch_begin(self, batch, logs=None):
         self.start = time.perf_counter()
 
     def on_train_batch_end(self, batch, logs=None):
         self.times.append(time.perf_counter() - self.start)
+        if self.yardstick is not None:
+            start = time.perf_counter()
+            self.yardstick()
+            self.yardstick_times.append(time.perf_counter() - start)
+
+
+def _paired(figures, flops, times, plain_flops, plain_times, batch_size):
+    """Adds the plain loop's figures from the steps timed beside the configuration's, and the median
+    of the step-by-step ratios of FLOP rates (x plain per forward-backward pass)."""
+    ratios = [(flops / t) / (plain_flops / p) for t, p in zip(times, plain_times)]
+    figures["plain_images_per_s"] = batch_size / float(np.median(plain_times))
+    figures["vs_plain_keras_pgd"] = float(np.median(ratios))
+    return figures
 
 
 def _figures(
@@ -133,9 +153,11 @@ def measure(
     scope,
     image_size=32,
     dataset=None,
+    beside_plain=False,
 ):
     """One configuration's step time. `dataset` (batches of images and labels) replaces the fixed
-    random batch, to time the step fed by a real input pipeline."""
+    random batch, to time the step fed by a real input pipeline. beside_plain: a step of the plain Keras
+    PGD loop (plain_pgd_step) runs between the method's steps, for the paired ratio."""
     keras.mixed_precision.set_global_policy(precision)
     keras.utils.set_random_seed(0)
     try:
@@ -166,7 +188,10 @@ def measure(
             # Two-view methods get their second augmentation, as the data pipeline provides it.
             inputs = (x, x[:, :, ::-1].copy()) if method.data_views == 2 else x
             dataset = tf.data.Dataset.from_tensors((inputs, y)).repeat()
-        timer = StepTimer()
+        plain, plain_flops = (
+            plain_pgd_step(model_name, batch_size, attack_steps, image_size) if beside_plain else (None, None)
+        )
+        timer = StepTimer(plain)
         history = model.fit(dataset, steps_per_epoch=warmup + steps, epochs=1, verbose=0, callbacks=[timer])
         first = sum(timer.times[:warmup])
         step = float(np.median(timer.times[warmup:]))
@@ -175,7 +200,7 @@ def measure(
         flops = models.forward_flops(network) * method.forward_passes_per_step(attack_steps)
     finally:
         keras.mixed_precision.set_global_policy("float32")
-    return _figures(
+    figures = _figures(
         method_name,
         model_name,
         mode,
@@ -190,55 +215,76 @@ def measure(
         first,
         flops,
     )
+    if beside_plain:
+        _paired(figures, flops, timer.times[warmup:], plain_flops, timer.yardstick_times[warmup:], batch_size)
+    return figures
 
 
-def measure_plain_pgd_loop(model_name, precision, batch_size, attack_steps, steps, warmup, image_size=32):
+def plain_pgd_step(model_name, batch_size, attack_steps, image_size=32, fused_batchnorm=False):
     """The yardstick a method's step is held to: adversarial training as a user writes it in plain
     Keras, one tf.function per step (PGD L-inf 8/255 with step 2/255 from a uniform random start,
     the network in inference mode for the attack, then cross-entropy on the adversarial batch and an
-    SGD step), on the network robustcl builds but with Keras's own layers throughout. Timed like
-    `measure` (median of `steps`)."""
-    keras.mixed_precision.set_global_policy(precision)
+    SGD step), on the network robustcl builds but with Keras's own layers throughout (fused_batchnorm:
+    with robustcl's BatchNormalization instead, the one change between the two), in the global
+    precision policy. Returns (run: one step on a fixed random batch, FLOPs per image of a step)."""
     keras.utils.set_random_seed(0)
-    try:
-        network = _network(model_name, image_size, fused_batchnorm=False)  # plain Keras: its own BatchNorm
-        optimizer = keras.optimizers.SGD(0.01, momentum=0.9)
-        optimizer.build(network.trainable_variables)
-        eps, step_size = 8 / 255, 2 / 255
-        cross_entropy = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    network = _network(model_name, image_size, fused_batchnorm=fused_batchnorm)
+    optimizer = keras.optimizers.SGD(0.01, momentum=0.9)
+    optimizer.build(network.trainable_variables)
+    eps, step_size = 8 / 255, 2 / 255
+    cross_entropy = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
-        @tf.function
-        def train_step(x, y):
-            x_adv = tf.clip_by_value(x + tf.random.uniform(tf.shape(x), -eps, eps), 0.0, 1.0)
-            for _ in range(attack_steps):
-                with tf.GradientTape() as tape:
-                    tape.watch(x_adv)
-                    loss = cross_entropy(y, network(x_adv, training=False)["logits"])
-                x_adv = x_adv + step_size * tf.sign(tape.gradient(loss, x_adv))
-                x_adv = tf.clip_by_value(tf.clip_by_value(x_adv, x - eps, x + eps), 0.0, 1.0)
+    @tf.function
+    def train_step(x, y):
+        x_adv = tf.clip_by_value(x + tf.random.uniform(tf.shape(x), -eps, eps), 0.0, 1.0)
+        for _ in range(attack_steps):
             with tf.GradientTape() as tape:
-                loss = cross_entropy(y, network(x_adv, training=True)["logits"])
-                scaled = optimizer.scale_loss(loss)
-            optimizer.apply(tape.gradient(scaled, network.trainable_variables), network.trainable_variables)
-            return loss
+                tape.watch(x_adv)
+                loss = cross_entropy(y, network(x_adv, training=False)["logits"])
+            x_adv = x_adv + step_size * tf.sign(tape.gradient(loss, x_adv))
+            x_adv = tf.clip_by_value(tf.clip_by_value(x_adv, x - eps, x + eps), 0.0, 1.0)
+        with tf.GradientTape() as tape:
+            loss = cross_entropy(y, network(x_adv, training=True)["logits"])
+            scaled = optimizer.scale_loss(loss)
+        optimizer.apply(tape.gradient(scaled, network.trainable_variables), network.trainable_variables)
+        return loss
 
-        rng = np.random.default_rng(0)
-        x = tf.constant(rng.uniform(size=(batch_size, image_size, image_size, 3)).astype("float32"))
-        y = tf.constant(rng.integers(0, 10, size=batch_size).astype("int32"))
-        times = []
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.uniform(size=(batch_size, image_size, image_size, 3)).astype("float32"))
+    y = tf.constant(rng.integers(0, 10, size=batch_size).astype("int32"))
+
+    def run():
+        loss = float(train_step(x, y))
+        assert np.isfinite(loss), loss
+
+    # A forward and an input-gradient backward per attack step, a forward and a full backward for
+    # the update, counted as Method.forward_passes_per_step counts them.
+    return run, models.forward_flops(network) * (2 * attack_steps + 3)
+
+
+def measure_plain_pgd_loop(
+    model_name, precision, batch_size, attack_steps, steps, warmup, image_size=32, fused_batchnorm=False
+):
+    """The plain loop's own figures (median of `steps` after `warmup`). With fused_batchnorm, the
+    loop with Keras's BatchNormalization runs between its steps, for the paired ratio: what the
+    fused layer alone gains."""
+    keras.mixed_precision.set_global_policy(precision)
+    try:
+        run, flops = plain_pgd_step(model_name, batch_size, attack_steps, image_size, fused_batchnorm)
+        stock = plain_pgd_step(model_name, batch_size, attack_steps, image_size)[0] if fused_batchnorm else None
+        times, stock_times = [], []
         for _ in range(warmup + steps):
             start = time.perf_counter()
-            loss = float(train_step(x, y))
+            run()
             times.append(time.perf_counter() - start)
-        assert np.isfinite(loss), loss
-        step = float(np.median(times[warmup:]))
-        # A forward and an input-gradient backward per attack step, a forward and a full backward
-        # for the update, counted as Method.forward_passes_per_step counts them.
-        flops = models.forward_flops(network) * (2 * attack_steps + 3)
+            if stock is not None:
+                start = time.perf_counter()
+                stock()
+                stock_times.append(time.perf_counter() - start)
     finally:
         keras.mixed_precision.set_global_policy("float32")
-    return _figures(
-        "plain_keras_pgd",
+    figures = _figures(
+        "plain_keras_pgd_fused_bn" if fused_batchnorm else "plain_keras_pgd",
         model_name,
         "graph",
         precision,
@@ -248,10 +294,13 @@ def measure_plain_pgd_loop(model_name, precision, batch_size, attack_steps, step
         batch_size,
         attack_steps,
         steps,
-        step,
+        float(np.median(times[warmup:])),
         float(sum(times[:warmup])),
         flops,
     )
+    if fused_batchnorm:
+        _paired(figures, flops, times[warmup:], flops, stock_times[warmup:], batch_size)
+    return figures
 
 
 def main():
@@ -272,6 +321,11 @@ def main():
         default=True,
         help="also time a plain Keras PGD loop on each network and precision (the yardstick), and "
         "print each method's GFLOP/s relative to it",
+    )
+    parser.add_argument(
+        "--plain_fused_batchnorm",
+        action="store_true",
+        help="also time the plain loop with robustcl's fused BatchNormalization (what that layer alone gains)",
     )
     parser.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "results", "train_throughput.json"))
     args = parser.parse_args()
@@ -294,7 +348,7 @@ def main():
     method_names = args.methods.split(",") if args.methods else methods.METHODS.names()
     results = []
 
-    def report(r, baseline):
+    def report(r):
         peak = peaks["conv_bfloat16" if "bfloat16" in r["precision"] else "conv_float32"]
         r["fraction_of_conv_peak"] = r["gflop_per_s"] / peak
         line = (
@@ -303,21 +357,30 @@ def main():
             f"(step {r['step_s']:.3f} s, first {r['first_step_s']:.1f} s), {r['gflop_per_s']:.1f} GFLOP/s = "
             f"{100 * r['fraction_of_conv_peak']:.1f}% of the {r['precision']} conv peak"
         )
-        if baseline is not None and r is not baseline:
-            # Per forward-backward pass: methods differ in passes per image, so compare FLOP rates.
-            r["vs_plain_keras_pgd"] = r["gflop_per_s"] / baseline["gflop_per_s"]
-            line += f", {r['vs_plain_keras_pgd']:.2f}x the plain Keras PGD loop per pass"
+        if "vs_plain_keras_pgd" in r:
+            line += (
+                f"; the plain Keras PGD loop beside it {r['plain_images_per_s']:.2f} images/s: "
+                f"{r['vs_plain_keras_pgd']:.2f}x its FLOP rate (per pass; median of step pairs)"
+            )
         results.append(r)
         print(line, flush=True)
 
+    beside_plain = args.plain_baseline and args.replicas == 1
     for model_name in args.models.split(","):
         for precision in precisions:
-            baseline = None
-            if args.plain_baseline and args.replicas == 1:
-                baseline = measure_plain_pgd_loop(
-                    model_name, precision, args.batch_size, args.attack_steps, args.steps, args.warmup
-                )
-                report(baseline, baseline)
+            if beside_plain:
+                for fused in [False, True] if args.plain_fused_batchnorm else [False]:
+                    report(
+                        measure_plain_pgd_loop(
+                            model_name,
+                            precision,
+                            args.batch_size,
+                            args.attack_steps,
+                            args.steps,
+                            args.warmup,
+                            fused_batchnorm=fused,
+                        )
+                    )
             for method_name in method_names:
                 for mode in args.modes.split(","):
                     for scope in args.scopes.split(","):
@@ -332,8 +395,9 @@ def main():
                             args.warmup,
                             strategy,
                             scope,
+                            beside_plain=beside_plain,
                         )
-                        report(r, baseline)
+                        report(r)
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     with open(args.output, "w") as f:
         json.dump(
