@@ -90,7 +90,7 @@ class Hardware:
         Measured on the PGD-5 step of PreAct ResNet-18 w16 (docs/results/performance.md): with
         oneDNN on AVX-512 1.25x (mixed_bfloat16) and 1.07x (float32) Keras's layer; with oneDNN
         capped at AVX2, as on an AVX2-only CPU, 0.92x. Unmeasured (Eigen kernels): Keras's layer.
-        GPUs: cuDNN's fused kernel, what Keras 2 chose there."""
+        GPUs: cuDNN's fused kernel, Keras 2's choice there (not measured here)."""
         if self.gpu_compute_capability is not None:
             return True
         capped_below_avx512 = self.onednn_isa_cap.upper().startswith(("SSE", "AVX2")) or (
