@@ -52,16 +52,18 @@ def _split_cpu(replicas):
         )
 
 
+def _seconds(fn):
+    """Wall-clock seconds of one call of fn."""
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
 def _fastest(fn, repeats):
     """The fastest of `repeats` timed calls after a warm-up: a peak is the best the machine does
     (the cores are shared, so a median would fold other load into it)."""
     fn()  # warm-up: tracing, allocation
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.min(times))
+    return float(min(_seconds(fn) for _ in range(repeats)))
 
 
 class StepTimer(keras.callbacks.Callback):
@@ -81,9 +83,7 @@ class StepTimer(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         self.times.append(time.perf_counter() - self.start)
         if self.yardstick is not None:
-            start = time.perf_counter()
-            self.yardstick()
-            self.yardstick_times.append(time.perf_counter() - start)
+            self.yardstick_times.append(_seconds(self.yardstick))
 
 
 def _paired(figures, flops, times, plain_flops, plain_times, batch_size):
@@ -92,7 +92,6 @@ def _paired(figures, flops, times, plain_flops, plain_times, batch_size):
     ratios = [(flops / t) / (plain_flops / p) for t, p in zip(times, plain_times)]
     figures["plain_images_per_s"] = batch_size / float(np.median(plain_times))
     figures["vs_plain_keras_pgd"] = float(np.median(ratios))
-    return figures
 
 
 def _figures(
@@ -274,13 +273,9 @@ def measure_plain_pgd_loop(
         stock = plain_pgd_step(model_name, batch_size, attack_steps, image_size)[0] if fused_batchnorm else None
         times, stock_times = [], []
         for _ in range(warmup + steps):
-            start = time.perf_counter()
-            run()
-            times.append(time.perf_counter() - start)
+            times.append(_seconds(run))
             if stock is not None:
-                start = time.perf_counter()
-                stock()
-                stock_times.append(time.perf_counter() - start)
+                stock_times.append(_seconds(stock))
     finally:
         keras.mixed_precision.set_global_policy("float32")
     figures = _figures(
