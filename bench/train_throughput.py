@@ -153,10 +153,15 @@ def measure(
     image_size=32,
     dataset=None,
     beside_plain=False,
+    yardstick=None,
 ):
     """One configuration's step time. `dataset` (batches of images and labels) replaces the fixed
     random batch, to time the step fed by a real input pipeline. beside_plain: a step of the plain Keras
-    PGD loop (plain_pgd_step) runs between the method's steps, for the paired ratio."""
+    PGD loop (plain_pgd_step) runs between the method's steps, for the paired ratio; `yardstick`, a
+    callable, runs there instead (its times are returned as yardstick_times_s). Every timed step's
+    seconds are returned as step_times_s."""
+    if beside_plain and yardstick is not None:
+        raise ValueError("one yardstick at a time: beside_plain or yardstick, not both")
     keras.mixed_precision.set_global_policy(precision)
     keras.utils.set_random_seed(0)
     try:
@@ -190,7 +195,7 @@ def measure(
         plain, plain_flops = (
             plain_pgd_step(model_name, batch_size, attack_steps, image_size) if beside_plain else (None, None)
         )
-        timer = StepTimer(plain)
+        timer = StepTimer(plain or yardstick)
         history = model.fit(dataset, steps_per_epoch=warmup + steps, epochs=1, verbose=0, callbacks=[timer])
         first = sum(timer.times[:warmup])
         step = float(np.median(timer.times[warmup:]))
@@ -214,8 +219,11 @@ def measure(
         first,
         flops,
     )
+    figures["step_times_s"] = timer.times[warmup:]
     if beside_plain:
         _paired(figures, flops, timer.times[warmup:], plain_flops, timer.yardstick_times[warmup:], batch_size)
+    elif yardstick is not None:
+        figures["yardstick_times_s"] = timer.yardstick_times[warmup:]
     return figures
 
 
