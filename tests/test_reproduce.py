@@ -12,7 +12,7 @@ import pytest
 from absl import flags
 
 from robustcl.reproduce import grid
-from robustcl.files import settings_key
+from robustcl.files import fingerprint, settings_key
 from robustcl.reproduce import record as record_io
 from robustcl.reproduce import flags as repro_flags
 from robustcl.reproduce import rows as rows_io
@@ -269,6 +269,8 @@ def test_tiny_grid_runs_resumes_and_refuses_other_settings(synthetic_cifar10, tm
         a["robust_accuracy"] for a in transfer["attacks"] if a["attack"].startswith("transfer-")
     )
     assert row["status"]["eval_transfer"] == "done" and "| transfer |" in open(tmp_path / "record" / "tiny.md").read()
+    surrogate_weights = tmp_path / "runs" / "surrogate" / "seed7" / "last.weights.h5"
+    assert row["surrogate"] == transfer["transfer_fingerprint"] == fingerprint(str(surrogate_weights))
     with_transfer = json.load(open(tmp_path / "record" / "tiny.rows.json"))["rows"]
 
     # On another machine (no run directories, the committed record): finished rows are kept.
@@ -496,6 +498,46 @@ def test_claims_are_paired_tests_and_their_verdicts_follow_their_intervals(tmp_p
         "withheld: protocol too small",
         "pending",
     }
+
+
+def test_a_transfer_claim_pairs_only_seeds_scored_on_the_same_surrogate(tmp_path, monkeypatch):
+    """A grid resumed on another machine trains its surrogate again, to other weights: a seed whose
+    two cells met different surrogates does not pair under transfer (every other metric still does),
+    and the record names which surrogate scored which rows."""
+    monkeypatch.chdir(REPO)
+    config = dataclasses.replace(
+        _one_cell_grid(tmp_path),
+        cells=(ReproCell("morel", "configs/morel_cifar10.flags"), ReproCell("mart", "configs/mart_cifar10.flags")),
+        seeds=(0, 1, 2),
+    )
+    rng = np.random.default_rng(5)
+    # seed 0: both before the fingerprint was recorded; seed 1: the same surrogate; seed 2: different.
+    surrogates = {("morel", 0): None, ("mart", 0): None, ("morel", 1): "aaaa", ("mart", 1): "aaaa"}
+    surrogates.update({("morel", 2): "aaaa", ("mart", 2): "bbbb"})
+    rows = []
+    for (cell, seed), surrogate in surrogates.items():
+        verdicts = {metric: _verdicts(rng, 0.5, 400) for metric in ("clean", "pgd", "transfer")}
+        rows.append(
+            {
+                "cell": cell,
+                "seed": seed,
+                "clean": verdicts["clean"].mean(),
+                "transfer": verdicts["transfer"].mean(),
+                "surrogate": surrogate,
+                "points": {metric: statistics.pack(v) for metric, v in verdicts.items()},
+            }
+        )
+    found = {(c["a"], c["b"], c["metric"]): c for c in record_io.claims(config, rows)}
+    transfer, pgd = found[("morel", "mart", "transfer")], found[("morel", "mart", "pgd")]
+    assert transfer["seeds"] == [0, 1] and transfer["seeds_on_other_surrogates"] == [2]
+    assert transfer["points"] == 400  # per test point, averaged over the paired seeds
+    assert pgd["seeds"] == [0, 1, 2] and "seeds_on_other_surrogates" not in pgd
+    text = "\n".join(record_io._surrogate_lines(rows))
+    assert "`aaaa`: morel 1, mart 1, morel 2" in text and "`bbbb`: mart 2" in text
+    assert "not recorded (rows from before the fingerprint): morel 0, mart 0" in text
+    assert "not paired, scored on different surrogates: [2]" in record_io._claim_line(transfer)
+    # One surrogate for every row: nothing to say.
+    assert record_io._surrogate_lines([r for r in rows if r["seed"] == 1]) == []
 
 
 def test_a_failed_row_is_not_counted_as_a_seed_in_the_summary():

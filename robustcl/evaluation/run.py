@@ -200,6 +200,9 @@ def evaluate_run(config, progress=True):
     result["threat_model_from"] = eps_source
     if surrogate is not None:
         result["transfer_from"] = surrogate.name
+        # Which surrogate, exactly: one retrained from the same flags on another machine is another
+        # network, and transfer accuracies against two surrogates do not compare point for point.
+        result["transfer_fingerprint"] = fingerprint(*surrogate.files)
         result["transfer_in_worst_case"] = config.transfer_in_worst_case
     result["model_notes"] = list(classifier.notes)
     result["config"] = dataclasses.asdict(config)

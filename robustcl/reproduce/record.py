@@ -154,11 +154,18 @@ def claims(config, rows, adequate=True):
             if a not in names or b not in names:
                 continue
             for metric in metrics:
-                sides = []
+                sides, surrogates = [], []
                 for cell in (a, b):
                     found = {r["seed"]: _points_of(r, metric) for r in finished if r["cell"] == cell}
                     sides.append({seed: v for seed, v in found.items() if v is not None})
+                    surrogates.append({r["seed"]: r.get("surrogate") for r in finished if r["cell"] == cell})
                 entry = {"claim": claim["claim"], "paper": claim["paper"], "a": a, "b": b, "metric": metric}
+                if metric == "transfer":
+                    # A seed pairs only where both cells were scored on the same surrogate's examples.
+                    other = sorted(s for s in set(sides[0]) & set(sides[1]) if surrogates[0][s] != surrogates[1][s])
+                    sides = [{seed: v for seed, v in side.items() if seed not in other} for side in sides]
+                    if other:
+                        entry["seeds_on_other_surrogates"] = other
                 if set(sides[0]) & set(sides[1]):
                     entry.update(statistics.compare(*sides))
                 else:
@@ -220,10 +227,37 @@ def _surrogate_accuracy(config):
     return f", validation accuracy {100 * epochs[-1]['val_accuracy']:.1f}%"
 
 
+def _surrogate_lines(rows):
+    """Which surrogate scored which rows. The surrogate is trained once per runs directory, which
+    is not committed: a grid resumed on another machine trains it again, to other weights."""
+    scored = {}
+    for r in rows:
+        if r.get("transfer") is not None:
+            scored.setdefault(r.get("surrogate"), []).append(f"{r['cell']} {r['seed']}")
+    if len(scored) < 2:
+        return []
+    lines = [
+        "  The grid moved between machines and trained its surrogate again (its run directory is not "
+        "committed), so rows were scored on different surrogates: a transfer claim pairs a seed only "
+        "where both cells met the same one (weights' fingerprint):"
+    ]
+    for fingerprint_, names in scored.items():
+        name = f"`{fingerprint_}`" if fingerprint_ else "not recorded (rows from before the fingerprint)"
+        lines.append(f"  - {name}: {', '.join(names)}")
+    return lines
+
+
 def _claim_line(entry):
     if entry["diff"] is None:
-        return f"  - `{entry['a']}` vs `{entry['b']}`, {entry['metric']}: not measured yet: **pending**"
+        why = (
+            "no seed where both met the same surrogate"
+            if entry.get("seeds_on_other_surrogates")
+            else "not measured yet"
+        )
+        return f"  - `{entry['a']}` vs `{entry['b']}`, {entry['metric']}: {why}: **pending**"
     seeds = ", ".join(str(s) for s in entry["seeds"])
+    if entry.get("seeds_on_other_surrogates"):
+        seeds += f"; not paired, scored on different surrogates: {entry['seeds_on_other_surrogates']}"
     return (
         f"  - `{entry['a']}` vs `{entry['b']}`, {entry['metric']}: {entry['diff']:+.2f} points, 95% interval "
         f"[{entry['ci_low']:+.2f}, {entry['ci_high']:+.2f}] (seeds {seeds}, {entry['points']} points): "
@@ -313,7 +347,7 @@ def markdown(config, rows, summary, found_claims, adequate_text, machine, softwa
         )
     if config.surrogate_flagfile:
         lines.append(
-            f"- Black-box transfer (column `transfer`): a surrogate trained once with "
+            f"- Black-box transfer (column `transfer`): a surrogate trained with "
             f"`{config.surrogate_flagfile}` and the protocol's training flags at seed "
             f"{config.surrogate_seed} (not a seed of any cell, so no cell is its own surrogate; its last "
             f"checkpoint{_surrogate_accuracy(config)}) crafts "
@@ -323,6 +357,7 @@ def markdown(config, rows, summary, found_claims, adequate_text, machine, softwa
             "attacks' accuracies (the TRADES and MART papers' black-box protocol: a naturally "
             "trained surrogate of the same architecture)."
         )
+        lines += _surrogate_lines(rows)
     lines.append("")
     shown = [m for m in METRICS if any(r.get(m) is not None for r in rows)]
     header = " | ".join(LABELS[m] for m in shown)

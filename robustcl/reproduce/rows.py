@@ -111,6 +111,8 @@ def _row(config, cell, seed, directory, state, current, names):
                 "transfer_pgd": _row_accuracy(transfer, "transfer-pgd"),
                 "transfer_apgd_ce": _row_accuracy(transfer, "transfer-apgd-ce"),
                 "transfer": min(found) if found else None,
+                # The surrogate's weights' fingerprint (None: a report from before it was recorded).
+                "surrogate": transfer.get("transfer_fingerprint"),
             }
         )
     if pgd_all:
