@@ -154,6 +154,7 @@ def measure(
     dataset=None,
     beside_plain=False,
     yardstick=None,
+    fused_batchnorm=None,
 ):
     """One configuration's step time. `dataset` (batches of images and labels) replaces the fixed
     random batch, to time the step fed by a real input pipeline. beside_plain: a step of the plain Keras
@@ -174,6 +175,7 @@ def measure(
                 embedding_dim=method.embedding_dim,
                 embedding_head=method.embedding_head or "mlp",
                 synchronized_bn=strategy.num_replicas_in_sync > 1,
+                fused_batchnorm=fused_batchnorm,
             )
             attack = AttackConfig(steps=attack_steps)
             model = AdversarialModel(
@@ -330,8 +332,16 @@ def main():
         action="store_true",
         help="also time the plain loop with robustcl's fused BatchNormalization (what that layer alone gains)",
     )
+    parser.add_argument(
+        "--fused_batchnorm",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="the methods' networks with robustcl's fused BatchNormalization (on), Keras's (off), or as "
+        "models.build picks for this machine (auto)",
+    )
     parser.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "results", "train_throughput.json"))
     args = parser.parse_args()
+    fused_batchnorm = {"auto": None, "on": True, "off": False}[args.fused_batchnorm]
     _split_cpu(args.replicas)
 
     machine = hardware.detect()
@@ -399,7 +409,9 @@ def main():
                             strategy,
                             scope,
                             beside_plain=beside_plain,
+                            fused_batchnorm=fused_batchnorm,
                         )
+                        r["fused_batchnorm"] = args.fused_batchnorm
                         report(r)
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     with open(args.output, "w") as f:

@@ -87,16 +87,20 @@ class Hardware:
     @property
     def fused_batchnorm(self):
         """Whether BatchNorm by TensorFlow's fused kernel is the faster choice here (robustcl.models).
-        Measured on the PGD-5 step of PreAct ResNet-18 w16 (docs/results/performance.md): with
-        oneDNN on AVX-512 1.25x (mixed_bfloat16) and 1.07x (float32) Keras's layer; with oneDNN
-        capped at AVX2, as on an AVX2-only CPU, 0.92x. Unmeasured (Eigen kernels): Keras's layer.
-        GPUs: cuDNN's fused kernel, Keras 2's choice there (not measured here)."""
+        Measured on the PGD-5 step of PreAct ResNet-18 w16 against Keras's layer
+        (docs/results/performance.md): with oneDNN on AVX-512 1.25x (mixed_bfloat16) and 1.07x
+        (float32); with oneDNN on an AVX2-only CPU 1.05x, and every method's step faster beside the
+        plain loop; with TensorFlow's Eigen kernels 0.90x; with oneDNN capped below the CPU's own
+        instructions (ONEDNN_MAX_CPU_ISA=AVX2 on an AVX-512 CPU) 0.92x. GPUs: cuDNN's fused kernel,
+        Keras 2's choice there (not measured here)."""
         if self.gpu_compute_capability is not None:
             return True
-        capped_below_avx512 = self.onednn_isa_cap.upper().startswith(("SSE", "AVX2")) or (
-            self.onednn_isa_cap.upper() == "AVX"
-        )
-        return bool(self.onednn) and "avx512f" in self.cpu_flags and not capped_below_avx512
+        cap = self.onednn_isa_cap.upper()
+        if "avx512f" in self.cpu_flags:
+            capped = cap.startswith(("SSE", "AVX2")) or cap == "AVX"
+        else:
+            capped = cap.startswith("SSE") or cap == "AVX"
+        return bool(self.onednn) and "avx2" in self.cpu_flags and not capped
 
     def describe(self):
         gpu = (

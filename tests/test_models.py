@@ -198,8 +198,11 @@ def test_backbones_use_the_fused_batchnorm_where_it_pays_and_never_under_synchro
         (("avx512_bf16", "avx512f", "avx2"), True, "AVX2", None, False),  # measured 0.92x
         (("avx512f", "avx2"), True, "avx2_vnni", None, False),
         (("avx512f", "avx2"), True, "AVX512_CORE", None, True),
-        (("avx2",), True, "", None, False),  # an AVX2-only CPU
-        (("avx512f", "avx2"), False, "", None, False),  # Eigen kernels: not measured, Keras's layer
+        (("avx2",), True, "", None, True),  # an AVX2-only CPU: measured 1.05x
+        (("avx2",), True, "AVX2", None, True),  # capped at its own instructions
+        (("avx2",), True, "SSE41", None, False),  # capped below them: not measured, Keras's layer
+        (("avx512f", "avx2"), False, "", None, False),  # Eigen kernels: measured 0.90x
+        (("avx2",), False, "", None, False),
         (("avx2",), False, "", (8, 0), True),  # cuDNN's fused kernel
     ],
 )

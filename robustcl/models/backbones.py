@@ -32,9 +32,10 @@ class BatchNormalization(layers.BatchNormalization):
 
     Keras 3 normalizes with separate ops: a cast of the input to float32, two reductions for the
     moments, the affine transform, a cast back, and as many again in the backward pass. The fused
-    kernel (oneDNN's on AVX-512) made the PreAct ResNet-18 w16 PGD-5 training step 1.25x faster in
-    mixed_bfloat16 and 1.07x in float32, but 0.92x with oneDNN capped at AVX2, so models.build uses
-    it where it measured faster (hardware.Hardware.fused_batchnorm; docs/results/performance.md).
+    kernel made the PreAct ResNet-18 w16 PGD-5 training step 1.25x faster in mixed_bfloat16 and
+    1.07x in float32 with oneDNN on AVX-512, 1.05x with oneDNN on an AVX2-only CPU, but 0.90x with
+    TensorFlow's Eigen kernels, so models.build uses it where it measured faster
+    (hardware.Hardware.fused_batchnorm; docs/results/performance.md).
     Same variables, same semantics (moving variance from the biased batch variance, as Keras keeps
     it), so checkpoints of either layer load into the other; the class keeps Keras's name because
     Keras keys a layer's weights in .weights.h5 and .keras files by its class name. What the fused
