@@ -291,7 +291,14 @@ def markdown(config, rows, summary, found_claims, adequate_text, machine, softwa
             "",
         ]
         lines += [f"- {labels[m]}: {m}" for m in machines]
-        lines.append("")
+        lines += [
+            "",
+            "Each machine computes the same networks with its own kernels (oneDNN's for its instructions, "
+            "and BatchNorm by Keras's layer or TensorFlow's fused kernel as robustcl picks for it: the same "
+            "function, tested equal to rounding), so rows from different machines differ in rounding, not "
+            "in what was trained.",
+            "",
+        ]
     lines += [f"Cells finished: {len(finished)} of {len(rows)}."]
     if finished:
         train = np.mean([r["train_seconds"] for r in finished]) / 60
