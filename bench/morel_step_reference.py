@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
-import parity_reference  # noqa: F401  (its import makes the package's CUDA calls run on the CPU)
-from advermorel import advermorel as advermorel_module
+# Importing it makes the package's CUDA calls run on the CPU.
+from parity_reference import morel_of
 
 
 class BasicBlock(nn.Module):
@@ -82,17 +82,8 @@ def main():
     torch.manual_seed(0)
     network = ResNet18()
     classifier_params = sum(p.numel() for p in network.parameters())
-    morel = advermorel_module.MOREL(
-        network,
-        "linear",
-        10,
-        "cpu",
-        accu_obj="mart",
-        epsilon=args.eps,
-        train_step_size=args.step_size,
-        train_perturb_steps=args.attack_steps,
-        model_dir=os.path.join(tempfile.mkdtemp(), "advermorel"),
-        verbose=False,
+    morel = morel_of(
+        network, "linear", args.eps, args.step_size, args.attack_steps, os.path.join(tempfile.mkdtemp(), "advermorel")
     )
     optimizer = torch.optim.SGD(morel.model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     rng = np.random.default_rng(0)

@@ -42,6 +42,24 @@ def _on_cpu(self, device=None, temperature=0.1):
 morel_losses.MultiPosConLoss.__init__ = _on_cpu
 
 
+def morel_of(network, last_layer, eps, step_size, attack_steps, model_dir):
+    """The package's MOREL around `network` (its classifier the nn.Linear named `last_layer`) with
+    its default MART accuracy term and the package's defaults otherwise, training with PGD L-inf eps
+    for attack_steps steps of step_size, on the CPU."""
+    return advermorel_module.MOREL(
+        network,
+        last_layer,
+        10,
+        "cpu",
+        accu_obj="mart",
+        epsilon=eps,
+        train_step_size=step_size,
+        train_perturb_steps=attack_steps,
+        model_dir=model_dir,
+        verbose=False,
+    )
+
+
 class ParityCNN(nn.Module):
     """bench/parity.py's network (its Keras twin is parity.keras_network): normalization inside,
     three conv-BN-ReLU blocks (two max-pooled), global average pooling, a linear classifier `fc`."""
@@ -88,17 +106,8 @@ def main():
     network = ParityCNN(data["mean"].tolist(), data["std"].tolist())
     network.load_state_dict({k: torch.tensor(v) for k, v in np.load(args.init).items()}, strict=False)
     if args.method == "morel":
-        morel = advermorel_module.MOREL(
-            network,
-            "fc",
-            10,
-            "cpu",
-            accu_obj="mart",
-            epsilon=args.eps,
-            train_step_size=args.step_size,
-            train_perturb_steps=args.attack_steps,
-            model_dir=os.path.join(args.run_dir, "advermorel"),
-            verbose=False,
+        morel = morel_of(
+            network, "fc", args.eps, args.step_size, args.attack_steps, os.path.join(args.run_dir, "advermorel")
         )
         trained = morel.model
     else:
