@@ -295,8 +295,8 @@ def markdown(config, rows, summary, found_claims, adequate_text, machine, softwa
             "",
             "Each machine computes the same networks with its own kernels (oneDNN's for its instructions, "
             "and BatchNorm by Keras's layer or TensorFlow's fused kernel as robustcl picks for it: the same "
-            "function, tested equal to rounding), so rows from different machines differ in rounding, not "
-            "in what was trained.",
+            "function, tested equal to rounding), so rows from different machines differ in rounding (and in "
+            "precision where the `precision` column says so), not in what was trained.",
             "",
         ]
     lines += [f"Cells finished: {len(finished)} of {len(rows)}."]
