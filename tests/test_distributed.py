@@ -78,8 +78,10 @@ GRADIENT_FLOOR = 1e-7
 # network barely moves them): on 4 replicas, whose synchronized BatchNorm sums its statistics in
 # another order, its gradients came out up to 1.2e-2 of their largest entry from one device's, with
 # the adversarial inputs identical and every logged term within 2e-5 (seen; with its KL term removed,
-# or a uniform random start that moves the points further, they agree within 1e-3).
-GRADIENT_RTOL_ILL_CONDITIONED = {("trades", 4): 2e-2}
+# or a uniform random start that moves the points further, they agree within 1e-3). On 2 replicas on
+# an AVX2-only CPU (oneDNN's AVX2 kernels) it came out at 2.9e-3 (unit weights) and 1.2e-2 (the
+# flagfile's beta 6), every logged term within 2e-5, and within 1e-3 again with beta 0 (seen).
+GRADIENT_RTOL_ILL_CONDITIONED = {("trades", 2): 2e-2, ("trades", 4): 2e-2}
 WEIGHT_RTOL = 2e-6
 
 
