@@ -536,8 +536,16 @@ def test_a_transfer_claim_pairs_only_seeds_scored_on_the_same_surrogate(tmp_path
     assert "`aaaa`: morel 1, mart 1, morel 2" in text and "`bbbb`: mart 2" in text
     assert "not recorded (rows from before the fingerprint): morel 0, mart 0" in text
     assert "not paired, scored on different surrogates: [2]" in record_io._claim_line(transfer)
-    # One surrogate for every row: nothing to say.
-    assert record_io._surrogate_lines([r for r in rows if r["seed"] == 1]) == []
+    # One surrogate for every row, this runs directory's: nothing to say; the same rows where this
+    # runs directory trained another surrogate (rows only in the committed record): named.
+    same = [r for r in rows if r["seed"] == 1]
+    assert record_io._surrogate_lines(same, ("aaaa", ", validation accuracy 70.0%")) == []
+    legacy = [r for r in rows if r["seed"] == 0]
+    assert record_io._surrogate_lines(legacy, (None, "")) == []
+    text = "\n".join(record_io._surrogate_lines(legacy, ("cccc", ", validation accuracy 70.0%")))
+    assert "not recorded (rows from before the fingerprint): morel 0, mart 0" in text and "cccc" not in text
+    text = "\n".join(record_io._surrogate_lines(rows, ("aaaa", ", validation accuracy 70.0%")))
+    assert "`aaaa` (this runs directory's surrogate, validation accuracy 70.0%): morel 1, mart 1, morel 2" in text
 
 
 def test_a_failed_row_is_not_counted_as_a_seed_in_the_summary():

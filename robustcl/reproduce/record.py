@@ -23,7 +23,7 @@ import numpy as np
 
 from robustcl.reproduce import grid
 from robustcl.training import rundir
-from robustcl.files import atomic_write_text, read_json
+from robustcl.files import atomic_write_text, fingerprint, read_json
 from robustcl.reproduce import statistics
 from robustcl import models
 from robustcl.reproduce.figures import plot, plot_training
@@ -218,23 +218,26 @@ def _fmt(value):
     return "-" if value is None else f"{100 * value:.1f}"
 
 
-def _surrogate_accuracy(config):
-    """', validation accuracy X%' of the surrogate's last epoch, when its history is here."""
-    history = read_json(os.path.join(grid.surrogate_dir(config), rundir.HISTORY), {})
-    epochs = history.get("epochs") or []
-    if not epochs or "val_accuracy" not in epochs[-1]:
-        return ""
-    return f", validation accuracy {100 * epochs[-1]['val_accuracy']:.1f}%"
+def _surrogate_here(config):
+    """(fingerprint, ", validation accuracy X%") of the surrogate in this runs directory, where it
+    has been trained here; (None, "") otherwise."""
+    weights = rundir.weights_path(grid.surrogate_dir(config), "last")
+    if not os.path.isfile(weights):
+        return None, ""
+    epochs = read_json(os.path.join(grid.surrogate_dir(config), rundir.HISTORY), {}).get("epochs") or []
+    accuracy = f", validation accuracy {100 * epochs[-1]['val_accuracy']:.1f}%" if epochs else ""
+    return fingerprint(weights), accuracy
 
 
-def _surrogate_lines(rows):
-    """Which surrogate scored which rows. The surrogate is trained once per runs directory, which
-    is not committed: a grid resumed on another machine trains it again, to other weights."""
+def _surrogate_lines(rows, here=(None, "")):
+    """Which surrogate scored which rows, where the rows were not all scored on the surrogate of this
+    runs directory (`here`: _surrogate_here). The surrogate is trained once per runs directory,
+    which is not committed: a grid resumed on another machine trains it again, to other weights."""
     scored = {}
     for r in rows:
         if r.get("transfer") is not None:
             scored.setdefault(r.get("surrogate"), []).append(f"{r['cell']} {r['seed']}")
-    if len(scored) < 2:
+    if not scored or list(scored) == [here[0]] or (len(scored) == 1 and here[0] is None):
         return []
     lines = [
         "  The grid moved between machines and trained its surrogate again (its run directory is not "
@@ -243,6 +246,8 @@ def _surrogate_lines(rows):
     ]
     for fingerprint_, names in scored.items():
         name = f"`{fingerprint_}`" if fingerprint_ else "not recorded (rows from before the fingerprint)"
+        if fingerprint_ is not None and fingerprint_ == here[0]:
+            name += f" (this runs directory's surrogate{here[1]})"
         lines.append(f"  - {name}: {', '.join(names)}")
     return lines
 
@@ -353,18 +358,22 @@ def markdown(config, rows, summary, found_claims, adequate_text, machine, softwa
             "error 5.8/255), so these accuracies compare with each other, not with published ones."
         )
     if config.surrogate_flagfile:
+        here = _surrogate_here(config)
+        # Its accuracy where it scored every transfer row so far (else the list below says which did).
+        scored = {r.get("surrogate") for r in rows if r.get("transfer") is not None}
+        accuracy = here[1] if scored <= {here[0]} else ""
         lines.append(
             f"- Black-box transfer (column `transfer`): a surrogate trained with "
             f"`{config.surrogate_flagfile}` and the protocol's training flags at seed "
             f"{config.surrogate_seed} (not a seed of any cell, so no cell is its own surrogate; its last "
-            f"checkpoint{_surrogate_accuracy(config)}) crafts "
+            f"checkpoint{accuracy}) crafts "
             f"PGD-{config.pgd_steps} and APGD-CE ({config.apgd_iterations} iterations) examples on the "
             "same test points; a point counts as robust when the cell's best checkpoint classifies it "
             "correctly clean and on the surrogate's example. The column is the lower of the two "
             "attacks' accuracies (the TRADES and MART papers' black-box protocol: a naturally "
             "trained surrogate of the same architecture)."
         )
-        lines += _surrogate_lines(rows)
+        lines += _surrogate_lines(rows, here)
     lines.append("")
     shown = [m for m in METRICS if any(r.get(m) is not None for r in rows)]
     header = " | ".join(LABELS[m] for m in shown)
