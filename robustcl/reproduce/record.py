@@ -241,7 +241,7 @@ def _surrogate_lines(rows, here=(None, "")):
         return []
     lines = [
         "  The grid moved between machines and trained its surrogate again (its run directory is not "
-        "committed), so rows were scored on different surrogates: a transfer claim pairs a seed only "
+        "committed), so rows are scored on more than one surrogate: a transfer claim pairs a seed only "
         "where both cells met the same one (weights' fingerprint):"
     ]
     for fingerprint_, names in scored.items():
