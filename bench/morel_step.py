@@ -39,8 +39,8 @@ BENCH = os.path.dirname(os.path.abspath(__file__))
 
 
 class ReferenceStep:
-    """The authors' MOREL step in a process of its own: calling it runs one step there and returns
-    the seconds that process measured (its own clock, so the pipe is not counted)."""
+    """The authors' MOREL step in a process of its own: calling it runs one step there and appends
+    the seconds that process measured to `times` (its own clock, so the pipe is not counted)."""
 
     def __init__(self, python, batch_size, attack_steps):
         self.process = subprocess.Popen(
@@ -131,7 +131,8 @@ def main():
         )
     finally:
         reference.close()
-    ours_times, reference_times = ours["step_times_s"], ours["yardstick_times_s"]
+    # The reference stepped once after each of our steps, warm-up steps included.
+    ours_times, reference_times = ours["step_times_s"], reference.times[args.warmup :]
     ratios = [r / o for o, r in zip(ours_times, reference_times)]
     result = {
         "benchmark": "morel_step",

@@ -159,8 +159,8 @@ def measure(
     """One configuration's step time. `dataset` (batches of images and labels) replaces the fixed
     random batch, to time the step fed by a real input pipeline. beside_plain: a step of the plain Keras
     PGD loop (plain_pgd_step) runs between the method's steps, for the paired ratio; `yardstick`, a
-    callable, runs there instead (its times are returned as yardstick_times_s). Every timed step's
-    seconds are returned as step_times_s."""
+    callable, runs there instead (it keeps its own times). Every timed step's seconds are returned as
+    step_times_s."""
     if beside_plain and yardstick is not None:
         raise ValueError("one yardstick at a time: beside_plain or yardstick, not both")
     keras.mixed_precision.set_global_policy(precision)
@@ -224,8 +224,6 @@ def measure(
     figures["step_times_s"] = timer.times[warmup:]
     if beside_plain:
         _paired(figures, flops, timer.times[warmup:], plain_flops, timer.yardstick_times[warmup:], batch_size)
-    elif yardstick is not None:
-        figures["yardstick_times_s"] = timer.yardstick_times[warmup:]
     return figures
 
 

@@ -237,7 +237,8 @@ def _surrogate_lines(rows, here=(None, "")):
     for r in rows:
         if r.get("transfer") is not None:
             scored.setdefault(r.get("surrogate"), []).append(f"{r['cell']} {r['seed']}")
-    if not scored or list(scored) == [here[0]] or (len(scored) == 1 and here[0] is None):
+    # One surrogate scored every row: nothing to list, unless this runs directory trained another.
+    if len(scored) < 2 and (here[0] is None or set(scored) <= {here[0]}):
         return []
     lines = [
         "  The grid moved between machines and trained its surrogate again (its run directory is not "
@@ -359,9 +360,9 @@ def markdown(config, rows, summary, found_claims, adequate_text, machine, softwa
         )
     if config.surrogate_flagfile:
         here = _surrogate_here(config)
-        # Its accuracy where it scored every transfer row so far (else the list below says which did).
-        scored = {r.get("surrogate") for r in rows if r.get("transfer") is not None}
-        accuracy = here[1] if scored <= {here[0]} else ""
+        surrogates = _surrogate_lines(rows, here)
+        # Its accuracy where it scored every transfer row so far (else the list says which did).
+        accuracy = "" if surrogates else here[1]
         lines.append(
             f"- Black-box transfer (column `transfer`): a surrogate trained with "
             f"`{config.surrogate_flagfile}` and the protocol's training flags at seed "
@@ -373,7 +374,7 @@ def markdown(config, rows, summary, found_claims, adequate_text, machine, softwa
             "attacks' accuracies (the TRADES and MART papers' black-box protocol: a naturally "
             "trained surrogate of the same architecture)."
         )
-        lines += _surrogate_lines(rows, here)
+        lines += surrogates
     lines.append("")
     shown = [m for m in METRICS if any(r.get(m) is not None for r in rows)]
     header = " | ".join(LABELS[m] for m in shown)
