@@ -219,7 +219,7 @@ from tests import test_distributed as t
 cpus = tf.config.list_logical_devices("CPU")
 found = t.compare_all(
     tf.distribute.MirroredStrategy([c.name for c in cpus]), tf.distribute.OneDeviceStrategy(cpus[0].name),
-    sys.argv[1].split(","),
+    sys.argv[1].split(","), ["unit"],
 )
 print(json.dumps({f"{m} {w}": d for (m, w), d in found.items()}))
 """
@@ -227,15 +227,17 @@ print(json.dumps({f"{m} {w}": d for (m, w), d in found.items()}))
 
 @pytest.mark.slow
 def test_four_replicas_train_what_one_device_trains():
-    """In a fresh process (two MirroredStrategies in one process can clash): every method, both
-    weightings, 4 replicas of 8 samples each."""
+    """In a fresh process (two MirroredStrategies in one process can clash): every method with every
+    term at weight 1, 4 replicas of 8 samples each. The papers' weights only scale those terms, and
+    the test above checks them on 2 replicas; running them here too doubled the suite's longest test
+    (155 s of a 991 s suite on a bf16-native CPU)."""
     names = ",".join(BUILT_IN)
     result = subprocess.run(
         [sys.executable, "-c", FOUR_REPLICAS, names], cwd=REPO, capture_output=True, text=True, timeout=900
     )
     assert result.returncode == 0, result.stderr[-3000:]
     found = json.loads(result.stdout.strip().splitlines()[-1])
-    assert len(found) == 2 * len(BUILT_IN)
+    assert len(found) == len(BUILT_IN)
     assert {k: v for k, v in found.items() if v} == {}
 
 

@@ -238,6 +238,31 @@ def test_projecting_a_large_batch_over_several_cores_changes_no_row(norm, monkey
     np.testing.assert_array_equal(split, np.concatenate(row_by_row))
 
 
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_newtons_solution_is_the_sorted_breakpoints_solution(norm, monkeypatch):
+    """Image-like rows (a sixth of the pixels at 0 or 1: no room one way), zero weights, and
+    hyperplanes near, far and out of the box's reach: where the hyperplane is within reach,
+    Newton's steps find the step the reference's sort of the breakpoints finds; where it is out of
+    reach, every coordinate goes exactly to the box (the sort's rounding left one 1.4e-6 short)."""
+    rng = np.random.default_rng(2)
+    p, w = rng.uniform(size=(64, 3072)), rng.normal(size=(64, 3072))
+    p[:, :256], p[:, 256:512] = 0.0, 1.0
+    w[:4, :1000] = 0.0
+    if norm == "l2":
+        w[4:8] *= 1e-9  # below L2's cut-off: those coordinates are ignored
+        w = np.where(np.abs(w) < 1e-8, 0.0, w)
+    b = np.sum(w * p, 1) + rng.normal(size=64) * np.geomspace(1e-3, 1e3, 64)
+    needed = b - np.sum(w * p, 1)
+    to_box = np.sign(needed)[:, None] * np.sign(w) * np.where(np.sign(needed)[:, None] * w > 0, 1 - p, p)
+    reachable = np.abs(needed) < np.sum(w * to_box, 1) * np.sign(needed)
+    assert 0 < reachable.sum() < len(p)
+    newton = project_onto_hyperplane(p, w, b, norm)
+    np.testing.assert_array_equal(newton[~reachable], to_box[~reachable])
+    monkeypatch.setattr(fab_module, "_NEWTON_STEPS", 0)  # every row solved by sorting
+    sorted_ = project_onto_hyperplane(p, w, b, norm)
+    np.testing.assert_allclose(newton[reachable], sorted_[reachable], rtol=0, atol=1e-12)
+
+
 def _reference_l2_projection(p, w, b):
     """Float64 reference: d = clip(mu * w, -p, 1 - p) with mu found by 200 bisection steps on the
     monotone map mu -> w.d (the KKT form of the minimal-L2 step)."""

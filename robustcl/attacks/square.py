@@ -116,9 +116,13 @@ class _LinfProposals:
         side = max(int(round(math.sqrt(p * n_features / self.channels))), 1)
         side = min(side, self.height, self.width)
         top, left = _random_offset(rng, self.height, side), _random_offset(rng, self.width, side)
-        delta = np.zeros((self.height, self.width, self.channels), np.float32)
-        delta[top : top + side, left : left + side] = 2.0 * eps * _random_signs(rng, (1, 1, self.channels))
-        return np.clip(np.clip(x_best + delta, x - eps, x + eps), 0.0, 1.0)
+        step = 2.0 * eps * _random_signs(rng, (1, 1, self.channels))
+        # Only the square changes: x_best already lies in the ball and in [0, 1], where the clips
+        # leave it as it is, so the rest is copied rather than recomputed.
+        window = (slice(None), slice(top, top + side), slice(left, left + side))
+        x_new = x_best.copy()
+        x_new[window] = np.clip(np.clip(x_best[window] + step, x[window] - eps, x[window] + eps), 0.0, 1.0)
+        return x_new
 
 
 class _L2Proposals:
@@ -205,7 +209,7 @@ def square(margin_fn, x, y, threat, n_queries=5000, p_init=0.8, seed=0, rescale_
         x_new = proposals.propose(x[active], x_best[active], p)
         new_margin = margin(x_new, y[active])
         improved = (new_margin < margin_min[active]) | (new_margin <= 0.0)
-        margin_min[active] = np.where(improved, new_margin, margin_min[active])
-        x_best[active] = np.where(improved[:, None, None, None], x_new, x_best[active])
+        margin_min[active[improved]] = new_margin[improved]
+        x_best[active[improved]] = x_new[improved]
         queries[active] += 1
     return x_best, margin_min > 0.0, queries
