@@ -43,7 +43,7 @@ def project_onto_hyperplane(points, w, b, norm):
     """Minimal-norm steps d [N, D] (float64) onto {z : w.z = b} within [0, 1]^D.
 
     Rows are independent: a large batch is split over the cores this process may use (NumPy's
-    sort and arithmetic release the GIL). The projection is most of FAB's own work per iteration."""
+    arithmetic releases the GIL). The projection is most of FAB's own work per iteration."""
     if norm not in NORMS:
         raise ValueError(f"FAB supports norms {NORMS}, got {norm!r}")
     points = np.asarray(points, np.float64)
