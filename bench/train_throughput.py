@@ -21,6 +21,11 @@ the same configuration moved by 10-15% between runs on shared cores; paired, two
 gave 0.985.
 A step's GFLOP/s is images/s x FLOPs per image of one step (Method.forward_passes_per_step x
 robustcl.models.forward_flops); the fraction is of the convolution peak in the same precision.
+A network's convolutions at their own shapes may not reach that peak: each is also timed alone
+(forward, gradient to the input, gradient to the filter; --no-conv_ceiling skips it), and a step's
+time is printed as a fraction of what its convolutions alone take at those speeds
+(Method.passes_per_step says which kernels each pass runs). The peak over that ceiling is what the
+kernels lose at these shapes; the rest of the step is its other ops and idle cores.
 "xla" compiles the attack with XLA (--jit_compile=true).
 With --replicas 2 the CPU is split into 2 logical devices and the step runs under MirroredStrategy,
 once per --scopes value (--contrastive_scope).
@@ -40,6 +45,7 @@ import tensorflow as tf
 
 from robustcl import hardware, methods, models
 from robustcl.attacks.settings import AttackConfig
+
 from robustcl.training.model import AdversarialModel
 
 
@@ -139,6 +145,65 @@ def measure_peaks(repeats=10, dtypes=("float32", "bfloat16")):
     return peaks
 
 
+def _conv_kernels(network):
+    """The network's convolutions as (input shape [H, W, C], kernel shape, strides, padding) with
+    how many layers share each, in layer order (the first is the one nearest the input)."""
+    kernels = {}
+    for layer in network.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            if tuple(layer.dilation_rate) != (1, 1) or layer.groups != 1 or layer.data_format != "channels_last":
+                raise ValueError(f"{layer.name}: the ceiling times plain NHWC convolutions only")
+            key = (tuple(layer.input.shape[1:]), tuple(layer.kernel.shape), tuple(layer.strides), layer.padding.upper())
+            kernels[key] = kernels.get(key, 0) + 1
+    return kernels
+
+
+def measure_conv_ceiling(network, batch_size, dtype, repeats=5):
+    """(seconds, FLOPs) per image of the network's convolutions, each kernel timed alone on this machine
+    (fastest of `repeats`, at `batch_size`, in `dtype`): forward, the gradient to the input, the
+    gradient to the filter, summed over the layers; plus the first layer's input gradient, which a
+    trained pass does not run (nothing before it has weights). What a step would take if its
+    convolutions ran at these speeds and everything else took no time: the rest of a step's time is
+    its other ops (BatchNorm, activations, casts, the optimizer) and idle cores."""
+    seconds = {"forward": 0.0, "input_gradient": 0.0, "filter_gradient": 0.0, "first_input_gradient": 0.0}
+    flops = 0
+    for index, ((shape, kernel_shape, strides, padding), count) in enumerate(_conv_kernels(network).items()):
+        x = tf.cast(tf.random.uniform([batch_size, *shape]), dtype)
+        kernel = tf.cast(tf.random.uniform(kernel_shape), dtype)
+        y = tf.nn.conv2d(x, kernel, strides, padding)
+        dy = tf.cast(tf.random.uniform(y.shape), dtype)
+        flops += count * 2 * int(np.prod(y.shape[1:])) * int(np.prod(kernel_shape[:3]))
+        strides4 = [1, *strides, 1]
+        kernels = {
+            "forward": tf.function(lambda x=x, k=kernel: tf.nn.conv2d(x, k, strides4, padding)),
+            "input_gradient": tf.function(
+                lambda dy=dy, k=kernel: tf.raw_ops.Conv2DBackpropInput(
+                    input_sizes=x.shape, filter=k, out_backprop=dy, strides=strides4, padding=padding
+                )
+            ),
+            "filter_gradient": tf.function(
+                lambda x=x, dy=dy: tf.raw_ops.Conv2DBackpropFilter(
+                    input=x, filter_sizes=kernel_shape, out_backprop=dy, strides=strides4, padding=padding
+                )
+            ),
+        }
+        for name, kernel_fn in kernels.items():
+            per_image = _fastest(lambda f=kernel_fn: f().numpy(), repeats) / batch_size
+            seconds[name] += count * per_image
+            if index == 0 and name == "input_gradient":
+                seconds["first_input_gradient"] = per_image
+    return seconds, flops
+
+
+def ceiling_seconds(conv_seconds, passes):
+    """Seconds per image of a step's convolutions alone (measure_conv_ceiling) for its passes (a
+    PassCounts as a dict, as the figures carry it)."""
+    passes = methods.PassCounts(**passes)
+    forward, to_input, to_filter = (conv_seconds[k] for k in ("forward", "input_gradient", "filter_gradient"))
+    trained = forward + to_input - conv_seconds["first_input_gradient"] + to_filter
+    return passes.inference * forward + passes.attack * (forward + to_input) + passes.trained * trained
+
+
 def measure(
     method_name,
     model_name,
@@ -204,6 +269,7 @@ def measure(
         loss = history.history["loss"][-1]
         assert np.isfinite(loss), history.history
         flops = models.forward_flops(network) * method.forward_passes_per_step(attack_steps)
+        passes = method.passes_per_step(attack_steps)
     finally:
         keras.mixed_precision.set_global_policy("float32")
     figures = _figures(
@@ -222,6 +288,7 @@ def measure(
         flops,
     )
     figures["step_times_s"] = timer.times[warmup:]
+    figures["passes"] = passes._asdict()
     if beside_plain:
         _paired(figures, flops, timer.times[warmup:], plain_flops, timer.yardstick_times[warmup:], batch_size)
     return figures
@@ -301,6 +368,7 @@ def measure_plain_pgd_loop(
         float(sum(times[:warmup])),
         flops,
     )
+    figures["passes"] = methods.PassCounts(inference=0, attack=attack_steps, trained=1)._asdict()
     if fused_batchnorm:
         _paired(figures, flops, times[warmup:], flops, stock_times[warmup:], batch_size)
     return figures
@@ -337,6 +405,14 @@ def main():
         help="the methods' networks with robustcl's fused BatchNormalization (on), Keras's (off), or as "
         "models.build picks for this machine (auto)",
     )
+    parser.add_argument(
+        "--conv_ceiling",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="time each network's convolutions alone (forward, input and filter gradients) and print each "
+        "step's time as a fraction of theirs: how far the kernels at this network's shapes allow the peak, "
+        "and how much of the step is its other ops (one device only)",
+    )
     parser.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "results", "train_throughput.json"))
     args = parser.parse_args()
     fused_batchnorm = {"auto": None, "on": True, "off": False}[args.fused_batchnorm]
@@ -358,6 +434,7 @@ def main():
         strategy = tf.distribute.get_strategy()
     method_names = args.methods.split(",") if args.methods else methods.METHODS.names()
     results = []
+    ceilings = {}  # (model, precision) -> measure_conv_ceiling's seconds per image
 
     def report(r):
         peak = peaks["conv_bfloat16" if "bfloat16" in r["precision"] else "conv_float32"]
@@ -368,6 +445,10 @@ def main():
             f"(step {r['step_s']:.3f} s, first {r['first_step_s']:.1f} s), {r['gflop_per_s']:.1f} GFLOP/s = "
             f"{100 * r['fraction_of_conv_peak']:.1f}% of the {r['precision']} conv peak"
         )
+        conv_seconds = ceilings.get((r["model"], r["precision"]))
+        if conv_seconds is not None:
+            r["fraction_of_conv_ceiling"] = ceiling_seconds(conv_seconds, r["passes"]) * r["images_per_s"]
+            line += f" (its convolutions timed alone: {100 * r['fraction_of_conv_ceiling']:.1f}% of the step)"
         if "vs_plain_keras_pgd" in r:
             line += (
                 f"; the plain Keras PGD loop beside it {r['plain_images_per_s']:.2f} images/s: "
@@ -379,6 +460,19 @@ def main():
     beside_plain = args.plain_baseline and args.replicas == 1
     for model_name in args.models.split(","):
         for precision in precisions:
+            if args.conv_ceiling and args.replicas == 1:
+                dtype = "bfloat16" if "bfloat16" in precision else "float32"
+                seconds, flops = measure_conv_ceiling(_network(model_name, 32), args.batch_size, dtype)
+                ceilings[model_name, precision] = seconds
+                rates = ", ".join(
+                    f"{name.replace('_', ' ')} {flops / seconds[name] / 1e9:.1f}"
+                    for name in ("forward", "input_gradient", "filter_gradient")
+                )
+                print(
+                    f"conv ceiling {model_name} {dtype} batch={args.batch_size}: {rates} GFLOP/s "
+                    f"(this network's convolutions, each kernel timed alone)",
+                    flush=True,
+                )
             if beside_plain:
                 for fused in [False, True] if args.plain_fused_batchnorm else [False]:
                     report(
@@ -428,6 +522,7 @@ def main():
                 "cpus": os.cpu_count(),
                 "gpus": len(tf.config.list_physical_devices("GPU")),
                 "peaks_gflop_s": peaks,
+                "conv_ceilings_s_per_image": {f"{m} {p}": seconds for (m, p), seconds in ceilings.items()},
                 "results": results,
             },
             f,

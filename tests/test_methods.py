@@ -50,9 +50,10 @@ def test_method_trains_without_nan_and_reduces_its_loss_on_a_fixed_batch(name):
 
 @pytest.mark.parametrize("name", methods.METHODS.names())
 def test_forward_passes_per_step_counts_the_passes_the_step_makes(name):
-    # The benchmarks' FLOP rates rest on this count. The step runs the clean inference pass only
-    # where the objective or the clean accuracy needs it: TensorFlow dropped an unread one anyway,
-    # so counting it overstated MART's and MOREL's FLOP rate by a pass in 17.
+    # The benchmarks' FLOP rates and convolution ceilings rest on these counts. The step runs the
+    # clean inference pass only where the objective or the clean accuracy needs it: TensorFlow
+    # dropped an unread one anyway, so counting it overstated MART's and MOREL's FLOP rate by a pass
+    # in 17.
     keras.utils.set_random_seed(0)
     model = _model(name)
     calls = []  # the training flag of every call of the network while train_step is traced
@@ -74,6 +75,7 @@ def test_forward_passes_per_step_counts_the_passes_the_step_makes(name):
     assert before_attack == int(model.method.needs_reference_pass)
     steps = 7
     assert model.method.forward_passes_per_step(steps) == before_attack + 2 * steps * attacks + 3 * calls.count(True)
+    assert model.method.passes_per_step(steps) == (before_attack, steps * attacks, calls.count(True))
     if not model.method.objective_reads_clean and attacks:
         outputs = model.network(tf.constant(x[:4]))
         assert np.isfinite(model.method.objective(outputs, tf.constant(y[:4]), None).numpy()).all()

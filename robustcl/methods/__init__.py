@@ -8,10 +8,10 @@ Imports attacks, losses, models and the bottom layer; its settings: methods/sett
 import importlib
 import pkgutil
 
-from robustcl.methods.base import METHODS, LossTerm, Method, NoParams, check_params, get, param, register
+from robustcl.methods.base import METHODS, LossTerm, Method, NoParams, PassCounts, check_params, get, param, register
 
 for _module in pkgutil.iter_modules(__path__):
     if _module.name != "base":
         importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["METHODS", "LossTerm", "Method", "NoParams", "check_params", "get", "param", "register"]
+__all__ = ["METHODS", "LossTerm", "Method", "NoParams", "PassCounts", "check_params", "get", "param", "register"]

@@ -49,6 +49,14 @@ class LossTerm(NamedTuple):
     weights: Optional[tf.Tensor] = None
 
 
+class PassCounts(NamedTuple):
+    """The passes of the network one training step makes per image, by the kernels each runs."""
+
+    inference: int  # forward only (the clean pass before the attack)
+    attack: int  # forward and a backward to the input
+    trained: int  # forward and a backward to activations and weights
+
+
 class Method:
     """Base class. Subclasses set the class attributes and implement `losses`."""
 
@@ -98,15 +106,21 @@ class Method:
         its attack: for the objective, or for the clean accuracy of a method without a clean pass."""
         return self.attack_objective is not None and (self.objective_reads_clean or not self.uses_clean)
 
-    def forward_passes_per_step(self, attack_steps):
-        """Forward-pass equivalents per image of one training step: the inference pass before the
-        attack where there is one (needs_reference_pass), a forward and an input-gradient backward
-        per attack step (2 passes' worth) and, per view trained on, a forward and a backward to
-        activations and weights (3). The FLOPs of a step are this times the network's forward FLOPs
-        (robustcl.models.forward_flops)."""
+    def passes_per_step(self, attack_steps):
+        """PassCounts of one training step: the inference pass before the attack where there is one
+        (needs_reference_pass), one attack pass per attack step, and one trained pass per view
+        trained on."""
         attacks = self.attack_objective is not None
         trained = int(self.uses_clean) + int(self.uses_adversarial and attacks) + int(self.data_views == 2)
-        return int(self.needs_reference_pass) + (2 * attack_steps if attacks else 0) + 3 * trained
+        return PassCounts(int(self.needs_reference_pass), attack_steps if attacks else 0, trained)
+
+    def forward_passes_per_step(self, attack_steps):
+        """Forward-pass equivalents per image of one training step (passes_per_step): an inference
+        pass is 1, an attack pass 2 (a forward and an input-gradient backward), a trained pass 3 (a
+        forward and a backward to activations and weights). The FLOPs of a step are this times the
+        network's forward FLOPs (robustcl.models.forward_flops)."""
+        passes = self.passes_per_step(attack_steps)
+        return passes.inference + 2 * passes.attack + 3 * passes.trained
 
     def global_batch(self, tensors):
         """(tensors of the global batch, anchors): what every loss over pairs of examples compares,
