@@ -45,7 +45,6 @@ import tensorflow as tf
 
 from robustcl import hardware, methods, models
 from robustcl.attacks.settings import AttackConfig
-
 from robustcl.training.model import AdversarialModel
 
 
