@@ -176,6 +176,7 @@ def _assert_one_device_trains_what_two_replicas_trained(data_dir, tmp_path, run_
     assert single.returncode == 0, single.stderr[-3000:]
     single_history = json.load(open(single_dir / "history.json"))["epochs"]
     mirrored_history = json.load(open(tmp_path / "mirrored" / "history.json"))["epochs"]
+    assert [e["epoch"] for e in single_history] == [e["epoch"] for e in mirrored_history] == [1, 2]
     # Validation's attacked entries are left out: the last validation batch (17) splits unevenly over
     # two replicas, and each replica draws its random start for a global batch of twice its own part.
     for ours, theirs in zip(single_history, mirrored_history):
